@@ -1,0 +1,3 @@
+from upak.cli import main
+
+main()

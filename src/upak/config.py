@@ -1,0 +1,393 @@
+"""Settings: one object, built once from the environment and `.env`, passed in everywhere.
+
+The variable names and defaults are the seed's (`REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`,
+`REDIS_PASSWORD`, `REDIS_URL`, `REDIS_TTL=300`); the rest extend them for the features.
+A bad value stops start-up with one line naming the variable and what it accepts
+(`ConfigError`), and no secret ever reaches a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qs, quote, unquote
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REDACTED = "***"
+
+RedisKind = Literal["standalone", "unix", "sentinel", "cluster"]
+
+_SCHEMES: dict[str, tuple[RedisKind, bool]] = {
+    "redis": ("standalone", False),
+    "rediss": ("standalone", True),
+    "unix": ("unix", False),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+}
+ACCEPTED_SCHEMES = ", ".join(f"{s}://" for s in _SCHEMES)
+
+
+class ConfigError(Exception):
+    """A setting has a value the service cannot start with. The message is one line."""
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is, resolved from REDIS_URL or the REDIS_HOST/PORT/DB parts."""
+
+    kind: RedisKind
+    hosts: tuple[tuple[str, int], ...] = ()
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    path: str | None = None
+    service_name: str | None = None
+
+    def redacted_url(self) -> str:
+        """The URL with the password replaced, safe for logs and CLI output."""
+        return self._url(REDACTED if self.password else None)
+
+    def _url(self, password: str | None) -> str:
+        scheme = {
+            "standalone": "redis",
+            "unix": "unix",
+            "sentinel": "redis+sentinel",
+            "cluster": "redis+cluster",
+        }[self.kind]
+        if self.tls:
+            scheme = scheme.replace("redis", "rediss", 1)
+        auth = ""
+        if self.username or password:
+            auth = quote(self.username or "", safe="")
+            if password:
+                auth += ":" + (password if password == REDACTED else quote(password, safe=""))
+            auth += "@"
+        if self.kind == "unix":
+            return f"unix://{auth}{self.path}?db={self.db}"
+        hosts = ",".join(_join_host(h, p) for h, p in self.hosts)
+        if self.kind == "sentinel":
+            return f"{scheme}://{auth}{hosts}/{self.service_name}/{self.db}"
+        if self.kind == "cluster":
+            return f"{scheme}://{auth}{hosts}"
+        return f"{scheme}://{auth}{hosts}/{self.db}"
+
+    @property
+    def address(self) -> str:
+        """host:port (or the socket path) of the first node, for messages."""
+        if self.kind == "unix":
+            return str(self.path)
+        host, port = self.hosts[0]
+        return _join_host(host, port)
+
+    def __str__(self) -> str:
+        return self.redacted_url()
+
+
+def _join_host(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_hosts(netloc: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    hosts: list[tuple[str, int]] = []
+    for part in netloc.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError("a host is empty")
+        if part.startswith("["):
+            host, _, rest = part[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        elif part.count(":") == 1:
+            host, _, port_text = part.partition(":")
+        else:
+            host, port_text = part, ""
+        if not host:
+            raise ValueError("a host is empty")
+        port = default_port
+        if port_text:
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+            port = int(port_text)
+        hosts.append((host, port))
+    return tuple(hosts)
+
+
+def _parse_db(text: str) -> int:
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise ValueError(f"database index {text!r} is not a whole number")
+    return int(text)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse REDIS_URL. Errors never contain the password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        raise ValueError(f"the scheme must be one of {ACCEPTED_SCHEMES}")
+    kind, tls = _SCHEMES[scheme.lower()]
+    rest, _, query_text = rest.partition("?")
+    query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        userinfo, location = "", rest
+    username = password = None
+    if userinfo:
+        user_text, colon, password_text = userinfo.partition(":")
+        username = unquote(user_text) or None
+        password = unquote(password_text) if colon and password_text else None
+    netloc, _, path = location.partition("/")
+    if kind == "unix":
+        socket_path = "/" + path if path else ""
+        if netloc or not socket_path:
+            raise ValueError("a unix:// URL names a socket path, as unix:///run/redis.sock?db=0")
+        return RedisTarget(
+            kind="unix",
+            db=_parse_db(query.get("db", "0")),
+            username=username,
+            password=password,
+            path=socket_path,
+        )
+    default_port = 26379 if kind == "sentinel" else 6379
+    hosts = _parse_hosts(netloc, default_port)
+    segments = [s for s in path.split("/") if s]
+    service_name = None
+    if kind == "sentinel":
+        if not segments:
+            raise ValueError(
+                "a sentinel URL names the master service, as redis+sentinel://host:26379/mymaster/0"
+            )
+        service_name = segments.pop(0)
+    if len(segments) > 1:
+        raise ValueError("the path holds at most the database index")
+    db = _parse_db(segments[0] if segments else query.get("db", "0"))
+    if kind == "cluster" and db != 0:
+        raise ValueError("Redis Cluster has only database 0")
+    return RedisTarget(
+        kind=kind,
+        hosts=hosts,
+        db=db,
+        username=username,
+        password=password,
+        tls=tls,
+        service_name=service_name,
+    )
+
+
+def parse_csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated IPs and CIDRs. Raises ValueError naming the bad item."""
+    networks = []
+    for item in parse_csv(value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+# What each variable accepts, said once and used in every error message.
+_ACCEPTS: dict[str, str] = {
+    "REDIS_URL": f"a URL with one of the schemes {ACCEPTED_SCHEMES}",
+    "REDIS_HOST": "a host name or IP address",
+    "REDIS_PORT": "a whole number from 1 to 65535",
+    "REDIS_DB": "a whole number from 0 to 15 (the seed's `databases 16`)",
+    "REDIS_TTL": "a whole number of seconds, at least 1",
+    "REDIS_KEY_PREFIX": "1 to 64 printable characters without spaces or braces, e.g. upak:",
+    "UPAK_ENV": "development or production",
+    "REDIS_SSL_CERT_REQS": "required, optional or none",
+    "REDIS_SOCKET_TIMEOUT": "seconds, more than 0 and at most 30",
+    "REDIS_CONNECT_TIMEOUT": "seconds, more than 0 and at most 30",
+    "REDIS_HEALTH_INTERVAL": "seconds, from 0.05 to 10",
+    "REDIS_PROBE_BACKOFF_MAX": "seconds, from 0.05 to 60",
+    "REDIS_MAX_CONNECTIONS": "a whole number from 1 to 10000",
+    "MEMORY_MAX_KEYS": "a whole number from 100 to 100000000",
+    "UPAK_WORKERS": "a whole number from 1 to 64",
+    "UPAK_PORT": "a whole number from 1 to 65535",
+    "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR",
+    "SESSION_IDLE_TIMEOUT": "a whole number of seconds, at least 60",
+    "SESSION_MAX_AGE": "a whole number of seconds, at least 60",
+    "TRUSTED_PROXIES": "comma-separated IP addresses or CIDR networks",
+    "YOOKASSA_ALLOWED_IPS": "comma-separated IP addresses or CIDR networks",
+    "WEBHOOK_SECRET": "comma-separated secrets of the form whsec_<base64>",
+    "WEBHOOK_IDEMPOTENCY_TTL": "a whole number of seconds, at least 60",
+    "RATE_LIMIT_FALLBACK_DIVISOR": "a whole number from 1 to 1024",
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Build with `load_settings()` for one-line errors."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    # --- Redis (the seed's names and defaults) ---
+    redis_url: SecretStr | None = None
+    redis_host: str = Field("localhost", min_length=1, max_length=255)
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_db: int = Field(0, ge=0, le=15)
+    redis_password: SecretStr | None = None
+    redis_username: str | None = None
+    redis_ttl: int = Field(300, ge=1)
+    redis_key_prefix: str = Field("upak:", pattern=r"^[!-~]{1,64}$")
+    upak_env: Literal["development", "production"] = "development"
+
+    # TLS for rediss:// (the seed's tls-port / tls-*-file settings, client side)
+    redis_ssl_ca_certs: str | None = None
+    redis_ssl_certfile: str | None = None
+    redis_ssl_keyfile: str | None = None
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+
+    # Failing fast: short timeouts, a heartbeat, and a capped reconnect backoff.
+    redis_socket_timeout: float = Field(0.5, gt=0, le=30)
+    redis_connect_timeout: float = Field(0.5, gt=0, le=30)
+    redis_health_interval: float = Field(0.5, ge=0.05, le=10)
+    redis_probe_backoff_max: float = Field(1.0, ge=0.05, le=60)
+    redis_max_connections: int = Field(64, ge=1, le=10000)
+    memory_max_keys: int = Field(200_000, ge=100, le=100_000_000)
+
+    # --- Service ---
+    upak_host: str = "127.0.0.1"
+    upak_port: int = Field(8000, ge=1, le=65535)
+    upak_workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./upak.db")
+
+    # --- Sessions and accounts ---
+    session_idle_timeout: int = Field(86_400, ge=60)
+    session_max_age: int = Field(30 * 86_400, ge=60)
+    cors_origins: str = ""
+
+    # --- Webhooks ---
+    webhook_secret: SecretStr | None = None
+    webhook_idempotency_ttl: int = Field(72 * 3600, ge=60)
+    yookassa_allowed_ips: str | None = None
+    trusted_proxies: str = ""
+
+    # --- Rate limiting ---
+    rate_limit_enabled: bool = True
+    rate_limit_default: str = "120/minute"
+    rate_limit_login: str = "5/minute"
+    rate_limit_login_ip: str = "30/minute"
+    rate_limit_webhooks: str = "600/minute"
+    rate_limit_fallback_divisor: int | None = Field(None, ge=1, le=1024)
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _no_hash_tags_in_prefix(cls, value: str) -> str:
+        # Braces would become the Cluster hash tag and pin every key to one slot.
+        if "{" in value or "}" in value:
+            raise ValueError("braces are reserved for hash tags")
+        return value
+
+    @field_validator("redis_username", "redis_ssl_ca_certs", "redis_ssl_certfile", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("redis_password", "redis_url", "webhook_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("trusted_proxies", "yookassa_allowed_ips")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_networks(value)
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        # Resolve the target now so a bad URL stops start-up, not the first request.
+        object.__setattr__(self, "_redis_target", self._build_target())
+        return self
+
+    def _build_target(self) -> RedisTarget:
+        if self.redis_url is not None:
+            try:
+                target = parse_redis_url(self.redis_url.get_secret_value())
+            except ValueError as exc:
+                raise ValueError(f"REDIS_URL: {exc}") from None
+            # Parts given separately fill what the URL leaves out (a password kept apart).
+            password = target.password
+            if password is None and self.redis_password is not None:
+                password = self.redis_password.get_secret_value()
+            username = target.username or self.redis_username
+            return RedisTarget(
+                kind=target.kind,
+                hosts=target.hosts,
+                db=target.db,
+                username=username,
+                password=password,
+                tls=target.tls,
+                path=target.path,
+                service_name=target.service_name,
+            )
+        return RedisTarget(
+            kind="standalone",
+            hosts=((self.redis_host, self.redis_port),),
+            db=self.redis_db,
+            username=self.redis_username,
+            password=self.redis_password.get_secret_value() if self.redis_password else None,
+        )
+
+    @property
+    def redis(self) -> RedisTarget:
+        return self._redis_target  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def production(self) -> bool:
+        return self.upak_env == "production"
+
+    @property
+    def fallback_divisor(self) -> int:
+        """Each worker's share of a limit while counting in memory (default: the workers)."""
+        return self.rate_limit_fallback_divisor or self.upak_workers
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return parse_csv(self.cors_origins)
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]).upper() if error["loc"] else ""
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if not name and message.startswith("REDIS_URL: "):
+            name, message = "REDIS_URL", message.removeprefix("REDIS_URL: ")
+        accepts = _ACCEPTS.get(name)
+        if name:
+            text = f"{name} is invalid ({message})"
+            if accepts:
+                text += f"; it accepts {accepts}"
+        else:
+            text = message
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def load_settings(env_file: str | None = ".env", **overrides: Any) -> Settings:
+    """Build Settings, turning validation errors into one-line `ConfigError`s."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except (ValueError, OSError) as exc:
+        # e.g. an unreadable .env file, or a value pydantic could not decode at all.
+        raise ConfigError(f"settings could not be read: {exc}") from None

@@ -1,0 +1,139 @@
+"""Redis clients built from Settings: standalone, unix socket, TLS, Sentinel and Cluster.
+
+One place knows how a `RedisTarget` becomes a client, so the service (asyncio) and the
+operator CLI (blocking) connect the same way. Clients never retry on their own: the
+FailoverStore decides what a failure means, and a retry loop would turn a hung Redis into a
+hung request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
+from redis.backoff import NoBackoff
+
+from upak.config import RedisTarget, Settings
+
+
+def _tls_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "ssl": True,
+        "ssl_ca_certs": settings.redis_ssl_ca_certs,
+        "ssl_certfile": settings.redis_ssl_certfile,
+        "ssl_keyfile": settings.redis_ssl_keyfile,
+        "ssl_cert_reqs": settings.redis_ssl_cert_reqs,
+        "ssl_check_hostname": settings.redis_ssl_cert_reqs == "required",
+    }
+
+
+def connection_kwargs(
+    settings: Settings,
+    *,
+    socket_timeout: float | None = None,
+    connect_timeout: float | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments every client of `settings.redis` shares."""
+    target = settings.redis
+    kwargs: dict[str, Any] = {
+        "username": target.username,
+        "password": target.password,
+        "socket_timeout": socket_timeout or settings.redis_socket_timeout,
+        "socket_connect_timeout": connect_timeout or settings.redis_connect_timeout,
+        "client_name": "upak",
+    }
+    if target.tls:
+        kwargs.update(_tls_kwargs(settings))
+    return kwargs
+
+
+def async_client(
+    settings: Settings,
+    *,
+    socket_timeout: float | None = None,
+    connect_timeout: float | None = None,
+) -> Any:
+    """An asyncio client for the service: Redis, a Sentinel master, or RedisCluster."""
+    target = settings.redis
+    kwargs = connection_kwargs(
+        settings, socket_timeout=socket_timeout, connect_timeout=connect_timeout
+    )
+    no_retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
+    if target.kind == "cluster":
+        nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.hosts]
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=nodes,
+            retry=no_retry,
+            cluster_error_retry_attempts=1,
+            max_connections=settings.redis_max_connections,
+            **kwargs,
+        )
+    if target.kind == "sentinel":
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            list(target.hosts),
+            sentinel_kwargs={
+                "socket_timeout": kwargs["socket_timeout"],
+                "socket_connect_timeout": kwargs["socket_connect_timeout"],
+            },
+            retry=no_retry,
+            db=target.db,
+            **kwargs,
+        )
+        return sentinel.master_for(target.service_name)
+    location: dict[str, Any] = (
+        {"unix_socket_path": target.path}
+        if target.kind == "unix"
+        else {"host": target.hosts[0][0], "port": target.hosts[0][1]}
+    )
+    return redis.asyncio.Redis(
+        db=target.db,
+        retry=no_retry,
+        max_connections=settings.redis_max_connections,
+        **location,
+        **kwargs,
+    )
+
+
+def sync_client(
+    settings: Settings,
+    *,
+    socket_timeout: float | None = 5.0,
+    connect_timeout: float | None = 3.0,
+) -> Any:
+    """A blocking client for the operator CLI (longer timeouts: a human is waiting)."""
+    target = settings.redis
+    kwargs = connection_kwargs(
+        settings, socket_timeout=socket_timeout, connect_timeout=connect_timeout
+    )
+    no_retry = redis.retry.Retry(NoBackoff(), 0)
+    if target.kind == "cluster":
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, retry=no_retry, **kwargs)
+    if target.kind == "sentinel":
+        sentinel = redis.sentinel.Sentinel(
+            list(target.hosts),
+            sentinel_kwargs={
+                "socket_timeout": kwargs["socket_timeout"],
+                "socket_connect_timeout": kwargs["socket_connect_timeout"],
+            },
+            retry=no_retry,
+            db=target.db,
+            **kwargs,
+        )
+        return sentinel.master_for(target.service_name)
+    location: dict[str, Any] = (
+        {"unix_socket_path": target.path}
+        if target.kind == "unix"
+        else {"host": target.hosts[0][0], "port": target.hosts[0][1]}
+    )
+    return redis.Redis(db=target.db, retry=no_retry, **location, **kwargs)
+
+
+def describe(target: RedisTarget) -> str:
+    """A short, password-free name of the target for log lines and CLI output."""
+    return target.redacted_url()

@@ -1,0 +1,1 @@
+"""Policies over the store: replay protection, rate limiting, caching, sessions."""

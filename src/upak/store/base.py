@@ -1,0 +1,50 @@
+"""The Store contract every backend implements: RedisStore, MemoryStore, FailoverStore."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TypeVar
+
+from upak.store.operation import Arg, Mode, Operation
+from upak.store.primitives import CLAIM_ONCE, DELETE, GET, SET
+
+T = TypeVar("T")
+
+
+class Store(ABC):
+    """Atomic state operations. Implemented by RedisStore, MemoryStore and FailoverStore."""
+
+    @property
+    @abstractmethod
+    def mode(self) -> Mode: ...
+
+    @abstractmethod
+    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+        """Run `op` atomically, in one round trip, and return its parsed reply."""
+
+    @abstractmethod
+    async def ping(self) -> float | None:
+        """Round-trip latency to Redis in seconds; None when Redis is not in use."""
+
+    async def start(self) -> None:
+        """Begin background work (health checks). Idempotent."""
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+
+    # --- the primitives every feature may use (upak.store.primitives) ---
+
+    async def claim_once(self, key: str, ttl_ms: int, value: Arg = "1") -> bool:
+        """Set `key` for `ttl_ms` if nobody holds it. True for the first caller only."""
+        return await self.run(CLAIM_ONCE, [key], [value, ttl_ms])
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.run(GET, [key])
+
+    async def set(self, key: str, value: Arg, ttl_ms: int) -> None:
+        await self.run(SET, [key], [value, ttl_ms])
+
+    async def delete(self, key: str) -> bool:
+        """Remove `key`. True when it existed."""
+        return await self.run(DELETE, [key])

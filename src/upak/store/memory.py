@@ -1,0 +1,301 @@
+"""The memory twin: a small Redis-shaped keyspace in process memory.
+
+`MemoryData` offers the handful of Redis commands the operations' memory halves use, with
+Redis's semantics (types, TTLs in milliseconds, replies as bytes and ints), so a memory twin
+reads like its Lua script. It is bounded: past `max_keys` the least recently used key goes,
+as `maxmemory-policy allkeys-lru` would. Operations run synchronously inside one event-loop
+step, which is what makes each of them atomic with respect to concurrent callers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from upak.store.base import Store
+from upak.store.operation import Arg, Mode, Operation, StoreError
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+_WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+
+def to_bytes(value: Arg) -> bytes:
+    """Encode an argument the way Redis stores it."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool):
+        return b"1" if value else b"0"
+    if isinstance(value, float):
+        return repr(value).encode()
+    return str(value).encode()
+
+
+class MemoryData:
+    """A keyspace of bytes, hashes, sets and sorted sets with millisecond TTLs."""
+
+    def __init__(self, clock: Clock = time.time, max_keys: int = 200_000) -> None:
+        self._clock = clock
+        self.max_keys = max_keys
+        # key -> [value, expires_at_ms or None]; ordered by last use for LRU eviction.
+        self._keys: OrderedDict[str, list[Any]] = OrderedDict()
+
+    # --- time ---
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # --- raw access, for twins that need more than the commands below ---
+
+    def entry(self, key: str, kind: type | None = None) -> Any:
+        """The live value at `key` (None if absent or expired), type-checked like Redis."""
+        slot = self._keys.get(key)
+        if slot is None:
+            return None
+        expires = slot[1]
+        if expires is not None and expires <= self.now_ms():
+            del self._keys[key]
+            return None
+        self._keys.move_to_end(key)
+        if kind is not None and not isinstance(slot[0], kind):
+            raise StoreError(_WRONGTYPE)
+        return slot[0]
+
+    def put(self, key: str, value: Any, expires_at_ms: int | None = None, keep_ttl: bool = False):
+        slot = self._keys.get(key)
+        if keep_ttl and slot is not None:
+            expires_at_ms = slot[1]
+        self._keys[key] = [value, expires_at_ms]
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self) -> list[str]:
+        return [k for k in list(self._keys) if self.entry(k) is not None]
+
+    # --- generic commands ---
+
+    def exists(self, key: str) -> int:
+        return int(self.entry(key) is not None)
+
+    def delete(self, *keys: str) -> int:
+        removed = 0
+        for key in keys:
+            if self.entry(key) is not None:
+                del self._keys[key]
+                removed += 1
+        return removed
+
+    def pttl(self, key: str) -> int:
+        if self.entry(key) is None:
+            return -2
+        expires = self._keys[key][1]
+        return -1 if expires is None else max(expires - self.now_ms(), 0)
+
+    def pexpire(self, key: str, ms: int) -> int:
+        if self.entry(key) is None:
+            return 0
+        if ms <= 0:
+            del self._keys[key]
+        else:
+            self._keys[key][1] = self.now_ms() + ms
+        return 1
+
+    def persist(self, key: str) -> int:
+        if self.entry(key) is None or self._keys[key][1] is None:
+            return 0
+        self._keys[key][1] = None
+        return 1
+
+    # --- strings ---
+
+    def get(self, key: str) -> bytes | None:
+        return self.entry(key, bytes)
+
+    def set(
+        self,
+        key: str,
+        value: Arg,
+        px: int | None = None,
+        nx: bool = False,
+        xx: bool = False,
+        keepttl: bool = False,
+    ) -> bool:
+        present = self.entry(key) is not None
+        if (nx and present) or (xx and not present):
+            return False
+        expires = self.now_ms() + int(px) if px is not None else None
+        self.put(key, to_bytes(value), expires, keep_ttl=keepttl)
+        return True
+
+    def incrby(self, key: str, amount: int = 1) -> int:
+        current = self.entry(key, bytes)
+        try:
+            value = int(current or b"0") + amount
+        except ValueError:
+            raise StoreError("ERR value is not an integer or out of range") from None
+        self.put(key, str(value).encode(), keep_ttl=True)
+        return value
+
+    # --- hashes ---
+
+    def _hash(self, key: str, create: bool = False) -> dict[bytes, bytes] | None:
+        value = self.entry(key, dict)
+        if value is None and create:
+            value = {}
+            self.put(key, value)
+        return value
+
+    def hset(self, key: str, mapping: dict[Arg, Arg]) -> int:
+        data = self._hash(key, create=True)
+        assert data is not None
+        added = 0
+        for field, value in mapping.items():
+            field_bytes = to_bytes(field)
+            added += field_bytes not in data
+            data[field_bytes] = to_bytes(value)
+        return added
+
+    def hget(self, key: str, field: Arg) -> bytes | None:
+        data = self._hash(key)
+        return None if data is None else data.get(to_bytes(field))
+
+    def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return dict(self._hash(key) or {})
+
+    def hdel(self, key: str, *fields: Arg) -> int:
+        data = self._hash(key)
+        if data is None:
+            return 0
+        removed = sum(data.pop(to_bytes(f), None) is not None for f in fields)
+        if not data:
+            self.delete(key)
+        return removed
+
+    def hincrby(self, key: str, field: Arg, amount: int = 1) -> int:
+        data = self._hash(key, create=True)
+        assert data is not None
+        value = int(data.get(to_bytes(field), b"0")) + amount
+        data[to_bytes(field)] = str(value).encode()
+        return value
+
+    # --- sets ---
+
+    def _set(self, key: str, create: bool = False) -> set[bytes] | None:
+        value = self.entry(key, set)
+        if value is None and create:
+            value = set()
+            self.put(key, value)
+        return value
+
+    def sadd(self, key: str, *members: Arg) -> int:
+        data = self._set(key, create=True)
+        assert data is not None
+        before = len(data)
+        data.update(to_bytes(m) for m in members)
+        return len(data) - before
+
+    def srem(self, key: str, *members: Arg) -> int:
+        data = self._set(key)
+        if data is None:
+            return 0
+        before = len(data)
+        data.difference_update(to_bytes(m) for m in members)
+        if not data:
+            self.delete(key)
+        return before - len(data)
+
+    def smembers(self, key: str) -> set[bytes]:
+        return set(self._set(key) or ())
+
+    def sismember(self, key: str, member: Arg) -> int:
+        return int(to_bytes(member) in (self._set(key) or ()))
+
+    # --- sorted sets (member -> score) ---
+
+    def _zset(self, key: str, create: bool = False) -> dict[bytes, float] | None:
+        value = self.entry(key, _ZSet)
+        if value is None and create:
+            value = _ZSet()
+            self.put(key, value)
+        return value
+
+    def zadd(self, key: str, mapping: dict[Arg, float]) -> int:
+        data = self._zset(key, create=True)
+        assert data is not None
+        added = 0
+        for member, score in mapping.items():
+            member_bytes = to_bytes(member)
+            added += member_bytes not in data
+            data[member_bytes] = float(score)
+        return added
+
+    def zrem(self, key: str, *members: Arg) -> int:
+        data = self._zset(key)
+        if data is None:
+            return 0
+        removed = sum(data.pop(to_bytes(m), None) is not None for m in members)
+        if not data:
+            self.delete(key)
+        return removed
+
+    def zcard(self, key: str) -> int:
+        return len(self._zset(key) or ())
+
+    def zrangebyscore(self, key: str, low: float, high: float) -> list[bytes]:
+        data = self._zset(key) or {}
+        return [m for m, s in sorted(data.items(), key=lambda i: (i[1], i[0])) if low <= s <= high]
+
+    def zremrangebyscore(self, key: str, low: float, high: float) -> int:
+        data = self._zset(key)
+        if data is None:
+            return 0
+        doomed = [m for m, s in data.items() if low <= s <= high]
+        for member in doomed:
+            del data[member]
+        if not data:
+            self.delete(key)
+        return len(doomed)
+
+    def zrange_withscores(self, key: str) -> list[tuple[bytes, float]]:
+        data = self._zset(key) or {}
+        return sorted(data.items(), key=lambda i: (i[1], i[0]))
+
+
+class _ZSet(dict):  # type: ignore[type-arg]
+    """A sorted set: a distinct type, so WRONGTYPE checks tell it from a hash."""
+
+
+class MemoryStore(Store):
+    """The Store served entirely from process memory (the seed's fallback mode)."""
+
+    def __init__(self, clock: Clock = time.time, max_keys: int = 200_000) -> None:
+        self.data = MemoryData(clock=clock, max_keys=max_keys)
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.MEMORY
+
+    def execute(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Run the memory half of `op` and return its raw, Redis-shaped reply."""
+        return op.memory(self.data, keys, args)
+
+    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+        return op.parse(self.execute(op, keys, args))
+
+    async def ping(self) -> float | None:
+        return None
+
+
+def flatten(pairs: Iterable[tuple[Any, Any]]) -> list[Any]:
+    """[(a, 1), (b, 2)] -> [a, 1, b, 2], the shape HGETALL and WITHSCORES reply with."""
+    return [item for pair in pairs for item in pair]

@@ -1,0 +1,165 @@
+"""RedisStore: operations as Lua scripts, one round trip each, pipelined together.
+
+Calls made in the same event-loop step are sent as one pipeline of EVALSHAs (auto-pipelining,
+as ioredis and Lettuce do): under load a process pays one network round trip and one syscall
+pair per batch, not per call. Scripts are loaded lazily and reloaded transparently when Redis
+answers NOSCRIPT (a restart or SCRIPT FLUSH empties its script cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import redis.exceptions as rex
+
+from upak.store.base import Store
+from upak.store.operation import Arg, Mode, Operation, StoreError
+
+T = TypeVar("T")
+
+# Errors that mean "Redis is not serving us right now", as opposed to "Redis answered no".
+# A server that is loading its dataset, a replica that was demoted under us (Sentinel
+# failover) and a cluster that lost a slot are all outages from the caller's point of view.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,  # also AuthenticationError, BusyLoadingError, MaxConnectionsError
+    rex.TimeoutError,
+    TimeoutError,
+    OSError,
+    rex.ReadOnlyError,
+    rex.ClusterError,  # ClusterDownError, MasterDownError
+    rex.RedisClusterException,  # SlotNotCoveredError
+    rex.TryAgainError,
+)
+
+
+def script_sha(lua: str) -> str:
+    return hashlib.sha1(lua.encode(), usedforsecurity=False).hexdigest()
+
+
+class RedisStore(Store):
+    """Operations on a redis.asyncio client (standalone, Sentinel master, or Cluster)."""
+
+    def __init__(self, client: Any, *, call_timeout: float = 1.0, cluster: bool = False) -> None:
+        self.client = client
+        self.cluster = cluster
+        # A hard ceiling per batch on top of the socket timeouts: a pool that is waiting
+        # for a connection, or a server that accepts but never answers, cannot hold a call.
+        self.call_timeout = call_timeout
+        self._pending: list[
+            tuple[Operation[Any], Sequence[str], Sequence[Arg], asyncio.Future]
+        ] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._shas: dict[int, str] = {}
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.REDIS
+
+    def _sha(self, op: Operation[Any]) -> str:
+        sha = self._shas.get(id(op))
+        if sha is None:
+            sha = self._shas[id(op)] = script_sha(op.lua)
+        return sha
+
+    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+        return op.parse(await self.run_raw(op, keys, args))
+
+    async def run_raw(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Queue the call for this loop step's pipeline and wait for its raw reply."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((op, keys, args, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[Operation[Any], Sequence[str], Sequence[Arg], Any]]):
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                replies = await self._evalsha_all([(op, keys, args) for op, keys, args, _ in batch])
+        except BaseException as exc:  # every waiter must hear what happened to its call
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            for *_, future in batch:
+                if not future.done():
+                    if cancelled:
+                        future.cancel()
+                    else:
+                        future.set_exception(_as_store_error(exc))
+            if cancelled:
+                raise
+            return
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(_as_store_error(reply))
+            else:
+                future.set_result(reply)
+
+    async def _evalsha_all(
+        self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
+    ) -> list[Any]:
+        replies = await self._pipeline(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
+        if missing:
+            # The script cache was emptied (restart, failover, SCRIPT FLUSH): load and retry.
+            for op in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await self.client.script_load(op.lua)
+            retried = await self._pipeline([calls[i] for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(
+        self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
+    ) -> list[Any]:
+        if len(calls) == 1:
+            op, keys, args = calls[0]
+            try:
+                return [await self.client.evalsha(self._sha(op), len(keys), *keys, *args)]
+            except rex.ResponseError as exc:
+                if isinstance(exc, UNAVAILABLE):
+                    raise
+                return [exc]
+        pipe = self.client.pipeline(transaction=False)
+        for op, keys, args in calls:
+            pipe.evalsha(self._sha(op), len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, UNAVAILABLE):
+                raise reply
+        return list(replies)
+
+    async def ping(self) -> float:
+        started = time.perf_counter()
+        async with asyncio.timeout(self.call_timeout):
+            await self.client.ping()
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        close = getattr(self.client, "aclose", None) or self.client.close
+        await close()
+
+
+def _as_store_error(exc: BaseException) -> BaseException:
+    """Outage errors pass through for the failover; anything else Redis said is a StoreError."""
+    if isinstance(exc, (*UNAVAILABLE, StoreError)):
+        return exc
+    if isinstance(exc, rex.RedisError):
+        return StoreError(f"Redis refused the operation: {exc}")
+    return exc

@@ -1,0 +1,1 @@
+"""Pure ASGI middleware (not BaseHTTPMiddleware): bodies stream, raw bytes stay intact."""

@@ -1,0 +1,32 @@
+"""`GET /health` and `GET /metrics`: read from memory, so they answer while Redis hangs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from upak.store import Mode
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    services = request.app.state.services
+    stats = services.store.stats
+    # The heartbeat keeps `stats` current without traffic; reading it never touches Redis.
+    return {
+        "status": "ok" if stats.mode is Mode.REDIS else "degraded",
+        "store": str(stats.mode),
+        "redis": services.settings.redis.redacted_url(),
+        **{k: v for k, v in stats.as_dict().items() if k != "mode"},
+    }
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.services.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

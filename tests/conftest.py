@@ -1,0 +1,76 @@
+"""Fixtures shared by the suite: real redis-server processes and settings that point at them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.redis_servers import INSTALL_HINT, REDIS_SERVER, RedisServer, redis_server
+from upak.config import Settings, load_settings
+from upak.store import FailoverStore, MemoryStore, Store, build_store
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if REDIS_SERVER is None:
+        pytest.exit(INSTALL_HINT, returncode=4)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings from explicit values only: no .env, no leaking from the developer's shell."""
+    return load_settings(env_file=None, **overrides)
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    """One redis-server for tests that only need a Redis; each test uses its own key prefix."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that kill, pause or restart it."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def redis_settings(shared_redis: RedisServer, key_prefix: str) -> Settings:
+    return make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def any_store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Store]:
+    """The contract suite's subject: the memory twin, then a real Redis."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    store = build_store(make_settings(redis_url=server.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def failover_store(fresh_redis: RedisServer) -> AsyncIterator[FailoverStore]:
+    store = build_store(
+        make_settings(
+            redis_url=fresh_redis.url, redis_socket_timeout=0.2, redis_connect_timeout=0.2
+        )
+    )
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
