@@ -1,0 +1,124 @@
+"""Shared by every bench script: a private redis-server, timing helpers, and result files.
+
+Each script measures ours next to a peer in the same run and writes `bench/results/NAME.json`
+(rows of metric, ours, peer, ratio) that `bench/report.py` turns into docs/BENCHMARKS.md.
+Nothing in a report is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench scripts reuse the suite's redis-server launcher
+
+from tests.support.redis_servers import RedisServer, redis_server  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+__all__ = ["RedisServer", "Result", "Row", "machine", "measure_rate", "percentiles", "redis_server"]
+
+
+@dataclass
+class Row:
+    metric: str
+    ours: float
+    peer: float | None = None
+    peer_name: str | None = None
+    unit: str = "ops/s"
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float | None:
+        """How many times better ours is (>1 is better, whatever the unit's direction)."""
+        if self.peer in (None, 0) or self.ours == 0:
+            return None
+        return self.ours / self.peer if self.higher_is_better else self.peer / self.ours
+
+
+@dataclass
+class Result:
+    name: str
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+        peer = f"{row.peer:,.1f} ({row.peer_name})" if row.peer is not None else ""
+        print(f"  {row.metric:<58} {row.ours:>12,.1f} {row.unit:<6} {peer:>28} {ratio:>7}")
+        return row
+
+    def write(self) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{self.name}.json"
+        data = asdict(self)
+        for raw, row in zip(data["rows"], self.rows, strict=True):
+            raw["ratio"] = row.ratio
+        data["machine"] = machine()
+        path.write_text(json.dumps(data, indent=2))
+        print(f"wrote {path.relative_to(ROOT)}")
+        return path
+
+
+def machine() -> dict[str, object]:
+    try:
+        redis_version = (
+            subprocess.run(
+                ["redis-server", "--version"], capture_output=True, text=True, check=False
+            )
+            .stdout.split()[2]
+            .removeprefix("v=")
+        )
+    except (OSError, IndexError):
+        redis_version = "unknown"
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "redis": redis_version,
+        "platform": platform.platform(terse=True),
+    }
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50 and p99 of latencies in seconds, reported in milliseconds."""
+    if not samples:
+        return {"p50": 0.0, "p99": 0.0}
+    ordered = sorted(samples)
+    return {
+        "p50": statistics.median(ordered) * 1000,
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    }
+
+
+async def measure_rate(
+    call: Callable[[int], Awaitable[object]], *, concurrency: int = 64, seconds: float = 2.0
+) -> float:
+    """Calls per second of `call(i)` from `concurrency` concurrent tasks for `seconds`."""
+    import asyncio
+
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.perf_counter() < deadline:
+            await call(i)
+            done += 1
+            i += concurrency
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    return done / (time.perf_counter() - started)
