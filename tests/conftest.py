@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from tests.support.redis_servers import INSTALL_HINT, REDIS_SERVER, RedisServer, redis_server
+from tests.support.redis_servers import (
+    INSTALL_HINT,
+    REDIS_SERVER,
+    RedisCluster,
+    RedisServer,
+    SentinelSet,
+    redis_server,
+    start_cluster,
+    start_sentinel_set,
+)
 from upak.config import Settings, load_settings
 from upak.store import FailoverStore, MemoryStore, Store, build_store
 
@@ -47,14 +56,42 @@ def redis_settings(shared_redis: RedisServer, key_prefix: str) -> Settings:
     return make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[RedisCluster]:
+    """A local 3-master Redis Cluster, shared by the whole run."""
+    group = start_cluster(3)
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_set() -> Iterator[SentinelSet]:
+    """A master, a replica and a sentinel, shared by the whole run."""
+    group = start_sentinel_set()
+    yield group
+    group.stop()
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "redis",
+        pytest.param("cluster", marks=pytest.mark.slow),
+        pytest.param("sentinel", marks=pytest.mark.slow),
+    ]
+)
 async def any_store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Store]:
-    """The contract suite's subject: the memory twin, then a real Redis."""
+    """The contract suite's subject: the memory twin, a real Redis, a Cluster, a Sentinel set.
+
+    Every feature's operations run here, so a script that touches keys of two hash slots
+    fails on the cluster run.
+    """
     if request.param == "memory":
         yield MemoryStore()
         return
-    server: RedisServer = request.getfixturevalue("shared_redis")
-    store = build_store(make_settings(redis_url=server.url, redis_key_prefix=key_prefix))
+    fixture = {"redis": "shared_redis", "cluster": "cluster", "sentinel": "sentinel_set"}
+    target = request.getfixturevalue(fixture[request.param])
+    store = build_store(make_settings(redis_url=target.url, redis_key_prefix=key_prefix))
     await store.start()
     try:
         yield store

@@ -19,6 +19,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """UPAK Backend: serve the API and operate its Redis."""
+
+
 def settings_or_exit(**overrides: object) -> Settings:
     """Settings for a command; a bad value is one line on stderr and exit status 2."""
     try:
@@ -41,7 +46,7 @@ def serve(
     """Run UPAK Backend (on the in-memory store when no Redis is reachable)."""
     import uvicorn
 
-    from upak.logs import configure_logging
+    from upak.logs import configure_logging, uvicorn_log_config
 
     settings = settings_or_exit()
     host = host or settings.upak_host
@@ -58,6 +63,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(settings) or uvicorn.config.LOGGING_CONFIG,
         proxy_headers=False,  # client identity is decided by TRUSTED_PROXIES, not uvicorn
         server_header=False,
     )

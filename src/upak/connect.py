@@ -69,7 +69,6 @@ def async_client(
         return redis.asyncio.cluster.RedisCluster(
             startup_nodes=nodes,
             retry=no_retry,
-            cluster_error_retry_attempts=1,
             max_connections=settings.redis_max_connections,
             **kwargs,
         )

@@ -68,3 +68,20 @@ def configure_logging(settings: Settings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
     root.propagate = False
+
+
+def uvicorn_log_config(settings: Settings) -> dict[str, object] | None:
+    """In production uvicorn's own lines are JSON too; in development its defaults stay."""
+    if not settings.production:
+        return None
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "upak.logs.JsonFormatter"}},
+        "handlers": {"default": handler},
+        "loggers": {
+            name: {"handlers": ["default"], "level": settings.log_level, "propagate": False}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }

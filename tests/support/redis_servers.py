@@ -26,10 +26,25 @@ REDIS_CLI = shutil.which("redis-cli")
 INSTALL_HINT = "redis-server is not installed: install the Debian/Ubuntu package `redis-server`"
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(cluster_bus: bool = False) -> int:
+    """A free local port; with `cluster_bus`, one whose +10000 bus port is free too."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not cluster_bus:
+            return port
+        if port <= 55535 and _bindable(port + 10000):
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
@@ -244,11 +259,12 @@ def start_cluster(masters: int = 3) -> RedisCluster:
         for _ in range(masters):
             nodes.append(
                 RedisServer(
+                    port=free_port(cluster_bus=True),
                     config={
                         "cluster-enabled": "yes",
                         "cluster-config-file": "nodes.conf",
                         "cluster-node-timeout": "2000",
-                    }
+                    },
                 ).start()
             )
         assert REDIS_CLI is not None

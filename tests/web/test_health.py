@@ -54,3 +54,40 @@ async def test_oversized_body_is_413(client_for):
     response = await client.post("/health", content=b"x" * (64 * 1024 + 1))
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_health_follows_redis_without_other_traffic(client_for, fresh_redis: RedisServer):
+    import asyncio
+    import time
+
+    client = await client_for(redis_url=fresh_redis.url, redis_health_interval=0.25)
+
+    async def store_mode_within(mode: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            # Answered from memory even while Redis hangs: a hung /health fails the test here.
+            response = await asyncio.wait_for(client.get("/health"), timeout=seconds)
+            if response.json()["store"] == mode:
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(f"/health did not report {mode} within {seconds}s")
+
+    await store_mode_within("redis", 1.0)
+    fresh_redis.pause()
+    try:
+        await store_mode_within("memory", 1.0)
+    finally:
+        fresh_redis.resume()
+    await store_mode_within("redis", 2.0)
+
+
+def test_cli_reports_a_bad_setting_in_one_line(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from upak.cli import app
+
+    monkeypatch.setenv("REDIS_TTL", "-1")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "REDIS_TTL" in result.output and "Traceback" not in result.output

@@ -252,6 +252,7 @@ class FailoverStore(Store):
             await asyncio.sleep(backoff)
             try:
                 self.stats.latency = await self.redis.ping()
+                await self.redis.reset_connections()
                 await self._write_back()
             except (*UNAVAILABLE, StoreError) as exc:
                 self.stats.last_error = self._redact(exc)

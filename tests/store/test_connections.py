@@ -1,0 +1,139 @@
+"""Connecting the way production does: requirepass, an ACL user, TLS, Sentinel and Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.support.redis_servers import (
+    RedisCluster,
+    RedisServer,
+    SentinelSet,
+    make_tls_files,
+    redis_server,
+)
+from upak.config import Settings
+from upak.store import FailoverStore, KeySpace, Mode, build_store
+
+
+@pytest.fixture(scope="module")
+def secured_redis() -> Iterator[RedisServer]:
+    with redis_server(
+        password="default-pw-1234",
+        config={
+            "user": "upak_app on >app-pw-5678 ~upak:* &* -@all +@read +@write +@scripting "
+            "+ping +client +info"
+        },
+    ) as server:
+        yield server
+
+
+async def started(settings: Settings) -> FailoverStore:
+    store = build_store(settings)
+    await store.start()
+    return store
+
+
+async def exercise(store: FailoverStore, keys: KeySpace) -> None:
+    """The contract's primitives, end to end, on whatever topology `store` points at."""
+    claims = await asyncio.gather(
+        *(store.claim_once(keys.key("replay", "x"), 10_000) for _ in range(20))
+    )
+    assert claims.count(True) == 1
+    await store.set(keys.key("cache", "v"), "value", 10_000)
+    assert await store.get(keys.key("cache", "v")) == b"value"
+    assert await store.delete(keys.key("cache", "v")) is True
+    assert store.mode is Mode.REDIS and store.stats.fallback_calls == 0
+
+
+async def test_requirepass(secured_redis: RedisServer, key_prefix: str) -> None:
+    store = await started(
+        make_settings(
+            redis_port=secured_redis.port, redis_host="127.0.0.1", redis_password="default-pw-1234"
+        )
+    )
+    try:
+        await exercise(store, KeySpace("upak:" + key_prefix))
+    finally:
+        await store.close()
+
+
+async def test_wrong_password_serves_from_memory_and_never_leaks(
+    secured_redis: RedisServer,
+) -> None:
+    store = await started(
+        make_settings(redis_url=f"redis://:wrong-pw-999@127.0.0.1:{secured_redis.port}/0")
+    )
+    try:
+        assert store.mode is Mode.MEMORY
+        assert "AuthenticationError" in (store.stats.last_error or "")
+        text = f"{store.stats!r} {store.stats.as_dict()} {store.target}"
+        assert "wrong-pw-999" not in text
+        assert await store.claim_once("upak:replay:y", 1000) is True  # served, from memory
+    finally:
+        await store.close()
+
+
+async def test_acl_user(secured_redis: RedisServer, key_prefix: str) -> None:
+    store = await started(
+        make_settings(redis_url=f"redis://upak_app:app-pw-5678@127.0.0.1:{secured_redis.port}/0")
+    )
+    try:
+        await exercise(store, KeySpace("upak:" + key_prefix))
+    finally:
+        await store.close()
+
+
+async def test_tls(tmp_path, key_prefix: str) -> None:
+    files = make_tls_files(tmp_path / "tls")
+    with redis_server(tls=files) as server:
+        store = await started(
+            make_settings(
+                redis_url=f"rediss://127.0.0.1:{server.port}/0", redis_ssl_ca_certs=files["ca"]
+            )
+        )
+        try:
+            await exercise(store, KeySpace("upak:" + key_prefix))
+        finally:
+            await store.close()
+
+
+async def test_tls_against_a_plain_port_is_an_outage_not_a_crash(shared_redis: RedisServer) -> None:
+    store = await started(make_settings(redis_url=f"rediss://127.0.0.1:{shared_redis.port}/0"))
+    try:
+        assert store.mode is Mode.MEMORY
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def cluster_store(cluster: RedisCluster) -> AsyncIterator[FailoverStore]:
+    store = await started(make_settings(redis_url=cluster.url))
+    yield store
+    await store.close()
+
+
+@pytest.mark.slow
+async def test_cluster_runs_the_primitives(cluster_store: FailoverStore, key_prefix: str) -> None:
+    await exercise(cluster_store, KeySpace("upak:" + key_prefix))
+
+
+@pytest.mark.slow
+async def test_cluster_pipelines_calls_across_slots(cluster_store: FailoverStore) -> None:
+    keys = [f"upak:replay:{i}" for i in range(200)]  # spread over all three masters
+    results = await asyncio.gather(*(cluster_store.claim_once(k, 10_000) for k in keys))
+    assert all(results)
+    again = await asyncio.gather(*(cluster_store.claim_once(k, 10_000) for k in keys))
+    assert not any(again) and cluster_store.stats.fallback_calls == 0
+
+
+@pytest.mark.slow
+async def test_sentinel_master(sentinel_set: SentinelSet, key_prefix: str) -> None:
+    store = await started(make_settings(redis_url=sentinel_set.url))
+    try:
+        await exercise(store, KeySpace("upak:" + key_prefix))
+    finally:
+        await store.close()

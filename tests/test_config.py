@@ -1,0 +1,110 @@
+"""Settings: the seed's names and defaults, URL schemes, one-line errors, no leaked secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from upak.config import ConfigError, Settings, load_settings, parse_redis_url
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD",
+                 "REDIS_USERNAME", "REDIS_TTL", "REDIS_KEY_PREFIX", "UPAK_ENV"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_seed_defaults() -> None:
+    settings = load_settings(env_file=None)
+    assert (settings.redis_host, settings.redis_port, settings.redis_db) == ("localhost", 6379, 0)
+    assert settings.redis_ttl == 300 and settings.redis_key_prefix == "upak:"
+    assert settings.upak_env == "development"
+    assert settings.redis.redacted_url() == "redis://localhost:6379/0"
+
+
+def test_parts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "cache.internal")
+    monkeypatch.setenv("REDIS_PORT", "6380")
+    monkeypatch.setenv("REDIS_DB", "2")
+    monkeypatch.setenv("REDIS_PASSWORD", "pa:ss@word")
+    target = load_settings(env_file=None).redis
+    assert target.hosts == (("cache.internal", 6380),) and target.db == 2
+    assert target.password == "pa:ss@word"
+    assert target.redacted_url() == "redis://:***@cache.internal:6380/2"
+
+
+def test_url_wins_over_the_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "ignored")
+    monkeypatch.setenv("REDIS_URL", "redis://:your_password@localhost:6379/0")
+    target = load_settings(env_file=None).redis
+    assert target.hosts == (("localhost", 6379),) and target.password == "your_password"
+
+
+def test_dotenv_file_is_read(tmp_path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("REDIS_HOST=from-dotenv\nREDIS_TTL=600\n")
+    settings = load_settings(env_file=str(env))
+    assert settings.redis_host == "from-dotenv" and settings.redis_ttl == 600
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "hosts", "db", "extra"),
+    [
+        ("redis://localhost", "standalone", (("localhost", 6379),), 0, {}),
+        ("rediss://u:p@h:6380/3", "standalone", (("h", 6380),), 3, {"tls": True, "username": "u"}),
+        ("unix:///run/redis.sock?db=4", "unix", (), 4, {"path": "/run/redis.sock"}),
+        (
+            "redis+sentinel://s1:26379,s2/mymaster/1",
+            "sentinel",
+            (("s1", 26379), ("s2", 26379)),
+            1,
+            {"service_name": "mymaster"},
+        ),
+        ("redis+cluster://n1:7000,[::1]:7001", "cluster", (("n1", 7000), ("::1", 7001)), 0, {}),
+    ],
+)
+def test_url_schemes(url, kind, hosts, db, extra) -> None:
+    target = parse_redis_url(url)
+    assert (target.kind, target.hosts, target.db) == (kind, hosts, db)
+    for name, value in extra.items():
+        assert getattr(target, name) == value
+    assert parse_redis_url(target.redacted_url()).kind == kind  # redacted URLs still parse
+
+
+@pytest.mark.parametrize(
+    ("env", "names", "accepts"),
+    [
+        ({"REDIS_PORT": "abc"}, "REDIS_PORT", "1 to 65535"),
+        ({"REDIS_PORT": "70000"}, "REDIS_PORT", "1 to 65535"),
+        ({"REDIS_TTL": "-1"}, "REDIS_TTL", "at least 1"),
+        ({"REDIS_DB": "16"}, "REDIS_DB", "0 to 15"),
+        ({"REDIS_URL": "http://:topsecret@h:1/0"}, "REDIS_URL", "redis://"),
+        ({"REDIS_URL": "redis://:topsecret@h:99999/0"}, "REDIS_URL", "redis://"),
+        ({"REDIS_URL": "redis+cluster://h:7000/2"}, "REDIS_URL", "database 0"),
+        ({"UPAK_ENV": "staging"}, "UPAK_ENV", "development or production"),
+        ({"REDIS_KEY_PREFIX": "a{b}"}, "REDIS_KEY_PREFIX", "braces"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8,nope"}, "TRUSTED_PROXIES", "CIDR"),
+    ],
+)
+def test_bad_values_stop_start_up_with_one_line(monkeypatch, env, names, accepts) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert "\n" not in message and names in message and accepts in message
+    assert "topsecret" not in message
+
+
+def test_secrets_stay_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://app:topsecret@h:6379/0")
+    monkeypatch.setenv("REDIS_PASSWORD", "othersecret")
+    settings = load_settings(env_file=None)
+    for text in (repr(settings), str(settings), repr(settings.redis), str(settings.redis)):
+        assert "topsecret" not in text and "othersecret" not in text
+
+
+def test_settings_are_data_not_globals() -> None:
+    a = load_settings(env_file=None, redis_port=7001)
+    b = load_settings(env_file=None, redis_port=7002)
+    assert isinstance(a, Settings) and a.redis.hosts != b.redis.hosts
