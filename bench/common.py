@@ -25,7 +25,16 @@ from tests.support.redis_servers import RedisServer, redis_server  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
-__all__ = ["RedisServer", "Result", "Row", "machine", "measure_rate", "percentiles", "redis_server"]
+__all__ = [
+    "RedisServer",
+    "Result",
+    "Row",
+    "fmt",
+    "machine",
+    "measure_rate",
+    "percentiles",
+    "redis_server",
+]
 
 
 @dataclass
@@ -55,9 +64,9 @@ class Result:
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
-        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
-        peer = f"{row.peer:,.1f} ({row.peer_name})" if row.peer is not None else ""
-        print(f"  {row.metric:<58} {row.ours:>12,.1f} {row.unit:<6} {peer:>28} {ratio:>7}")
+        ratio = f"{row.ratio:,.2f}x" if row.ratio is not None else ""
+        peer = f"{fmt(row.peer)} ({row.peer_name})" if row.peer is not None else ""
+        print(f"  {row.metric:<58} {fmt(row.ours):>12} {row.unit:<6} {peer:>28} {ratio:>7}")
         return row
 
     def write(self) -> Path:
@@ -70,6 +79,11 @@ class Result:
         path.write_text(json.dumps(data, indent=2))
         print(f"wrote {path.relative_to(ROOT)}")
         return path
+
+
+def fmt(value: float) -> str:
+    """Figures with the precision they deserve: 0.042, 3.14, 12,345."""
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
 def machine() -> dict[str, object]:

@@ -256,7 +256,7 @@ class Settings(BaseSettings):
     redis_socket_timeout: float = Field(0.5, gt=0, le=30)
     redis_connect_timeout: float = Field(0.5, gt=0, le=30)
     redis_health_interval: float = Field(0.5, ge=0.05, le=10)
-    redis_probe_backoff_max: float = Field(1.0, ge=0.05, le=60)
+    redis_probe_backoff_max: float = Field(0.5, ge=0.05, le=60)
     redis_max_connections: int = Field(64, ge=1, le=10000)
     memory_max_keys: int = Field(200_000, ge=100, le=100_000_000)
 

@@ -1,0 +1,118 @@
+"""What an outage costs a caller: latency of a store call with Redis healthy, down and hung.
+
+One run, one private redis-server. Each phase times the same claim-once call; the peer is a
+plain redis-py client with the same socket timeout, which pays that timeout on every call
+while Redis hangs (and fails every call while it is down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+
+import redis.asyncio as aioredis
+
+from common import Result, Row, percentiles, redis_server
+from upak.config import load_settings
+from upak.store import Mode, build_store
+
+CALLS = 2000
+TIMEOUT = 0.25
+
+
+async def timed_calls(call, n: int) -> list[float]:
+    samples = []
+    for i in range(n):
+        started = time.perf_counter()
+        await call(i)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def main() -> None:
+    result = Result("failover", "Failover: added latency of a call during an outage")
+    counter = itertools.count()
+    with redis_server() as server:
+        settings = load_settings(
+            env_file=None,
+            redis_url=server.url,
+            redis_socket_timeout=TIMEOUT,
+            redis_connect_timeout=TIMEOUT,
+        )
+        store = build_store(settings)
+        await store.start()
+        peer = aioredis.Redis(
+            port=server.port, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        )
+
+        async def ours(_: int) -> None:
+            await store.claim_once(f"upak:replay:{next(counter)}", 60_000)
+
+        async def raw(_: int) -> None:
+            # The peer's caller would see these errors; here only the time counts.
+            with contextlib.suppress(Exception):
+                await peer.set(f"peer:{next(counter)}", 1, nx=True, px=60_000)
+
+        healthy = percentiles(await timed_calls(ours, CALLS))
+        peer_healthy = percentiles(await timed_calls(raw, CALLS))
+
+        server.pause()  # hung: the port accepts, nothing answers
+        first_hung = await timed_calls(ours, 1)
+        hung = percentiles(await timed_calls(ours, CALLS))
+        peer_hung = percentiles(await timed_calls(raw, 5))  # each waits out timeout and retries
+        assert store.mode is Mode.MEMORY
+        server.resume()
+        while store.mode is not Mode.REDIS:
+            await asyncio.sleep(0.01)
+
+        server.kill()  # down: connections refused
+        first_down = await timed_calls(ours, 1)
+        down = percentiles(await timed_calls(ours, CALLS))
+        server.start()
+        recovered_at = time.perf_counter()
+        while store.mode is not Mode.REDIS:
+            await asyncio.sleep(0.01)
+        recovery = time.perf_counter() - recovered_at
+        await store.close()
+        await peer.aclose()
+
+    print(f"claim-once latency, {CALLS} sequential calls per phase (ms)")
+    for label, figures in (("healthy", healthy), ("hung", hung), ("down", down)):
+        for q in ("p50", "p99"):
+            result.add(
+                Row(
+                    f"{label}: {q} ours (peer: raw redis-py in the same phase)",
+                    figures[q],
+                    {"healthy": peer_healthy, "hung": peer_hung}.get(label, {}).get(q),
+                    "redis-py defaults, socket_timeout=0.25",
+                    unit="ms",
+                    higher_is_better=False,
+                )
+            )
+    for label, figures in (("hung", hung), ("down", down)):
+        for q in ("p50", "p99"):
+            result.add(
+                Row(
+                    f"added {q} while {label} vs healthy",
+                    figures[q] - healthy[q],
+                    unit="ms",
+                    higher_is_better=False,
+                )
+            )
+    result.add(Row("first call when Redis hangs (pays the socket timeout once)",
+                   first_hung[0] * 1000, unit="ms", higher_is_better=False))  # fmt: skip
+    result.add(Row("first call when Redis is down (connection refused)",
+                   first_down[0] * 1000, unit="ms", higher_is_better=False))  # fmt: skip
+    result.add(Row("Redis back -> store back on Redis", recovery * 1000, unit="ms",
+                   higher_is_better=False))  # fmt: skip
+    result.notes.append(
+        "While Redis is down the peer fails every call; while it hangs every peer call waits "
+        f"its {TIMEOUT}s socket timeout. Ours pays that once, then the breaker serves from memory."
+    )
+    result.write()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
