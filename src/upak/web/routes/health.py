@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,6 +23,7 @@ async def health(request: Request) -> dict[str, Any]:
         "status": "ok" if stats.mode is Mode.REDIS else "degraded",
         "store": str(stats.mode),
         "redis": services.settings.redis.redacted_url(),
+        "worker": os.getpid(),  # which worker process answered (multi-worker checks)
         **{k: v for k, v in stats.as_dict().items() if k != "mode"},
     }
 
