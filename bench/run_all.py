@@ -20,7 +20,8 @@ SCRIPTS = [
     ("cache", 90),
     ("sessions", 90),
     ("memory", 60),
-    ("load", 200),
+    ("load", 120),
+    ("chaos", 120),
 ]
 
 
