@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import click
 import httpx
 import pytest
-from typer.main import get_command
 
 from tests.support.redis_servers import RedisServer, free_port
 from tests.support.webhooks import (
@@ -32,7 +30,6 @@ from tests.support.webhooks import (
     read_state,
     signed_headers,
 )
-from upak.cli import app as cli_app
 from upak.features.replay import ReplayGuard, ReplayWindows
 from upak.store import KeySpace, MemoryStore
 
@@ -87,12 +84,6 @@ class Server:
         return counts
 
 
-def upak_serve_command() -> list[str]:
-    upak = str(Path(sys.executable).with_name("upak"))
-    # While `serve` is the CLI's only command, Typer runs it as the bare `upak`.
-    return [upak, "serve"] if isinstance(get_command(cli_app), click.Group) else [upak]
-
-
 @contextlib.contextmanager
 def upak_serve(tmp_path: Path, redis: RedisServer, **env: str) -> Iterator[Server]:
     port = free_port()
@@ -111,9 +102,10 @@ def upak_serve(tmp_path: Path, redis: RedisServer, **env: str) -> Iterator[Serve
         "LOG_LEVEL": "INFO",
         **env,
     }
+    upak = str(Path(sys.executable).with_name("upak"))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [*upak_serve_command(), "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
+            [upak, "serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
             cwd=tmp_path,  # no .env from the repository
             env=environment,
             stdout=log,
