@@ -197,3 +197,25 @@ async def test_claims_made_during_an_outage_survive_recovery(
     raw = fresh_redis.client()
     assert raw.get(gate.key_for("upak", "during")) == b"d"
     assert raw.pttl(gate.key_for("upak", "during")) > 71 * 3600_000
+
+
+@pytest.mark.slow
+async def test_a_claim_released_during_an_outage_stays_released_after_recovery(
+    failover_store: FailoverStore, fresh_redis: RedisServer
+) -> None:
+    gate = guard(failover_store, "t:")
+
+    async def broken() -> None:
+        raise RuntimeError("database down")
+
+    fresh_redis.kill()
+    with pytest.raises(RuntimeError):
+        await gate.once("upak", "failed", broken)
+    fresh_redis.restart(keep_data=False)
+    for _ in range(200):
+        if failover_store.mode is Mode.REDIS:
+            break
+        await asyncio.sleep(0.05)
+    assert failover_store.mode is Mode.REDIS
+    assert failover_store.stats.written_back >= 2  # the claim, then its release, in order
+    assert fresh_redis.client().exists(gate.key_for("upak", "failed")) == 0
