@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.redis_servers import RedisServer, free_port
+from tests.support.redis_servers import RedisServer
+from tests.support.service import Service, running_service
 from tests.support.webhooks import (
     SECRET,
     YOOKASSA_IP,
@@ -41,15 +41,16 @@ PERIOD = timedelta(days=30)
 
 @dataclass
 class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
+    service: Service
     db_path: str
     prefix: str
-    log_path: Path
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.service.url
+
+    def log(self) -> str:
+        return self.service.log()
 
     def workers(self) -> list[int]:
         """The pids of the `upak serve` process's children (its workers and helpers)."""
@@ -58,7 +59,7 @@ class Server:
             if entry.isdigit():
                 with contextlib.suppress(OSError):
                     stat = Path(f"/proc/{entry}/stat").read_text()
-                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.service.proc.pid:
                         children.append(int(entry))
         return children
 
@@ -70,7 +71,7 @@ class Server:
                 for line in Path(table).read_text().splitlines()[1:]:
                     fields = line.split()
                     local_port = int(fields[1].rsplit(":", 1)[1], 16)
-                    if local_port == self.port and fields[3] == "01":
+                    if local_port == self.service.port and fields[3] == "01":
                         inodes.add(fields[9])
         counts = {}
         for pid in self.workers():
@@ -86,13 +87,10 @@ class Server:
 
 @contextlib.contextmanager
 def upak_serve(tmp_path: Path, redis: RedisServer, **env: str) -> Iterator[Server]:
-    port = free_port()
+    """`upak serve --workers 2` (tests/support/service.py) on `redis` and a SQLite file."""
     db_path = str(tmp_path / "upak.db")
-    prefix = f"w{port}:"
-    log_path = tmp_path / "serve.log"
-    environment = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path),
+    prefix = f"w{uuid.uuid4().hex[:8]}:"
+    settings = {
         "REDIS_URL": redis.url,
         "REDIS_KEY_PREFIX": prefix,
         "REDIS_SOCKET_TIMEOUT": "0.2",
@@ -102,36 +100,8 @@ def upak_serve(tmp_path: Path, redis: RedisServer, **env: str) -> Iterator[Serve
         "LOG_LEVEL": "INFO",
         **env,
     }
-    upak = str(Path(sys.executable).with_name("upak"))
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [upak, "serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,  # no .env from the repository
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(proc, port, db_path, prefix, log_path)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "upak serve did not answer within 30 s"
-            time.sleep(0.1)
-        while len(server.workers()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # the second worker's lifespan has run: both accept from here on
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    with running_service(settings, workers=2) as service:
+        yield Server(service, db_path, prefix)
 
 
 async def burst(server: Server, path: str, body: bytes, headers: dict[str, str]):
@@ -218,7 +188,7 @@ async def test_with_redis_killed_before_the_burst_the_effect_is_still_once(
         assert_exactly_once(server, responses, spread, started)
         # Each worker's memory gate let one copy through; the database key stopped the second.
         stopped = f"{headers['webhook-id']}': duplicate (the payment is recorded already)"
-        assert stopped in server.log_path.read_text()
+        assert stopped in server.log()
         yookassa_body = notification()
         responses, spread = await burst(server, "/webhooks/yookassa", yookassa_body, {})
         assert [r.json()["status"] for r in responses if r.status_code == 200].count(
