@@ -10,12 +10,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from upak.config import Settings, load_settings
+from upak.domain.db import make_engine, make_sessionmaker
 from upak.logs import configure_logging
 from upak.store import FailoverStore, Mode, build_store
 from upak.web.metrics import Metrics
 from upak.web.middleware.body_limit import BodySizeLimit
 from upak.web.problems import install_problem_handlers
-from upak.web.routes import health
+from upak.web.routes import health, payments, plans, webhooks
 from upak.web.services import Services
 
 log = logging.getLogger("upak.web")
@@ -30,6 +31,8 @@ def create_app(
     """Build the app for `settings`. `store` and `clock` are injectable for tests."""
     store = store or build_store(settings, clock=clock)
     services = Services(settings=settings, store=store, metrics=Metrics(store), clock=clock)
+    engine = make_engine(settings.database_url.get_secret_value())
+    services.db = make_sessionmaker(engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,11 +47,15 @@ def create_app(
             yield
         finally:
             await store.close()
+            await engine.dispose()
 
     app = FastAPI(title="UPAK Backend", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     install_problem_handlers(app)
     app.include_router(health.router)
+    app.include_router(plans.router)
+    app.include_router(payments.router)
+    app.include_router(webhooks.router)
     app.add_middleware(BodySizeLimit)
     return app
 

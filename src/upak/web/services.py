@@ -11,9 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from upak.config import Settings
+from upak.config import Settings, parse_networks
+from upak.domain.billing import SubscriptionHook
+from upak.features.replay import ReplayGuard, ReplayWindows
+from upak.features.signatures import SigningKeys
+from upak.features.yookassa import allowed_networks
 from upak.store import FailoverStore, KeySpace
+from upak.web.client_ip import Network
 from upak.web.metrics import Metrics
 
 
@@ -24,9 +30,22 @@ class Services:
     metrics: Metrics
     clock: Callable[[], float] = time.time
     keys: KeySpace = field(init=False)
+    # Payments and webhooks: the database, who hears of subscription changes (a cached /me),
+    # the replay gate, the Standard Webhooks keys and the networks YooKassa may call from.
+    db: async_sessionmaker[AsyncSession] | None = None
+    on_subscription_changed: list[SubscriptionHook] = field(default_factory=list)
+    replay: ReplayGuard = field(init=False)
+    webhook_keys: SigningKeys | None = field(init=False)
+    yookassa_networks: tuple[Network, ...] = field(init=False)
+    trusted_proxies: tuple[Network, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = KeySpace(self.settings.redis_key_prefix)
+        self.replay = ReplayGuard(self.store, self.keys, ReplayWindows.from_settings(self.settings))
+        secret = self.settings.webhook_secret
+        self.webhook_keys = SigningKeys.from_setting(secret.get_secret_value()) if secret else None
+        self.yookassa_networks = allowed_networks(self.settings.yookassa_allowed_ips)
+        self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
 
 
 def get_services(request: Request) -> Services:
