@@ -535,3 +535,12 @@ def test_bypass_replies_are_markers() -> None:
 def test_memory_store_works_standalone() -> None:
     # A MemoryStore (no failover) runs the twins: caching in one process, for tests/dev.
     assert isinstance(MemoryStore(), Store)
+
+
+async def test_an_unstorable_value_fails_loudly_and_frees_the_lease(cache: Cache) -> None:
+    async def not_json() -> set[int]:
+        return {1}
+
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        await cache.get_or_compute("k", not_json, codec="json")
+    assert await cache.get_or_compute("k", Source("ok"), codec="json") == "ok"

@@ -41,7 +41,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 import msgpack
 
@@ -335,6 +335,20 @@ def _user_part(user_id: Any) -> str:
 
 
 @dataclass(frozen=True)
+class _Spec(Generic[T]):
+    """One get_or_compute call's options, as its computation carries them."""
+
+    key: str
+    compute: Callable[[], Awaitable[T]]
+    ttl: float
+    tags: tuple[str, ...]
+    stale_ttl: float
+    codec: Codec
+    dump: Callable[[T], Any] | None
+    load: Callable[[Any], T] | None
+
+
+@dataclass(frozen=True)
 class TagSnapshot:
     """Tag versions taken before a computation (None while caching is off)."""
 
@@ -468,46 +482,41 @@ class Cache:
         *,
         stale_ttl: float = 0,
         codec: Codec | None = None,
+        dump: Callable[[T], Any] | None = None,
         load: Callable[[Any], T] | None = None,
     ) -> T:
         """The cached value of `key`, computed by `compute()` once on a miss.
 
         `ttl` seconds fresh (default REDIS_TTL); with `stale_ttl` the entry is kept that much
-        longer and served stale while one caller refreshes it in the background. `load` turns
-        the decoded value back into what callers expect; if it raises ValueError, TypeError or
-        KeyError the entry counts as corrupt (a miss). Exceptions from `compute` propagate to
-        every caller waiting on it and nothing is cached.
+        longer and served stale while one caller refreshes it in the background. `dump` turns
+        a computed value into what the codec stores and `load` turns it back; if `load` raises
+        ValueError, TypeError or KeyError the entry counts as corrupt (a miss). Exceptions from
+        `compute` reach every caller waiting on it and nothing is cached.
         """
-        tags = tuple(tags)
-        ttl = self.default_ttl if ttl is None else ttl
-        found = await self._lookup(key, tags, load)
+        spec = _Spec(
+            key=key,
+            compute=compute,
+            ttl=self.default_ttl if ttl is None else ttl,
+            tags=tuple(tags),
+            stale_ttl=stale_ttl,
+            codec=codec or self.codec,
+            dump=dump,
+            load=load,
+        )
+        found = await self._lookup(key, spec.tags, load)
         if isinstance(found, Entry) and found.fresh_until_ms > self._now_ms():
             self.stats.hits += 1
             return found.value  # type: ignore[no-any-return]
         if isinstance(found, Entry) and stale_ttl > 0:
             # Past its soft TTL: served once more while one caller refreshes it.
             self.stats.stale_hits += 1
-            self._refresh_in_background(key, compute, ttl, tags, stale_ttl, codec)
+            self._refresh_in_background(spec)
             return found.value  # type: ignore[no-any-return]
         if found is not CACHING_OFF:
             self.stats.misses += 1
-        return await self._join(key, compute, ttl, tags, stale_ttl, codec, load)
-
-    async def _join(
-        self,
-        key: str,
-        compute: Callable[[], Awaitable[T]],
-        ttl: float,
-        tags: tuple[str, ...],
-        stale_ttl: float,
-        codec: Codec | None,
-        load: Callable[[Any], T] | None,
-    ) -> T:
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(
-                self._fill(key, compute, ttl, tags, stale_ttl, codec, load)
-            )
+            task = asyncio.get_running_loop().create_task(self._fill(spec))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         else:
@@ -515,20 +524,11 @@ class Cache:
         # Shielded: a caller that goes away (client disconnect) does not cancel the others.
         return await asyncio.shield(task)  # type: ignore[no-any-return]
 
-    def _refresh_in_background(
-        self,
-        key: str,
-        compute: Callable[[], Awaitable[Any]],
-        ttl: float,
-        tags: tuple[str, ...],
-        stale_ttl: float,
-        codec: Codec | None,
-    ) -> None:
+    def _refresh_in_background(self, spec: _Spec[Any]) -> None:
+        key = spec.key
         if key in self._inflight or key in self._refreshing:
             return
-        task = asyncio.get_running_loop().create_task(
-            self._fill(key, compute, ttl, tags, stale_ttl, codec, None, wait=False)
-        )
+        task = asyncio.get_running_loop().create_task(self._fill(spec, wait=False))
         self._refreshing[key] = task
 
         def done(t: asyncio.Task[Any]) -> None:
@@ -543,54 +543,44 @@ class Cache:
         while self._refreshing:
             await asyncio.gather(*list(self._refreshing.values()), return_exceptions=True)
 
-    async def _fill(
-        self,
-        key: str,
-        compute: Callable[[], Awaitable[T]],
-        ttl: float,
-        tags: tuple[str, ...],
-        stale_ttl: float,
-        codec: Codec | None,
-        load: Callable[[Any], T] | None,
-        wait: bool = True,
-    ) -> T | None:
-        """Compute and store `key` as the one caller in this process that does so."""
-        token = secrets.token_hex(8)
+    async def _fill(self, spec: _Spec[T], wait: bool = True) -> T | None:
+        """Compute and store `spec.key` as the one caller in this process that does so."""
+        key, token = spec.key, secrets.token_hex(8)
         lease_ms = max(int(self.lease_ttl * 1000), 1)
         # Take the lease and the tag versions together (one round trip). The versions are
         # taken before computing: an invalidation from here on kills what we write.
         leased, stamps = await asyncio.gather(
             self.store.run(LEASE, [self.lease_key(key)], [token, lease_ms]),
-            self._stamp(tags, ttl + stale_ttl),
+            self._stamp(spec.tags, spec.ttl + spec.stale_ttl),
         )
         if not leased:
             if not wait:
                 return None  # another process is refreshing it; the stale value stands
             self.stats.lease_waits += 1
-            found = await self._await_other_process(key, tags, load)
+            found = await self._await_other_process(spec)
             if found is not None:
                 return found.value  # type: ignore[no-any-return]
             token = ""  # the other process took too long: compute without the lease
         try:
             self.stats.computes += 1
-            value = await compute()
+            value = await spec.compute()
+            if stamps is not None:
+                stored = spec.dump(value) if spec.dump is not None else value
+                await self._write(key, stored, spec.ttl, spec.stale_ttl, stamps, spec.codec, token)
+                return value
         except BaseException:
             if token:
                 await self.store.run(RELEASE, [self.lease_key(key)], [token])
             raise
-        if stamps is not None:
-            await self._write(key, value, ttl, stale_ttl, stamps, codec, token)
-        elif token:
+        if token:
             await self.store.run(RELEASE, [self.lease_key(key)], [token])
         return value
 
-    async def _await_other_process(
-        self, key: str, tags: tuple[str, ...], load: Callable[[Any], Any] | None
-    ) -> Entry | None:
+    async def _await_other_process(self, spec: _Spec[Any]) -> Entry | None:
         deadline = time.monotonic() + self.lease_wait
         while time.monotonic() < deadline:
             await asyncio.sleep(self.lease_poll)
-            found = await self._lookup(key, tags, load)
+            found = await self._lookup(spec.key, spec.tags, spec.load)
             if found is CACHING_OFF:
                 return None
             if isinstance(found, Entry) and found.fresh_until_ms > self._now_ms():

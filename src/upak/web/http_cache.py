@@ -118,11 +118,17 @@ async def cached_representation(
 ) -> Representation:
     """The rendered JSON of `await load()`, from the cache (computed once on a miss)."""
 
-    async def render() -> list[Any]:
-        return represent_json(await load()).dump()
+    async def render() -> Representation:
+        return represent_json(await load())
 
     return await cache.get_or_compute(
-        key, render, ttl, tags, codec="msgpack", load=Representation.load
+        key,
+        render,
+        ttl,
+        tags,
+        codec="msgpack",
+        dump=Representation.dump,
+        load=Representation.load,
     )
 
 
