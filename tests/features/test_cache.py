@@ -544,3 +544,53 @@ async def test_an_unstorable_value_fails_loudly_and_frees_the_lease(cache: Cache
     with pytest.raises(TypeError, match="not JSON-serialisable"):
         await cache.get_or_compute("k", not_json, codec="json")
     assert await cache.get_or_compute("k", Source("ok"), codec="json") == "ok"
+
+
+async def test_concurrent_hits_share_one_read(cache: Cache, monkeypatch) -> None:
+    await cache.set("hot", {"n": 1}, tags=["plans"])
+    reads = 0
+    run = cache.store.run
+
+    async def counting(op, keys, args=()):
+        nonlocal reads
+        reads += op is READ
+        return await run(op, keys, args)
+
+    monkeypatch.setattr(cache.store, "run", counting)
+    results = await asyncio.gather(
+        *(cache.get_or_compute("hot", Source(), tags=["plans"]) for _ in range(64))
+    )
+    assert results == [{"n": 1}] * 64 and cache.stats.hits == 64
+    assert reads == 2  # the entry and its tag, once for all 64 callers
+    results[0]["n"] = 2  # each caller decoded its own copy
+    assert results[1] == {"n": 1}
+
+
+async def test_a_read_started_after_an_invalidation_never_joins_an_older_one(
+    cache: Cache, monkeypatch
+) -> None:
+    await cache.set("me", "old expiry", tags=["user:7"])
+    run, held, release = cache.store.run, asyncio.Event(), asyncio.Event()
+
+    async def slow_replies(op, keys, args=()):
+        reply = await run(op, keys, args)  # Redis has answered...
+        if op is READ and not release.is_set():
+            held.set()
+            await release.wait()  # ...but the reply is still on its way back
+        return reply
+
+    monkeypatch.setattr(cache.store, "run", slow_replies)
+    source = Source("new expiry")
+
+    def read_me() -> asyncio.Task[object]:
+        return asyncio.create_task(cache.get_or_compute("me", source, tags=["user:7"]))
+
+    in_flight = [read_me() for _ in range(10)]
+    await held.wait()  # those reads saw the old entry and the old tag version
+    await cache.invalidate("user:7")  # the webhook's invalidation returned
+    late = read_me()  # a read that starts now
+    for _ in range(10):
+        await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*in_flight) == ["old expiry"] * 10  # they started before
+    assert await late == "new expiry"

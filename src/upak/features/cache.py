@@ -403,6 +403,8 @@ class Cache:
         self._inflight: dict[str, asyncio.Task[Any]] = {}
         # Background refreshes of stale entries; separate, since they may yield no value.
         self._refreshing: dict[str, asyncio.Task[Any]] = {}
+        # Lookups not yet sent to Redis, by (key, tags): identical ones share them.
+        self._reads: dict[tuple[str, tuple[str, ...]], asyncio.Future[list[Any]]] = {}
 
     # --- key names ---
 
@@ -631,13 +633,7 @@ class Cache:
         The tags the caller expects are read in the same round trip as the entry; tags the
         entry carries beyond those cost one more (a plain `get` of a tagged entry).
         """
-        if tags:
-            blob, *found_versions = await asyncio.gather(
-                self.store.run(READ, [self.entry_key(key)]),
-                *(self.store.run(READ, [self.tag_key(tag)]) for tag in tags),
-            )
-        else:
-            blob, found_versions = await self.store.run(READ, [self.entry_key(key)]), []
+        blob, *found_versions = await self._fetch(key, tags)
         if blob is BYPASSED:
             self.stats.bypasses += 1
             return CACHING_OFF
@@ -661,6 +657,32 @@ class Cache:
             if versions.get(tag) != stamp:  # invalidated since it was computed (or BYPASSED)
                 return None
         return Entry(value, entry.fresh_until_ms, entry.stamps)
+
+    async def _fetch(self, key: str, tags: tuple[str, ...]) -> list[Any]:
+        """The raw replies for the entry and its tags' versions: one pipelined round trip.
+
+        Concurrent identical lookups share one read, but only while that read has not been
+        sent: the shared slots are cleared one loop step after they open, before the store
+        flushes its pipeline. So whoever joins a read started before it reached Redis, and
+        sees Redis as of a moment inside its own call: a read that starts after an
+        invalidation returned never gets an older answer. Only immutable bytes are shared;
+        each caller decodes its own value.
+        """
+        slot = (key, tags)
+        shared = self._reads.get(slot)
+        if shared is None:
+            if not self._reads:
+                asyncio.get_running_loop().call_soon(self._reads.clear)
+            shared = self._reads[slot] = asyncio.ensure_future(self._read(key, tags))
+        return await asyncio.shield(shared)
+
+    async def _read(self, key: str, tags: tuple[str, ...]) -> list[Any]:
+        if not tags:
+            return [await self.store.run(READ, [self.entry_key(key)])]
+        return await asyncio.gather(
+            self.store.run(READ, [self.entry_key(key)]),
+            *(self.store.run(READ, [self.tag_key(tag)]) for tag in tags),
+        )
 
     # --- the decorator ---
 
