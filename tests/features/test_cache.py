@@ -26,7 +26,7 @@ from upak.features.cache import (
     user_key,
     user_tag,
 )
-from upak.store import FailoverStore, KeySpace, MemoryStore, Store, build_store
+from upak.store import FailoverStore, KeySpace, Store, build_store
 
 
 class Clock:
@@ -530,11 +530,6 @@ async def test_cache_on_a_cluster(cluster, key_prefix: str) -> None:
 def test_bypass_replies_are_markers() -> None:
     assert READ.bypass is not None and READ.bypass(()) is BYPASSED
     assert LEASE.bypass is not None and LEASE.bypass(()) is True
-
-
-def test_memory_store_works_standalone() -> None:
-    # A MemoryStore (no failover) runs the twins: caching in one process, for tests/dev.
-    assert isinstance(MemoryStore(), Store)
 
 
 async def test_an_unstorable_value_fails_loudly_and_frees_the_lease(cache: Cache) -> None:
