@@ -589,3 +589,18 @@ async def test_a_read_started_after_an_invalidation_never_joins_an_older_one(
     release.set()
     assert await asyncio.gather(*in_flight) == ["old expiry"] * 10  # they started before
     assert await late == "new expiry"
+
+
+async def test_drain_gives_up_on_a_hung_refresh(cache: Cache, clock: Clock) -> None:
+    await cache.get_or_compute("k", Source("v1"), ttl=10, stale_ttl=60)
+    clock.now += 11
+    hang = asyncio.Event()
+
+    async def hung() -> str:
+        await hang.wait()
+        return "never"
+
+    assert await cache.get_or_compute("k", hung, ttl=10, stale_ttl=60) == "v1"
+    await cache.drain(grace=0.05)
+    await asyncio.sleep(0)
+    assert not cache._refreshing

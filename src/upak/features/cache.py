@@ -540,10 +540,15 @@ class Cache:
 
         task.add_done_callback(done)
 
-    async def drain(self) -> None:
-        """Wait for background refreshes (tests, shutdown)."""
-        while self._refreshing:
-            await asyncio.gather(*list(self._refreshing.values()), return_exceptions=True)
+    async def drain(self, grace: float = 5.0) -> None:
+        """Wait for background refreshes (tests, shutdown); cancel what outlasts `grace` s."""
+        try:
+            async with asyncio.timeout(grace):
+                while self._refreshing:
+                    await asyncio.gather(*list(self._refreshing.values()), return_exceptions=True)
+        except TimeoutError:
+            for task in list(self._refreshing.values()):
+                task.cancel()
 
     async def _fill(self, spec: _Spec[T], wait: bool = True) -> T | None:
         """Compute and store `spec.key` as the one caller in this process that does so."""
