@@ -52,6 +52,8 @@ class Services:
             self.store, self.keys, default_ttl=self.settings.redis_ttl, clock=self.clock
         )
         self.metrics.registry.register(CacheCollector(self.cache))
+        # A payment that changes a subscription drops the user's cached reads (/me) at once.
+        self.on_subscription_changed.append(self.cache.invalidate_user)
 
 
 def get_services(request: Request) -> Services:
