@@ -46,6 +46,7 @@ def create_app(
         try:
             yield
         finally:
+            await services.cache.drain()  # background cache refreshes finish before the store goes
             await store.close()
             await engine.dispose()
 

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from upak.features.cache import Cache
 from upak.store import FailoverStore, Mode
 
 
@@ -50,6 +51,38 @@ class StoreCollector(Collector):
             yield GaugeMetricFamily(
                 "upak_redis_latency_seconds", "Last heartbeat round trip", value=stats.latency
             )
+
+
+class CacheCollector(Collector):
+    """The cache's counters (hits, misses, bypasses, single-flight waits), read at scrape time."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self.cache.stats
+        for name, help_text, value in (
+            ("hits", "Fresh cache hits", stats.hits),
+            ("stale_hits", "Stale entries served while one caller refreshes", stats.stale_hits),
+            ("misses", "Cache misses (computed from the source)", stats.misses),
+            ("bypasses", "Reads that bypassed the cache: Redis away, caching off", stats.bypasses),
+            ("computes", "Source computations", stats.computes),
+            (
+                "decode_errors",
+                "Entries that failed to decode (served as misses)",
+                stats.decode_errors,
+            ),
+            ("invalidations", "Tags invalidated", stats.invalidations),
+        ):
+            yield CounterMetricFamily(f"upak_cache_{name}", help_text, value=value)
+        waits = CounterMetricFamily(
+            "upak_cache_singleflight_waits",
+            "Misses that waited for another caller's computation instead of computing",
+            labels=["via"],
+        )
+        waits.add_metric(["process"], stats.local_waits)
+        waits.add_metric(["lease"], stats.lease_waits)
+        yield waits
 
 
 class Metrics:

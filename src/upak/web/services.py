@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from upak.config import Settings, parse_networks
 from upak.domain.billing import SubscriptionHook
+from upak.features.cache import Cache
 from upak.features.replay import ReplayGuard, ReplayWindows
 from upak.features.signatures import SigningKeys
 from upak.features.yookassa import allowed_networks
 from upak.store import FailoverStore, KeySpace
 from upak.web.client_ip import Network
-from upak.web.metrics import Metrics
+from upak.web.metrics import CacheCollector, Metrics
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Services:
     webhook_keys: SigningKeys | None = field(init=False)
     yookassa_networks: tuple[Network, ...] = field(init=False)
     trusted_proxies: tuple[Network, ...] = field(init=False)
+    cache: Cache = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = KeySpace(self.settings.redis_key_prefix)
@@ -46,6 +48,12 @@ class Services:
         self.webhook_keys = SigningKeys.from_setting(secret.get_secret_value()) if secret else None
         self.yookassa_networks = allowed_networks(self.settings.yookassa_allowed_ips)
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        self.cache = Cache(
+            self.store, self.keys, default_ttl=self.settings.redis_ttl, clock=self.clock
+        )
+        self.metrics.registry.register(CacheCollector(self.cache))
+        # A payment that changes a subscription drops the user's cached reads (/me) at once.
+        self.on_subscription_changed.append(self.cache.invalidate_user)
 
 
 def get_services(request: Request) -> Services:
