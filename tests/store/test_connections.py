@@ -16,7 +16,7 @@ from tests.support.redis_servers import (
     redis_server,
 )
 from upak.config import Settings
-from upak.store import FailoverStore, KeySpace, Mode, build_store
+from upak.store import FailoverStore, KeySpace, Mode, Operation, StoreError, build_store
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,22 @@ async def test_sentinel_master(sentinel_set: SentinelSet, key_prefix: str) -> No
         await exercise(store, KeySpace("upak:" + key_prefix))
     finally:
         await store.close()
+
+
+def _two_keys_memory(data, keys, args):
+    return [data.get(keys[0]), data.get(keys[1])]
+
+
+TWO_SLOTS = Operation(
+    name="test_two_slots",
+    lua="return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}",
+    memory=_two_keys_memory,
+)
+
+
+@pytest.mark.slow
+async def test_a_cross_slot_script_is_a_bug_not_an_outage(cluster_store: FailoverStore) -> None:
+    # "a" and "b" hash to different slots: one operation's bug must not switch the store off.
+    with pytest.raises(StoreError):
+        await cluster_store.run(TWO_SLOTS, ["upak:a", "upak:b"])
+    assert cluster_store.mode is Mode.REDIS and cluster_store.stats.fallback_calls == 0

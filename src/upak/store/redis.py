@@ -24,6 +24,8 @@ T = TypeVar("T")
 # Errors that mean "Redis is not serving us right now", as opposed to "Redis answered no".
 # A server that is loading its dataset, a replica that was demoted under us (Sentinel
 # failover) and a cluster that lost a slot are all outages from the caller's point of view.
+# A script whose keys span slots is not: that is a bug in one operation, and treating it as an
+# outage would switch every feature to memory (so RedisClusterException as such is left out).
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     rex.ConnectionError,  # also AuthenticationError, BusyLoadingError, MaxConnectionsError
     rex.TimeoutError,
@@ -31,7 +33,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     rex.ReadOnlyError,
     rex.ClusterError,  # ClusterDownError, MasterDownError
-    rex.RedisClusterException,  # SlotNotCoveredError
+    rex.SlotNotCoveredError,
     rex.TryAgainError,
 )
 
@@ -172,6 +174,6 @@ def _as_store_error(exc: BaseException) -> BaseException:
     """Outage errors pass through for the failover; anything else Redis said is a StoreError."""
     if isinstance(exc, (*UNAVAILABLE, StoreError)):
         return exc
-    if isinstance(exc, rex.RedisError):
+    if isinstance(exc, rex.RedisError | rex.RedisClusterException):
         return StoreError(f"Redis refused the operation: {exc}")
     return exc
