@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 
 from upak.config import ConfigError, load_settings
-from upak.ops.diagnose import OpsError, explain
+from upak.ops.diagnose import OpsError, explain, os_error
 from upak.ops.server import DEFAULT_SCAN_LIMIT, Ops
 
 redis_app = typer.Typer(
@@ -112,12 +112,11 @@ def _boundary(name: str, as_json: bool, ops: Ops | None = None) -> Iterator[None
         _fail(name, str(exc), exc.exit_code, as_json)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    except (rex.RedisError, OSError) as exc:
-        if ops is not None:
-            message = explain(exc, ops.settings)
-        else:
-            message = f"{type(exc).__name__}: {exc}"
+    except rex.RedisError as exc:
+        message = explain(exc, ops.settings) if ops is not None else str(exc)
         _fail(name, message, 1, as_json)
+    except OSError as exc:
+        _fail(name, os_error(exc), 1, as_json)
     except Exception as exc:  # the promise is "never a traceback"
         _fail(name, f"unexpected error ({type(exc).__name__}): {exc}", 1, as_json)
 
@@ -198,3 +197,25 @@ def info_command(
         return 0
 
     _run(ctx, "info", as_json, body)
+
+
+@redis_app.command()
+def audit(
+    ctx: typer.Context,
+    allow_warnings: Annotated[
+        bool, typer.Option("--allow-warnings", help="Exit 0 when nothing fails (warnings ok).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The seed's security and production settings on the live server: pass/warn/fail."""
+    from upak.ops.audit import render_audit, run_audit
+
+    def body(ops: Ops) -> int:
+        report = run_audit(ops)
+        if as_json:
+            _emit_json({**report.as_dict(), "ok": report.ok(allow_warnings)})
+        else:
+            render_audit(report, _console())
+        return 0 if report.ok(allow_warnings) else 1
+
+    _run(ctx, "audit", as_json, body)

@@ -140,6 +140,22 @@ def explain(exc: BaseException, settings: Settings) -> str:
     return f"{type(exc).__name__}: {scrub(text, target)}"
 
 
+def os_error(exc: OSError, doing: str = "") -> str:
+    """One line for a local file-system failure (destination, dump file, data dir)."""
+    reasons = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOENT: "no such file or directory",
+    }
+    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    where = f" ({exc.filename})" if exc.filename else ""
+    prefix = f"{doing}: " if doing else ""
+    return f"{prefix}{reason}{where}"
+
+
 def is_disabled(exc: BaseException) -> bool:
     """True when an error says the command is unavailable to us: renamed away, denied by
     an ACL, or refused by a protection setting (DEBUG's enable-debug-command)."""
