@@ -219,3 +219,116 @@ def audit(
         return 0 if report.ok(allow_warnings) else 1
 
     _run(ctx, "audit", as_json, body)
+
+
+@redis_app.command()
+def config(
+    ctx: typer.Context,
+    production: Annotated[
+        bool, typer.Option("--production", help="TLS only, AOF, the seed's rename-command.")
+    ] = False,
+    check_file: Annotated[
+        Path | None,
+        typer.Option("--check", help="Validate FILE by starting a throwaway redis-server on it."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write redis.conf, users.acl and upak-redis.env (0600) into DIR."),
+    ] = None,
+    data_dir: Annotated[str, typer.Option(help="Redis `dir`.")] = "/var/lib/redis",
+    acl_file: Annotated[str, typer.Option(help="Where the ACL file will live.")] = (
+        "/etc/redis/users.acl"
+    ),
+    logfile: Annotated[str, typer.Option(help="Redis `logfile`.")] = (
+        "/var/log/redis/redis-server.log"
+    ),
+    tls_dir: Annotated[str, typer.Option(help="Holds redis.crt, redis.key, ca.crt.")] = (
+        "/etc/redis/tls"
+    ),
+    maxmemory: Annotated[str, typer.Option(help="Redis `maxmemory`.")] = "256mb",
+    as_json: JsonOption = False,
+) -> None:
+    """Print a hardened redis.conf and ACL file, or validate a config with --check FILE."""
+    from upak.ops.conf import ConfOptions, check_config_file, generate
+
+    if check_file is not None:
+        with _boundary("config", as_json):
+            result = check_config_file(check_file)
+            if as_json:
+                _emit_json(result.__dict__)
+            elif result.ok:
+                typer.echo(f"{result.file}: valid ({result.message})")
+            if not result.ok:
+                raise OpsError(f"{result.file} is invalid: {result.message}")
+        return
+
+    def body(ops: Ops) -> int:
+        target = ops.settings.redis
+        options: _Options = ctx.obj
+        opts = ConfOptions(
+            prefix=ops.settings.redis_key_prefix,
+            production=production,
+            app_user=target.username or "upak",
+            # Reuse the app's password when the .env already names an ACL user.
+            app_password=target.password if target.username else None,
+            ops_user=options.ops_username or "upak-ops",
+            ops_password=options.ops_password,
+            data_dir=data_dir,
+            acl_file=acl_file,
+            logfile=logfile,
+            tls_dir=tls_dir,
+            config_alias=options.config_command if options.config_command != "CONFIG" else None,
+            maxmemory=maxmemory,
+        )
+        generated = generate(opts)
+        env_lines = [
+            f"REDIS_USERNAME={opts.app_user}",
+            f"UPAK_OPS_USERNAME={opts.ops_user}",
+            *(f"UPAK_CONFIG_COMMAND={generated.config_alias}" for _ in [0] if production),
+        ]
+        for user, password in generated.passwords.items():
+            name = "REDIS_PASSWORD" if user == opts.app_user else "UPAK_OPS_PASSWORD"
+            env_lines.append(f"{name}={password}")
+        if out is not None:
+            write_config_files(out, generated, env_lines)
+            if not as_json:
+                typer.echo(f"wrote {out}/redis.conf, {out}/users.acl, {out}/upak-redis.env")
+        elif not as_json:
+            typer.echo(generated.redis_conf)
+            typer.echo(f"# ---- {opts.acl_file} ----")
+            typer.echo(generated.acl)
+            for line in env_lines:
+                typer.echo(f"# .env: {line}", err=True)
+        if as_json:
+            _emit_json(
+                {
+                    "redis_conf": generated.redis_conf,
+                    "acl": generated.acl,
+                    "env": env_lines,
+                    "config_command": generated.config_alias,
+                }
+            )
+        return 0
+
+    _run(ctx, "config", as_json, body)
+
+
+def write_config_files(out: Path, generated: Any, env_lines: list[str]) -> None:
+    """redis.conf (0644), users.acl (0640: hashes only) and the env file (0600: secrets)."""
+    from upak.ops.diagnose import os_error
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text, mode in (
+            ("redis.conf", generated.redis_conf, 0o644),
+            ("users.acl", generated.acl, 0o640),
+            ("upak-redis.env", "\n".join(env_lines) + "\n", 0o600),
+        ):
+            path = out / name
+            tmp = out / f".{name}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise OpsError(os_error(exc, f"cannot write the config files into {out}")) from None
