@@ -332,3 +332,127 @@ def write_config_files(out: Path, generated: Any, env_lines: list[str]) -> None:
             os.replace(tmp, path)
     except OSError as exc:
         raise OpsError(os_error(exc, f"cannot write the config files into {out}")) from None
+
+
+class _RichProgress:
+    """A transfer bar on stderr, shown only on a terminal (scripts get clean output)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar: Any = None
+        self.task: Any = None
+
+    def start(self, total: int | None, label: str) -> None:
+        if not self.enabled or self.bar is not None:
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TransferSpeedColumn,
+        )
+
+        self.bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=total)
+
+    def advance(self, amount: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, amount)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@redis_app.command()
+def backup(
+    ctx: typer.Context,
+    dest: Annotated[Path, typer.Option("--dest", help="Directory for the backups.")],
+    keep: Annotated[
+        int | None, typer.Option(min=1, help="Keep the N newest backups, remove older ones.")
+    ] = None,
+    rdb_path: Annotated[
+        Path | None,
+        typer.Option(help="The server's dump file, when CONFIG cannot say where it is."),
+    ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option("--stream", help="Fetch the snapshot over SYNC (the server is remote)."),
+    ] = False,
+    wait_running: Annotated[
+        bool, typer.Option("--wait-running", help="Wait for a BGSAVE already running.")
+    ] = False,
+    save_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for BGSAVE / the transfer.")
+    ] = 600.0,
+    as_json: JsonOption = False,
+) -> None:
+    """BGSAVE, copy the dump to DIR/dump-YYYYmmdd-HHMMSS.rdb, verify, SHA-256, rotate."""
+    from upak.ops.backup import take_backup
+
+    def body(ops: Ops) -> int:
+        result = take_backup(
+            ops,
+            dest,
+            keep=keep,
+            rdb_path=rdb_path,
+            stream=stream,
+            wait_running=wait_running,
+            progress=_RichProgress(enabled=not as_json),
+            timeout=save_timeout,
+        )
+        if as_json:
+            _emit_json({"ok": True, **result.as_dict()})
+        else:
+            typer.echo(
+                f"backup {result.path} ({result.size} bytes, verified by {result.verified_by}, "
+                f"sha256 {result.sha256[:16]}…) from {result.source} in {result.seconds:.1f}s"
+            )
+            for old in result.removed:
+                typer.echo(f"removed {old}")
+        return 0
+
+    _run(ctx, "backup", as_json, body)
+
+
+@redis_app.command()
+def restore(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="A backup written by `upak redis backup`.")],
+    data_dir: Annotated[
+        Path, typer.Option(help="The stopped server's `dir`.")
+    ] = Path("/var/lib/redis"),
+    dbfilename: Annotated[str, typer.Option(help="The server's `dbfilename`.")] = "dump.rdb",
+    as_json: JsonOption = False,
+) -> None:
+    """Put a verified backup into a STOPPED local server's data dir (old files kept aside).
+
+    1. sudo systemctl stop redis-server   2. upak redis restore FILE --data-dir /var/lib/redis
+    3. sudo systemctl start redis-server  4. upak redis check
+    """
+    from upak.ops.backup import restore as do_restore
+
+    def body(ops: Ops) -> int:
+        result = do_restore(ops, file, data_dir, dbfilename=dbfilename)
+        if as_json:
+            _emit_json({"ok": True, **result.as_dict()})
+        else:
+            typer.echo(f"restored {file} -> {result.restored} (verified by {result.verified_by})")
+            if result.previous:
+                typer.echo(f"the previous dump is kept as {result.previous}")
+            if result.aof_moved:
+                typer.echo(f"the AOF was moved aside to {result.aof_moved}")
+            for step in result.next_steps:
+                typer.echo(f"next: {step}")
+        return 0
+
+    _run(ctx, "restore", as_json, body)
