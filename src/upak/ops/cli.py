@@ -456,3 +456,23 @@ def restore(
         return 0
 
     _run(ctx, "restore", as_json, body)
+
+
+@redis_app.command()
+def monitor(
+    ctx: typer.Context,
+    app_url: Annotated[
+        str | None, typer.Option("--app", help="The service's URL: show its /health store.")
+    ] = None,
+    interval: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds per refresh.")] = 1.0,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N refreshes (default: Ctrl-C).")
+    ] = None,
+) -> None:
+    """A live dashboard: ops/s, memory, hit ratio, clients, evictions, UPAK keys."""
+    from upak.ops.monitor import run_monitor
+
+    def body(ops: Ops) -> int:
+        return run_monitor(ops, _console(), app_url=app_url, interval=interval, count=count)
+
+    _run(ctx, "monitor", False, body)
