@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import redis
 import redis.exceptions as rex
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rich.console import Console
 from rich.table import Table
 
@@ -150,7 +152,8 @@ def _unauthenticated(ops: Ops, node: Any) -> str:
             kwargs["unix_socket_path" if name == "path" else name] = location[name]
     if "host" not in location and "path" not in location:  # a Sentinel-managed master
         kwargs["host"], kwargs["port"] = node.connection_pool.get_master_address()
-    client = redis.Redis(protocol=2, **kwargs)  # RESP2: a plain PING, no HELLO
+    # RESP2: a plain PING, no HELLO; no retries (a NOAUTH answer is the expected result).
+    client = redis.Redis(protocol=2, retry=Retry(NoBackoff(), 0), **kwargs)
     try:
         client.ping()
         return "open"

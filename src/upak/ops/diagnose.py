@@ -41,11 +41,12 @@ def _speaks_plain_resp(host: str, port: int, timeout: float = 1.0) -> bool | Non
             sock.sendall(b"PING\r\n")
             reply = sock.recv(64)
     except TimeoutError:
-        return False  # a TLS server waits for a ClientHello and never answers plain text
+        return None  # a hung server: no answer says nothing about TLS
     except OSError as exc:
         if exc.errno in (errno.ECONNRESET, errno.EPIPE):
             return False
         return None
+    # A TLS server answers plain text by closing (b"") or resetting the connection.
     return reply[:1] in (b"+", b"-")
 
 
