@@ -300,9 +300,16 @@ def _write_checksum(final: Path, sha: str) -> None:
         raise
 
 
+def _age_key(path: Path) -> tuple[str, int]:
+    """dump-YYYYmmdd-HHMMSS[-N].rdb -> (stamp, N): the second backup of a second sorts later."""
+    parts = path.stem.split("-")  # ["dump", date, time] or ["dump", date, time, N]
+    stamp = "-".join(parts[1:3])
+    return stamp, int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 1
+
+
 def prune(dest: Path, keep: int) -> list[str]:
     """Keep the `keep` newest dump-*.rdb (by name: the timestamp sorts), remove the rest."""
-    backups = sorted(dest.glob("dump-*.rdb"), reverse=True)
+    backups = sorted(dest.glob("dump-*.rdb"), key=_age_key, reverse=True)
     removed = []
     for old in backups[keep:]:
         old.unlink(missing_ok=True)
