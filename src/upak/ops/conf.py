@@ -233,10 +233,18 @@ def check_config_file(path: Path, redis_server: str | None = None, timeout: floa
         raise OpsError(f"no such config file: {path}")
     text = path.read_text(errors="replace")
     scratch = Path(tempfile.mkdtemp(prefix="upak-config-check-"))
+    # Redis chdirs into `dir` while parsing, so a data dir that exists only on the real host
+    # would fail the check here: validate a copy whose `dir` is the scratch dir instead.
+    notes = []
+    for match in re.finditer(r"^\s*dir\s+(\S+)", text, re.MULTILINE):
+        if not Path(match.group(1).strip("\"'")).is_dir():
+            notes.append(f"dir {match.group(1)} does not exist on this machine")
+    copy = scratch / "redis.conf"
+    copy.write_text(re.sub(r"^\s*dir\s+.*$", f"dir {scratch}", text, flags=re.MULTILINE))
     port = _free_port()
     # Later arguments win over the file: the throwaway server binds loopback on free ports,
     # writes into the scratch dir, logs to our pipe, and never daemonizes.
-    args = [server, str(path.resolve()), "--port", str(port), "--bind", "127.0.0.1",
+    args = [server, str(copy), "--port", str(port), "--bind", "127.0.0.1",
             "--daemonize", "no", "--supervised", "no", "--logfile", "",
             "--dir", str(scratch), "--pidfile", str(scratch / "redis.pid"),
             "--unixsocket", str(scratch / "redis.sock")]  # fmt: skip
@@ -258,10 +266,10 @@ def check_config_file(path: Path, redis_server: str | None = None, timeout: floa
                 return ConfigCheck(str(path), False, _error_of(output))
             if _listening(port):
                 version = _version(server)
-                return ConfigCheck(
-                    str(path), True, f"redis-server {version} started on it and was stopped",
-                    version,
-                )  # fmt: skip
+                message = f"redis-server {version} started on it and was stopped"
+                if notes:
+                    message += "; note: " + "; ".join(notes)
+                return ConfigCheck(str(path), True, message, version)
             time.sleep(0.05)
         return ConfigCheck(str(path), False, f"redis-server did not start within {timeout:.0f}s")
     finally:
