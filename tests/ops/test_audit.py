@@ -70,8 +70,16 @@ def test_without_config_the_rest_is_unknown_never_passed(hardened_redis: RedisSe
     code, report = audit(hardened_env(hardened_redis, ops=False))
     assert code == 1 and report["config_available"] is False
     found = statuses(report)
-    for check in ("bind", "protected-mode", "tls", "persistence", "tcp-keepalive",
-                  "maxmemory", "eviction-policy", "version"):  # fmt: skip
+    for check in (
+        "bind",
+        "protected-mode",
+        "tls",
+        "persistence",
+        "tcp-keepalive",
+        "maxmemory",
+        "eviction-policy",
+        "version",
+    ):
         assert found[check] == "unknown", (check, found)
     # What the probes can prove still passes.
     for check in ("auth-required", "default-user", "app-user", "dangerous-commands"):

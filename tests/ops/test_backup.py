@@ -20,8 +20,9 @@ from upak.ops.rdb import RdbError, crc64, verify_rdb
 
 
 def backup(server: RedisServer, dest: Path, *args: str, env: dict | None = None) -> dict:
-    result = run_cli("backup", "--dest", str(dest), "--json", *args,
-                     env=env or {"REDIS_URL": server.url})  # fmt: skip
+    result = run_cli(
+        "backup", "--dest", str(dest), "--json", *args, env=env or {"REDIS_URL": server.url}
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -30,8 +31,13 @@ def restored_contents(backup_file: Path) -> dict[bytes, bytes]:
     """Restore into a fresh, stopped redis-server with the CLI, start it, read every key."""
     with redis_server() as fresh:
         fresh.kill()
-        result = run_cli("restore", str(backup_file), "--data-dir", str(fresh.workdir),
-                         env={"REDIS_URL": fresh.url})  # fmt: skip
+        result = run_cli(
+            "restore",
+            str(backup_file),
+            "--data-dir",
+            str(fresh.workdir),
+            env={"REDIS_URL": fresh.url},
+        )
         assert result.exit_code == 0, result.output
         fresh.start()
         client = fresh.client()
@@ -145,8 +151,14 @@ def test_bgsave_already_running(fresh_redis: RedisServer, tmp_path: Path):
     finally:
         client.config_set("rdb-key-save-delay", "0")
     # --wait-running waits for it and then takes its own.
-    ok = run_cli("backup", "--dest", str(tmp_path), "--wait-running", "--json",
-                 env={"REDIS_URL": fresh_redis.url})  # fmt: skip
+    ok = run_cli(
+        "backup",
+        "--dest",
+        str(tmp_path),
+        "--wait-running",
+        "--json",
+        env={"REDIS_URL": fresh_redis.url},
+    )
     assert ok.exit_code == 0, ok.output
 
 
@@ -178,8 +190,9 @@ def test_full_disk_leaves_no_partial_file(fresh_redis: RedisServer, tmp_path: Pa
     fresh_redis.client().mset({f"upak:cache:{i}": os.urandom(100) for i in range(2000)})
     with tmpfs(tmp_path / "small", "size=64k") as small:
         for extra in ((), ("--stream",)):
-            result = run_cli("backup", "--dest", str(small), *extra,
-                             env={"REDIS_URL": fresh_redis.url})  # fmt: skip
+            result = run_cli(
+                "backup", "--dest", str(small), *extra, env={"REDIS_URL": fresh_redis.url}
+            )
             assert result.exit_code == 1, result.output
             assert "no space left on the device" in result.stderr
             assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
@@ -188,8 +201,9 @@ def test_full_disk_leaves_no_partial_file(fresh_redis: RedisServer, tmp_path: Pa
 
 def test_restore_refuses_a_running_server(shared_redis: RedisServer, tmp_path: Path):
     made = backup(shared_redis, tmp_path / "b")
-    result = run_cli("restore", made["path"], "--data-dir", str(tmp_path),
-                     env={"REDIS_URL": shared_redis.url})  # fmt: skip
+    result = run_cli(
+        "restore", made["path"], "--data-dir", str(tmp_path), env={"REDIS_URL": shared_redis.url}
+    )
     assert result.exit_code == 1 and "Redis is running" in result.stderr
     assert not (tmp_path / "dump.rdb").exists()
 
@@ -199,8 +213,13 @@ def test_restore_refuses_a_tampered_backup(shared_redis: RedisServer, tmp_path: 
     data = bytearray(made.read_bytes())
     data[12] ^= 0xFF
     made.write_bytes(bytes(data))
-    result = run_cli("restore", str(made), "--data-dir", str(tmp_path),
-                     env={"REDIS_URL": "redis://127.0.0.1:1/0"})  # fmt: skip
+    result = run_cli(
+        "restore",
+        str(made),
+        "--data-dir",
+        str(tmp_path),
+        env={"REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
     assert result.exit_code == 1 and "does not match its .sha256" in result.stderr
 
 
@@ -210,8 +229,14 @@ def test_restore_keeps_the_previous_dump(shared_redis: RedisServer, tmp_path: Pa
     data_dir.mkdir()
     (data_dir / "dump.rdb").write_bytes(b"old")
     (data_dir / "appendonlydir").mkdir()
-    result = run_cli("restore", made["path"], "--data-dir", str(data_dir), "--json",
-                     env={"REDIS_URL": "redis://127.0.0.1:1/0"})  # fmt: skip
+    result = run_cli(
+        "restore",
+        made["path"],
+        "--data-dir",
+        str(data_dir),
+        "--json",
+        env={"REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     assert Path(body["previous"]).read_bytes() == b"old"
@@ -257,4 +282,3 @@ def test_prune_keeps_the_newest(tmp_path: Path):
         "dump-20250103-000000.rdb",
         "dump-20250103-000000.rdb.sha256",
     ]
-

@@ -68,8 +68,12 @@ def test_dead_port_is_connection_refused():
 
 def test_wrong_password(hardened_redis: RedisServer):
     url = f"redis://:not-the-password@127.0.0.1:{hardened_redis.port}/0"
-    line = one_line_error(run_cli("check", env={"REDIS_URL": url}), "authentication failed",
-                          "WRONGPASS", "REDIS_PASSWORD")  # fmt: skip
+    line = one_line_error(
+        run_cli("check", env={"REDIS_URL": url}),
+        "authentication failed",
+        "WRONGPASS",
+        "REDIS_PASSWORD",
+    )
     assert "not-the-password" not in line
 
 
@@ -81,12 +85,24 @@ def test_missing_password_is_noauth(hardened_redis: RedisServer):
 def test_acl_permission_denied(hardened_redis: RedisServer):
     client = hardened_redis.client()
     client.execute_command(
-        "ACL", "SETUSER", "readonly", "on", ">ro-pass", "~upak:*", "-@all", "+@connection",
-        "+get", "+ping",
-    )  # fmt: skip
+        "ACL",
+        "SETUSER",
+        "readonly",
+        "on",
+        ">ro-pass",
+        "~upak:*",
+        "-@all",
+        "+@connection",
+        "+get",
+        "+ping",
+    )
     url = f"redis://readonly:ro-pass@127.0.0.1:{hardened_redis.port}/0"
-    one_line_error(run_cli("check", env={"REDIS_URL": url}), "SET failed",
-                   "ACL permission denied for user 'readonly'", "'set'")  # fmt: skip
+    one_line_error(
+        run_cli("check", env={"REDIS_URL": url}),
+        "SET failed",
+        "ACL permission denied for user 'readonly'",
+        "'set'",
+    )
 
 
 def test_wrong_db_index():
@@ -98,8 +114,12 @@ def test_wrong_db_index():
 def test_timeout_on_a_hung_server(fresh_redis: RedisServer):
     fresh_redis.pause()
     try:
-        result = run_cli("--timeout", "0.3", "check", env={"REDIS_URL": fresh_redis.url,
-                                                           "REDIS_CONNECT_TIMEOUT": "0.3"})  # fmt: skip
+        result = run_cli(
+            "--timeout",
+            "0.3",
+            "check",
+            env={"REDIS_URL": fresh_redis.url, "REDIS_CONNECT_TIMEOUT": "0.3"},
+        )
     finally:
         fresh_redis.resume()
     one_line_error(result, "timeout talking to")
@@ -115,19 +135,26 @@ def test_tls_client_against_a_plain_server(shared_redis: RedisServer, tls_files)
         "REDIS_URL": f"rediss://127.0.0.1:{shared_redis.port}/0",
         "REDIS_SSL_CA_CERTS": tls_files["ca"],
     }
-    one_line_error(run_cli("--timeout", "1", "check", env=env), "TLS handshake failed",
-                   "plain RESP")  # fmt: skip
+    one_line_error(
+        run_cli("--timeout", "1", "check", env=env), "TLS handshake failed", "plain RESP"
+    )
 
 
 def test_tls_with_an_unknown_ca(tls_redis: RedisServer):
     url = f"rediss://127.0.0.1:{tls_redis.port}/0"
-    one_line_error(run_cli("check", env={"REDIS_URL": url}), "TLS handshake failed",
-                   "certificate verify failed", "REDIS_SSL_CA_CERTS")  # fmt: skip
+    one_line_error(
+        run_cli("check", env={"REDIS_URL": url}),
+        "TLS handshake failed",
+        "certificate verify failed",
+        "REDIS_SSL_CA_CERTS",
+    )
 
 
 def test_tls_with_the_right_ca_passes(tls_redis: RedisServer, tls_files):
-    env = {"REDIS_URL": f"rediss://127.0.0.1:{tls_redis.port}/0",
-           "REDIS_SSL_CA_CERTS": tls_files["ca"]}  # fmt: skip
+    env = {
+        "REDIS_URL": f"rediss://127.0.0.1:{tls_redis.port}/0",
+        "REDIS_SSL_CA_CERTS": tls_files["ca"],
+    }
     assert run_cli("check", env=env).exit_code == 0
 
 
@@ -153,6 +180,7 @@ def test_env_file_is_read(tmp_path: Path, shared_redis: RedisServer):
 
     from upak.cli import app
 
-    result = CliRunner().invoke(app, ["redis", "--env-file", str(env_file), "check"],
-                                env={"REDIS_URL": None})  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["redis", "--env-file", str(env_file), "check"], env={"REDIS_URL": None}
+    )
     assert result.exit_code == 0, result.output

@@ -25,9 +25,19 @@ from upak.web.app import create_app
 
 def generate(tmp_path: Path, *extra: str, env: dict | None = None) -> dict[str, str]:
     out = tmp_path / "conf"
-    result = run_cli("config", "--out", str(out), "--data-dir", str(tmp_path),
-                     "--acl-file", str(out / "users.acl"), "--logfile", "", *extra,
-                     env=env or {})  # fmt: skip
+    result = run_cli(
+        "config",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(tmp_path),
+        "--acl-file",
+        str(out / "users.acl"),
+        "--logfile",
+        "",
+        *extra,
+        env=env or {},
+    )
     assert result.exit_code == 0, result.output
     env_lines = (out / "upak-redis.env").read_text().splitlines()
     assert (out / "upak-redis.env").stat().st_mode & 0o077 == 0
@@ -41,8 +51,9 @@ def generated_server(tmp_path: Path):
     port = free_port()
     proc = subprocess.Popen(
         [REDIS_SERVER, f"{values['dir']}/redis.conf", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         yield port, values
@@ -128,28 +139,45 @@ async def test_generated_acl_lets_the_app_work_and_nothing_more(generated_server
         keys = [f"upak:cache:{{t}}:{n}" for n in range(5)]
         assert await client.eval(_APP_SCRIPT, len(keys), *keys) == 1
         assert await client.ping()
-        for forbidden in (("FLUSHALL",), ("CONFIG", "GET", "dir"), ("GET", "elsewhere"),
-                          ("KEYS", "*"), ("SHUTDOWN",)):  # fmt: skip
+        for forbidden in (
+            ("FLUSHALL",),
+            ("CONFIG", "GET", "dir"),
+            ("GET", "elsewhere"),
+            ("KEYS", "*"),
+            ("SHUTDOWN",),
+        ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 await client.execute_command(*forbidden)
     finally:
         await client.aclose()
-    env = {"REDIS_URL": url, "UPAK_OPS_USERNAME": "upak-ops",
-           "UPAK_OPS_PASSWORD": values["UPAK_OPS_PASSWORD"]}  # fmt: skip
+    env = {
+        "REDIS_URL": url,
+        "UPAK_OPS_USERNAME": "upak-ops",
+        "UPAK_OPS_PASSWORD": values["UPAK_OPS_PASSWORD"],
+    }
     assert run_cli("check", env=env).exit_code == 0
     audit = run_cli("audit", "--json", env=env)
     report = json.loads(audit.stdout)
     assert audit.exit_code == 0, report
     assert run_cli("backup", "--dest", str(Path(values["dir"]) / "b"), env=env).exit_code == 0
-    assert run_cli("backup", "--dest", str(Path(values["dir"]) / "s"), "--stream",
-                   env=env).exit_code == 0  # fmt: skip
+    assert (
+        run_cli("backup", "--dest", str(Path(values["dir"]) / "s"), "--stream", env=env).exit_code
+        == 0
+    )
     assert run_cli("info", env=env).exit_code == 0
 
 
 def test_info_counts_upak_keys_by_feature(fresh_redis: RedisServer):
     client = fresh_redis.client()
-    for key in ("upak:replay:a", "upak:replay:b", "upak:sessions:{u1}:s", "upak:cache:x",
-                "upak:ratelimit:ip", "upak:other:z", "not-upak"):  # fmt: skip
+    for key in (
+        "upak:replay:a",
+        "upak:replay:b",
+        "upak:sessions:{u1}:s",
+        "upak:cache:x",
+        "upak:ratelimit:ip",
+        "upak:other:z",
+        "not-upak",
+    ):
         client.set(key, "1")
     client.get("upak:replay:a")
     client.get("missing")
@@ -157,15 +185,29 @@ def test_info_counts_upak_keys_by_feature(fresh_redis: RedisServer):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     keys = report["upak_keys"]
-    assert keys["by_feature"] == {"replay": 2, "ratelimit": 1, "cache": 1, "sessions": 1,
-                                  "other": 1}  # fmt: skip
+    assert keys["by_feature"] == {
+        "replay": 2,
+        "ratelimit": 1,
+        "cache": 1,
+        "sessions": 1,
+        "other": 1,
+    }
     assert keys["complete"] and keys["total"] == 6
     node = report["nodes"][0]
-    assert set(node["sections"]) == {"server", "clients", "memory", "stats", "persistence",
-                                     "keyspace"}  # fmt: skip
+    assert set(node["sections"]) == {
+        "server",
+        "clients",
+        "memory",
+        "stats",
+        "persistence",
+        "keyspace",
+    }
     assert node["derived"]["hit_ratio"] == 0.5 and node["derived"]["evicted_keys"] == 0
-    limited = json.loads(run_cli("info", "keyspace", "--json", "--scan-limit", "2",
-                                 env={"REDIS_URL": fresh_redis.url}).stdout)  # fmt: skip
+    limited = json.loads(
+        run_cli(
+            "info", "keyspace", "--json", "--scan-limit", "2", env={"REDIS_URL": fresh_redis.url}
+        ).stdout
+    )
     assert limited["upak_keys"]["total"] == 2 and not limited["upak_keys"]["complete"]
 
 
@@ -189,15 +231,32 @@ def test_monitor_shows_the_dashboard_and_the_app_store(shared_redis: RedisServer
     try:
         wait_for_port(port)
         time.sleep(0.2)
-        result = run_cli("monitor", "--count", "2", "--interval", "0.1",
-                         "--app", f"http://127.0.0.1:{port}",
-                         env={"REDIS_URL": shared_redis.url})  # fmt: skip
+        result = run_cli(
+            "monitor",
+            "--count",
+            "2",
+            "--interval",
+            "0.1",
+            "--app",
+            f"http://127.0.0.1:{port}",
+            env={"REDIS_URL": shared_redis.url},
+        )
     finally:
         server.should_exit = True
         thread.join(10)
     assert result.exit_code == 0, result.output
-    for word in ("ops/s", "memory", "hit ratio", "clients", "evictions", "UPAK keys",
-                 "replay", "sessions", "UPAK store", "memory"):  # fmt: skip
+    for word in (
+        "ops/s",
+        "memory",
+        "hit ratio",
+        "clients",
+        "evictions",
+        "UPAK keys",
+        "replay",
+        "sessions",
+        "UPAK store",
+        "memory",
+    ):
         assert word in result.stdout
     assert "UPAK store" in result.stdout and "memory" in result.stdout.split("UPAK store")[1]
 

@@ -46,8 +46,9 @@ def test_compose_runs_the_service_and_hardened_redis(tmp_path: Path):
     generated = run_cli("config", "--out", str(tmp_path / "secrets"))
     assert generated.exit_code == 0, generated.output
     conf = (DEPLOY / "redis" / "redis.conf").read_text()
-    conf = re.sub(r"^aclfile .*$", f"aclfile {tmp_path / 'secrets' / 'users.acl'}", conf,
-                  flags=re.MULTILINE)  # fmt: skip
+    conf = re.sub(
+        r"^aclfile .*$", f"aclfile {tmp_path / 'secrets' / 'users.acl'}", conf, flags=re.MULTILINE
+    )
     assert "maxmemory-policy noeviction" in conf
     (tmp_path / "redis.conf").write_text(conf)
     checked = run_cli("config", "--check", str(tmp_path / "redis.conf"))

@@ -222,16 +222,19 @@ def _no_config(facts: Facts, what: str) -> str:
 def check_auth_required(facts: Facts) -> Finding:
     title = "Authentication required"
     if facts.unauthenticated == "noauth":
-        return Finding("auth-required", title, "pass",
-                       "a new connection without credentials gets NOAUTH")  # fmt: skip
+        return Finding(
+            "auth-required", title, "pass", "a new connection without credentials gets NOAUTH"
+        )
     if facts.unauthenticated == "open":
         return Finding(
-            "auth-required", title, "fail",
+            "auth-required",
+            title,
+            "fail",
             "a new connection without credentials runs commands (PING answered PONG): "
             "anyone who reaches the port owns the data",
             "set `requirepass`, or better `user default off` plus ACL users "
             "(`upak redis config` writes both)",
-        )  # fmt: skip
+        )
     return Finding("auth-required", title, "unknown", facts.unauthenticated)
 
 
@@ -244,17 +247,31 @@ def check_default_user(facts: Facts) -> Finding:
         if "off" in rules:
             return Finding("default-user", title, "pass", "the default user is off")
         if "nopass" in rules:
-            return Finding("default-user", title, "fail",
-                           "the default user is `on nopass`: every connection is it", fix)  # fmt: skip
+            return Finding(
+                "default-user",
+                title,
+                "fail",
+                "the default user is `on nopass`: every connection is it",
+                fix,
+            )
         return Finding("default-user", title, "pass", "the default user needs a password")
     if facts.unauthenticated == "noauth":
-        return Finding("default-user", title, "pass",
-                       "inferred: a connection without credentials is refused, so the default "
-                       "user is off or has a password (ACL LIST is denied to this user)")  # fmt: skip
+        return Finding(
+            "default-user",
+            title,
+            "pass",
+            "inferred: a connection without credentials is refused, so the default "
+            "user is off or has a password (ACL LIST is denied to this user)",
+        )
     if facts.unauthenticated == "open":
-        return Finding("default-user", title, "fail",
-                       "inferred: a connection without credentials is served as the default "
-                       "user, so it is `on nopass`", fix)  # fmt: skip
+        return Finding(
+            "default-user",
+            title,
+            "fail",
+            "inferred: a connection without credentials is served as the default "
+            "user, so it is `on nopass`",
+            fix,
+        )
     return Finding("default-user", title, "unknown", "ACL LIST is denied and the probe failed")
 
 
@@ -264,8 +281,9 @@ def check_app_user(facts: Facts) -> Finding:
     if facts.app_user == "default":
         problems.append("the app connects as the default user (set REDIS_USERNAME)")
     if facts.keys_outside_prefix == "allowed":
-        problems.append("it can read keys outside REDIS_KEY_PREFIX (its key pattern is not "
-                        "the prefix)")  # fmt: skip
+        problems.append(
+            "it can read keys outside REDIS_KEY_PREFIX (its key pattern is not the prefix)"
+        )
     allowed = [n for n, state in facts.commands.items() if state.startswith("allowed")]
     if allowed:
         problems.append(f"it can run {', '.join(allowed)}")
@@ -280,10 +298,19 @@ def check_app_user(facts: Facts) -> Finding:
         status: Status = "fail"
         return Finding("app-user", title, status, "; ".join(problems), fix)
     if facts.keys_outside_prefix != "denied":
-        return Finding("app-user", title, "unknown",
-                       f"the key-pattern probe gave no answer ({facts.keys_outside_prefix})", fix)  # fmt: skip
-    return Finding("app-user", title, "pass",
-                   "keys outside the prefix are denied and no dangerous command is allowed")  # fmt: skip
+        return Finding(
+            "app-user",
+            title,
+            "unknown",
+            f"the key-pattern probe gave no answer ({facts.keys_outside_prefix})",
+            fix,
+        )
+    return Finding(
+        "app-user",
+        title,
+        "pass",
+        "keys outside the prefix are denied and no dangerous command is allowed",
+    )
 
 
 def check_dangerous_commands(facts: Facts) -> Finding:
@@ -297,10 +324,13 @@ def check_dangerous_commands(facts: Facts) -> Finding:
     detail = ", ".join(f"{n}: {how.get(s, s)}" for n, s in facts.commands.items())
     if allowed:
         return Finding(
-            "dangerous-commands", title, "fail", detail,
+            "dangerous-commands",
+            title,
+            "fail",
+            detail,
             "deny them in the app's ACL user (-@dangerous; ACL supersedes rename-command), "
-            "or rename-command them to \"\" as the seed does",
-        )  # fmt: skip
+            'or rename-command them to "" as the seed does',
+        )
     return Finding("dangerous-commands", title, "pass", detail)
 
 
@@ -334,12 +364,13 @@ def check_bind(facts: Facts) -> Finding:
     shown = " ".join(addresses) or "(every interface)"
     if _loopback_only(addresses):
         return Finding("bind", title, "pass", f"bind {shown}: loopback only")
-    fix = ("bind 127.0.0.1 -::1 (the seed), or the one private address the app uses, with a "
-           "firewall rule for the app hosts only")  # fmt: skip
+    fix = (
+        "bind 127.0.0.1 -::1 (the seed), or the one private address the app uses, with a "
+        "firewall rule for the app hosts only"
+    )
     if not addresses or any(a in _WILDCARDS for a in addresses):
         return Finding("bind", title, "fail", f"bind {shown}: listens on every interface", fix)
-    return Finding("bind", title, "warn",
-                   f"bind {shown}: reachable from the network", fix)  # fmt: skip
+    return Finding("bind", title, "warn", f"bind {shown}: reachable from the network", fix)
 
 
 def check_protected_mode(facts: Facts) -> Finding:
@@ -349,10 +380,12 @@ def check_protected_mode(facts: Facts) -> Finding:
     if facts.config["protected-mode"] == "yes":
         return Finding("protected-mode", title, "pass", "protected-mode yes")
     return Finding(
-        "protected-mode", title, "fail",
+        "protected-mode",
+        title,
+        "fail",
         "protected-mode no: a server without a password answers every network client",
         "protected-mode yes",
-    )  # fmt: skip
+    )
 
 
 def check_tls(facts: Facts) -> Finding:
@@ -365,22 +398,31 @@ def check_tls(facts: Facts) -> Finding:
     addresses = _bind_addresses(facts) or []
     if tls_port not in ("", "0"):
         if facts.config.get("port", "0") != "0" and not _loopback_only(addresses):
-            return Finding("tls", title, "warn",
-                           f"TLS on tls-port {tls_port}, but plain port "
-                           f"{facts.config.get('port')} is open on the network too",
-                           "set `port 0` so only TLS is served")  # fmt: skip
+            return Finding(
+                "tls",
+                title,
+                "warn",
+                f"TLS on tls-port {tls_port}, but plain port "
+                f"{facts.config.get('port')} is open on the network too",
+                "set `port 0` so only TLS is served",
+            )
         return Finding("tls", title, "pass", f"TLS on tls-port {tls_port}")
     if _loopback_only(addresses):
-        return Finding("tls", title, "pass",
-                       "no TLS, but the server listens on loopback only: traffic never leaves "
-                       "the host")  # fmt: skip
+        return Finding(
+            "tls",
+            title,
+            "pass",
+            "no TLS, but the server listens on loopback only: traffic never leaves the host",
+        )
     return Finding(
-        "tls", title, "fail",
+        "tls",
+        title,
+        "fail",
         "no TLS on a server reachable from the network: passwords, session ids and "
         "webhook data cross it in plain text",
         "tls-port 6380, port 0, tls-cert-file/tls-key-file/tls-ca-cert-file (the seed's "
         "production section), and REDIS_URL=rediss://…",
-    )  # fmt: skip
+    )
 
 
 def check_maxmemory(facts: Facts) -> Finding:
@@ -391,10 +433,12 @@ def check_maxmemory(facts: Facts) -> Finding:
     if limit > 0:
         return Finding("maxmemory", title, "pass", f"maxmemory {facts.info.get('maxmemory_human')}")
     return Finding(
-        "maxmemory", title, "fail",
+        "maxmemory",
+        title,
+        "fail",
         "maxmemory 0: Redis grows until the kernel's OOM killer ends it",
         "maxmemory 256mb (the seed), sized to the host",
-    )  # fmt: skip
+    )
 
 
 def check_eviction_policy(facts: Facts) -> Finding:
@@ -403,15 +447,21 @@ def check_eviction_policy(facts: Facts) -> Finding:
     if policy is None:
         return Finding("eviction-policy", title, "unknown", "INFO memory is not readable")
     if policy == "noeviction":
-        return Finding("eviction-policy", title, "pass",
-                       "maxmemory-policy noeviction: when full, writes fail loudly instead of "
-                       "dropping security state")  # fmt: skip
+        return Finding(
+            "eviction-policy",
+            title,
+            "pass",
+            "maxmemory-policy noeviction: when full, writes fail loudly instead of "
+            "dropping security state",
+        )
     return Finding(
-        "eviction-policy", title, "fail",
+        "eviction-policy",
+        title,
+        "fail",
         f"maxmemory-policy {policy}: {_EVICTING}",
         "maxmemory-policy noeviction; if caching needs eviction, run a separate Redis "
         "with allkeys-lru for the cache only",
-    )  # fmt: skip
+    )
 
 
 def check_persistence(facts: Facts) -> Finding:
@@ -423,10 +473,14 @@ def check_persistence(facts: Facts) -> Finding:
     }
     failed = [f"{k}:{v}" for k, v in statuses.items() if v not in (None, "ok")]
     if failed:
-        return Finding("persistence", title, "fail",
-                       f"the last save failed ({', '.join(failed)}): see the Redis log "
-                       "(disk full? dir not writable?)",
-                       "free disk space / fix the permissions of `dir`, then BGSAVE")  # fmt: skip
+        return Finding(
+            "persistence",
+            title,
+            "fail",
+            f"the last save failed ({', '.join(failed)}): see the Redis log "
+            "(disk full? dir not writable?)",
+            "free disk space / fix the permissions of `dir`, then BGSAVE",
+        )
     aof = str(facts.info.get("aof_enabled", "")) == "1"
     if facts.config is None:
         if aof:
@@ -437,9 +491,12 @@ def check_persistence(facts: Facts) -> Finding:
         parts = ([f"save {save}"] if save else []) + (["appendonly yes"] if aof else [])
         return Finding("persistence", title, "pass", ", ".join(parts))
     return Finding(
-        "persistence", title, "fail",
-        "no save points and no AOF: a restart loses every replay claim and session", fix,
-    )  # fmt: skip
+        "persistence",
+        title,
+        "fail",
+        "no save points and no AOF: a restart loses every replay claim and session",
+        fix,
+    )
 
 
 def check_tcp_keepalive(facts: Facts) -> Finding:
@@ -448,12 +505,21 @@ def check_tcp_keepalive(facts: Facts) -> Finding:
         return Finding("tcp-keepalive", title, "unknown", _no_config(facts, "tcp-keepalive"))
     seconds = int(facts.config["tcp-keepalive"] or 0)
     if seconds <= 0:
-        return Finding("tcp-keepalive", title, "fail",
-                       "tcp-keepalive 0: connections of crashed clients are never reaped",
-                       "tcp-keepalive 300 (the seed)")  # fmt: skip
+        return Finding(
+            "tcp-keepalive",
+            title,
+            "fail",
+            "tcp-keepalive 0: connections of crashed clients are never reaped",
+            "tcp-keepalive 300 (the seed)",
+        )
     if seconds > 300:
-        return Finding("tcp-keepalive", title, "warn",
-                       f"tcp-keepalive {seconds}: dead peers linger", "tcp-keepalive 300")  # fmt: skip
+        return Finding(
+            "tcp-keepalive",
+            title,
+            "warn",
+            f"tcp-keepalive {seconds}: dead peers linger",
+            "tcp-keepalive 300",
+        )
     return Finding("tcp-keepalive", title, "pass", f"tcp-keepalive {seconds}")
 
 
@@ -469,11 +535,20 @@ def check_version(facts: Facts) -> Finding:
     if major >= 7:
         return Finding("version", title, "pass", f"Redis {version}")
     if major == 6:
-        return Finding("version", title, "warn",
-                       f"Redis {version}: end of life, no more security fixes",
-                       "upgrade to Redis 7 (redis:7-alpine, or the distribution's package)")  # fmt: skip
-    return Finding("version", title, "fail", f"Redis {version}: no ACLs, long out of support",
-                   "upgrade to Redis 7")  # fmt: skip
+        return Finding(
+            "version",
+            title,
+            "warn",
+            f"Redis {version}: end of life, no more security fixes",
+            "upgrade to Redis 7 (redis:7-alpine, or the distribution's package)",
+        )
+    return Finding(
+        "version",
+        title,
+        "fail",
+        f"Redis {version}: no ACLs, long out of support",
+        "upgrade to Redis 7",
+    )
 
 
 CHECKS = (

@@ -238,9 +238,13 @@ def take_backup(
                         progress.advance(len(chunk))
 
                     size = fetch_over_sync(
-                        ops.ops_settings(), out, master=master, timeout=timeout,
-                        on_size=on_size, on_chunk=on_chunk,
-                    )  # fmt: skip
+                        ops.ops_settings(),
+                        out,
+                        master=master,
+                        timeout=timeout,
+                        on_size=on_size,
+                        on_chunk=on_chunk,
+                    )
                 else:
                     path = rdb_path or dump_path(ops, node_client)
                     bgsave_and_wait(node_client, wait_running=wait_running, timeout=timeout)

@@ -166,9 +166,6 @@ def main() -> None:  # pragma: no cover - `python -m upak.ops.cli` for debugging
         sys.exit(130)
 
 
-
-
-
 @redis_app.command("info")
 def info_command(
     ctx: typer.Context,
@@ -428,9 +425,9 @@ def backup(
 def restore(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="A backup written by `upak redis backup`.")],
-    data_dir: Annotated[
-        Path, typer.Option(help="The stopped server's `dir`.")
-    ] = Path("/var/lib/redis"),
+    data_dir: Annotated[Path, typer.Option(help="The stopped server's `dir`.")] = Path(
+        "/var/lib/redis"
+    ),
     dbfilename: Annotated[str, typer.Option(help="The server's `dbfilename`.")] = "dump.rdb",
     as_json: JsonOption = False,
 ) -> None:

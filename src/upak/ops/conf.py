@@ -36,8 +36,7 @@ APP_CATEGORIES = (
     # CLIENT SETNAME (@connection), MULTI/EXEC for pipelines (@transaction), and inside its
     # scripts GET/SET/DEL/EXPIRE/PEXPIRE/HSET/HGETALL/SADD/ZADD/ZRANGEBYSCORE/INCRBY …
     # (@read, @write) and TIME. Scripts run with the caller's ACL, so the same rules apply.
-    "-@all +@read +@write +@scripting +@connection +@transaction "
-    "-@dangerous -@admin +time"
+    "-@all +@read +@write +@scripting +@connection +@transaction -@dangerous -@admin +time"
 )
 OPS_COMMANDS = (
     # INFO and SCAN for info/monitor; BGSAVE, LASTSAVE and CONFIG GET dir/dbfilename for
@@ -224,7 +223,9 @@ def _error_of(output: str) -> str:
     return lines[-1] if lines else "redis-server exited without a message"
 
 
-def check_config_file(path: Path, redis_server: str | None = None, timeout: float = 10.0) -> ConfigCheck:
+def check_config_file(
+    path: Path, redis_server: str | None = None, timeout: float = 10.0
+) -> ConfigCheck:
     """Start redis-server on `path` on free local ports, in a scratch dir, then stop it."""
     server = redis_server or shutil.which("redis-server")
     if server is None:
@@ -244,10 +245,26 @@ def check_config_file(path: Path, redis_server: str | None = None, timeout: floa
     port = _free_port()
     # Later arguments win over the file: the throwaway server binds loopback on free ports,
     # writes into the scratch dir, logs to our pipe, and never daemonizes.
-    args = [server, str(copy), "--port", str(port), "--bind", "127.0.0.1",
-            "--daemonize", "no", "--supervised", "no", "--logfile", "",
-            "--dir", str(scratch), "--pidfile", str(scratch / "redis.pid"),
-            "--unixsocket", str(scratch / "redis.sock")]  # fmt: skip
+    args = [
+        server,
+        str(copy),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--daemonize",
+        "no",
+        "--supervised",
+        "no",
+        "--logfile",
+        "",
+        "--dir",
+        str(scratch),
+        "--pidfile",
+        str(scratch / "redis.pid"),
+        "--unixsocket",
+        str(scratch / "redis.sock"),
+    ]
     tls = re.search(r"^\s*tls-port\s+([1-9]\d*)", text, re.MULTILINE)
     if tls:
         args += ["--tls-port", str(_free_port())]

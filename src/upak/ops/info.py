@@ -28,17 +28,43 @@ SECTIONS = ("server", "clients", "memory", "stats", "persistence", "keyspace")
 
 # The fields worth a glance in the overview, per section.
 SUMMARY_FIELDS: dict[str, tuple[str, ...]] = {
-    "server": ("redis_version", "redis_mode", "os", "process_id", "tcp_port", "uptime_in_days",
-               "config_file"),
+    "server": (
+        "redis_version",
+        "redis_mode",
+        "os",
+        "process_id",
+        "tcp_port",
+        "uptime_in_days",
+        "config_file",
+    ),
     "clients": ("connected_clients", "blocked_clients", "maxclients"),
-    "memory": ("used_memory_human", "used_memory_peak_human", "used_memory_rss_human",
-               "maxmemory_human", "maxmemory_policy", "mem_fragmentation_ratio"),
-    "stats": ("instantaneous_ops_per_sec", "total_commands_processed", "keyspace_hits",
-              "keyspace_misses", "evicted_keys", "expired_keys", "rejected_connections"),
-    "persistence": ("rdb_bgsave_in_progress", "rdb_last_bgsave_status", "rdb_last_save_time",
-                    "rdb_changes_since_last_save", "aof_enabled", "aof_last_write_status"),
+    "memory": (
+        "used_memory_human",
+        "used_memory_peak_human",
+        "used_memory_rss_human",
+        "maxmemory_human",
+        "maxmemory_policy",
+        "mem_fragmentation_ratio",
+    ),
+    "stats": (
+        "instantaneous_ops_per_sec",
+        "total_commands_processed",
+        "keyspace_hits",
+        "keyspace_misses",
+        "evicted_keys",
+        "expired_keys",
+        "rejected_connections",
+    ),
+    "persistence": (
+        "rdb_bgsave_in_progress",
+        "rdb_last_bgsave_status",
+        "rdb_last_save_time",
+        "rdb_changes_since_last_save",
+        "aof_enabled",
+        "aof_last_write_status",
+    ),
     "keyspace": (),  # every db line
-}  # fmt: skip
+}
 
 
 @dataclass

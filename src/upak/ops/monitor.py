@@ -130,7 +130,8 @@ def render_sample(sample: Sample, target: str, interval: float) -> Panel:
     stats.add_row("ops/s", f"{sample.ops_per_sec:,}")
     memory = human_bytes(sample.used_memory)
     if sample.maxmemory:
-        memory += f" / {human_bytes(sample.maxmemory)} ({100 * sample.used_memory / sample.maxmemory:.1f}%)"
+        percent = 100 * sample.used_memory / sample.maxmemory
+        memory += f" / {human_bytes(sample.maxmemory)} ({percent:.1f}%)"
     else:
         memory += " (no maxmemory)"
     stats.add_row("memory", memory)
