@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from upak.config import ConfigError, Settings, load_settings
+from upak.ops.cli import redis_app
 
 app = typer.Typer(
     name="upak",
@@ -22,6 +23,9 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """UPAK Backend: serve the API and operate its Redis."""
+
+
+app.add_typer(redis_app, name="redis")
 
 
 def settings_or_exit(**overrides: object) -> Settings:
