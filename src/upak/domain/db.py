@@ -8,11 +8,12 @@ lock file beside a SQLite database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
@@ -101,15 +102,19 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    lock_path = path.with_name(path.name + ".migrate.lock")
-    with open(lock_path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _open_lock_file(database: Path) -> BinaryIO:
+    return open(database.with_name(database.name + ".migrate.lock"), "a+b")
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(database: Path) -> AsyncIterator[None]:
+    """An exclusive lock beside a SQLite file, waited for in a thread (not on the loop)."""
+    handle = _open_lock_file(database)
+    try:
+        await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing the file releases the lock
 
 
 def _upgrade_on(connection: Connection, revision: str) -> None:
@@ -136,9 +141,8 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
     sqlite_file = _sqlite_file(str(engine.url))
     lock = _file_lock(sqlite_file) if sqlite_file else contextlib.nullcontext()
     try:
-        with lock:
-            async with engine.begin() as connection:
-                await connection.run_sync(_upgrade_on, revision)
+        async with lock, engine.begin() as connection:
+            await connection.run_sync(_upgrade_on, revision)
         async with engine.connect() as connection:
             return await connection.run_sync(_current_on)
     except OSError as exc:
