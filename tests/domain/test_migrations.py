@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from upak.cli import app as cli
 from upak.domain import import_models
-from upak.domain.db import Base, make_engine, upgrade
+from upak.domain.db import MIGRATIONS, Base, head_revision, make_engine, upgrade
 
 
 async def test_upgrade_builds_the_models_schema(db_engine: AsyncEngine) -> None:
-    assert await upgrade(db_engine) == "0001_users"
+    assert await upgrade(db_engine) == head_revision()
     import_models()
 
     def differences(connection):
@@ -29,17 +29,32 @@ async def test_upgrade_builds_the_models_schema(db_engine: AsyncEngine) -> None:
     assert "users" in tables
 
 
+async def test_the_first_revision_is_0001_users(db_engine: AsyncEngine) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    base = ScriptDirectory.from_config(config).get_base()
+    assert base == "0001_users"
+    assert await upgrade(db_engine, "0001_users") == "0001_users"
+    async with db_engine.connect() as connection:
+        tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+    assert "users" in tables and "payments" not in tables
+    assert await upgrade(db_engine) == head_revision()
+
+
 async def test_upgrade_is_idempotent_and_safe_side_by_side(db_engine: AsyncEngine) -> None:
     results = await asyncio.gather(*(upgrade(db_engine) for _ in range(3)))
-    assert results == ["0001_users"] * 3
-    assert await upgrade(db_engine) == "0001_users"
+    assert results == [head_revision()] * 3
+    assert await upgrade(db_engine) == head_revision()
 
 
 async def test_two_processes_worth_of_engines_on_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
     engines = [make_engine(url) for _ in range(2)]
     try:
-        assert await asyncio.gather(*(upgrade(e) for e in engines)) == ["0001_users"] * 2
+        assert await asyncio.gather(*(upgrade(e) for e in engines)) == [head_revision()] * 2
     finally:
         for engine in engines:
             await engine.dispose()
@@ -50,7 +65,7 @@ def test_cli_upgrade(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
     result = CliRunner().invoke(cli, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "is at revision 0001_users" in result.output
+    assert f"is at revision {head_revision()}" in result.output
     assert (tmp_path / "cli.db").exists()
 
 

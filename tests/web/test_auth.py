@@ -455,3 +455,12 @@ async def test_me_after_the_account_is_gone_is_401(app: FastAPI) -> None:
             await db.commit()
         response = await client.get("/me")
     assert response.status_code == 401
+
+
+async def test_payments_use_the_session(app: FastAPI) -> None:
+    async with client_of(app) as client:
+        assert (await client.get("/payments")).status_code == 401
+        await register(client, "pay@example.com")
+        await login(client, "pay@example.com")
+        response = await client.get("/payments")
+    assert response.status_code == 200 and response.json() == []

@@ -117,7 +117,8 @@ async def _file_lock(database: Path) -> AsyncIterator[None]:
         handle.close()  # closing the file releases the lock
 
 
-def _upgrade_on(connection: Connection, revision: str) -> None:
+def migrate(connection: Connection, revision: str = "head") -> None:
+    """Run the migrations on an open (sync) connection; `upgrade()` is the async way in."""
     from alembic import command
     from alembic.config import Config
 
@@ -128,6 +129,18 @@ def _upgrade_on(connection: Connection, revision: str) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
     command.upgrade(config, revision)
+
+
+def head_revision() -> str:
+    """The newest revision of the migrations shipped with this code."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
 
 
 def _current_on(connection: Connection) -> str | None:
@@ -142,7 +155,7 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
     lock = _file_lock(sqlite_file) if sqlite_file else contextlib.nullcontext()
     try:
         async with lock, engine.begin() as connection:
-            await connection.run_sync(_upgrade_on, revision)
+            await connection.run_sync(migrate, revision)
         async with engine.connect() as connection:
             return await connection.run_sync(_current_on)
     except OSError as exc:

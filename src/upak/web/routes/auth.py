@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse, Response
 
-from upak.config import parse_networks
 from upak.domain import accounts
 from upak.domain.passwords import MAX_LENGTH, MIN_LENGTH
 from upak.features.sessions import LoginSession
@@ -82,7 +81,7 @@ async def login(
     if previous is not None:
         # A login always gets a new id; the one the browser held ends (no fixation, no leftovers).
         await services.sessions.revoke(previous.user_id, previous.handle)
-    address = client_ip(request.scope, parse_networks(services.settings.trusted_proxies))
+    address = client_ip(request.scope, services.trusted_proxies)
     issued = await services.sessions.create(
         user.id,
         ip="" if address is None else str(address),
