@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,22 +13,12 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import make_settings
+from tests.features.test_sessions import Clock
 from tests.support.redis_servers import RedisServer
 from upak.domain.passwords import fast_passwords_for_tests
 from upak.web.app import create_app
 
 PASSWORD = "correct horse battery"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
