@@ -29,6 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def make_settings(**overrides: Any) -> Settings:
     """Settings from explicit values only: no .env, no leaking from the developer's shell."""
+    # Each app its own in-memory database unless a test names one (no ./upak.db left behind).
+    overrides.setdefault("database_url", "sqlite+aiosqlite://")
     return load_settings(env_file=None, **overrides)
 
 

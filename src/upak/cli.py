@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from upak.config import ConfigError, Settings, load_settings
+from upak.domain.cli import app as db_app
 from upak.ops.cli import redis_app
 
 app = typer.Typer(
@@ -71,6 +72,9 @@ def serve(
         proxy_headers=False,  # client identity is decided by TRUSTED_PROXIES, not uvicorn
         server_header=False,
     )
+
+
+app.add_typer(db_app, name="db")
 
 
 def main() -> None:

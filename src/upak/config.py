@@ -243,6 +243,7 @@ _ACCEPTS: dict[str, str] = {
     "WEBHOOK_SECRET": "comma-separated secrets of the form whsec_<base64>",
     "WEBHOOK_IDEMPOTENCY_TTL": "a whole number of seconds, at least 60",
     "RATE_LIMIT_FALLBACK_DIVISOR": "a whole number from 1 to 1024",
+    "DATABASE_URL": "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:pass@host/db",
 }
 
 
@@ -339,6 +340,14 @@ class Settings(BaseSettings):
     def _webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             parse_webhook_secrets(value.get_secret_value())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        from upak.domain.db import async_url  # SQLAlchemy is imported only when settings load
+
+        async_url(value.get_secret_value())  # ValueError names the problem, never the password
         return value
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from yookassa.domain.notification import PaymentWebhookNotification
 
 from upak.domain.billing import Payment, as_utc
-from upak.domain.db import Base
+from upak.domain.db import migrate
 from upak.domain.models import User
 
 SECRET = "whsec_" + base64.b64encode(b"upak-test-secret-32-bytes-long!!").decode()
@@ -92,7 +92,8 @@ def signed_headers(
 def create_database(path: str, users: int = 1) -> str:
     """A SQLite file with the schema and `users` users (ids 1..n); returns the async URL."""
     engine = create_engine(f"sqlite:///{path}")
-    Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        migrate(connection)  # the app migrates at start-up: the schema must come from Alembic
     with Session(engine) as session:
         for n in range(1, users + 1):
             session.add(User(id=n, email=f"user{n}@example.com", password_hash="x"))

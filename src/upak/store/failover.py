@@ -274,9 +274,14 @@ class FailoverStore(Store):
 
     async def close(self) -> None:
         if self._watcher is not None:
-            self._watcher.cancel()
+            # One cancel is not always enough: a cancellation that lands while a probe's own
+            # deadline fires, or inside redis-py's disconnect, can be absorbed, and the loop
+            # would run on. Insist until the task has ended.
+            while not self._watcher.done():
+                self._watcher.cancel()
+                await asyncio.wait({self._watcher}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                self._watcher.result()
             self._watcher = None
         if self.redis is not None:
             await self.redis.close()

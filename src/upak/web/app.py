@@ -8,15 +8,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from upak.config import Settings, load_settings
-from upak.domain.db import make_engine, make_sessionmaker
+from upak.domain.db import DatabaseError, redacted, upgrade
+from upak.domain.passwords import Passwords
 from upak.logs import configure_logging
 from upak.store import FailoverStore, Mode, build_store
 from upak.web.metrics import Metrics
 from upak.web.middleware.body_limit import BodySizeLimit
+from upak.web.middleware.origin import OriginCheck
+from upak.web.middleware.sessions import SessionMiddleware
 from upak.web.problems import install_problem_handlers
-from upak.web.routes import health, payments, plans, webhooks
+from upak.web.routes import auth, health, me, payments, plans, webhooks
 from upak.web.services import Services
 
 log = logging.getLogger("upak.web")
@@ -27,15 +31,21 @@ def create_app(
     *,
     store: FailoverStore | None = None,
     clock: Callable[[], float] = time.time,
+    passwords: Passwords | None = None,
 ) -> FastAPI:
-    """Build the app for `settings`. `store` and `clock` are injectable for tests."""
+    """Build the app for `settings`. `store`, `clock`, `passwords` are injectable for tests."""
     store = store or build_store(settings, clock=clock)
     services = Services(settings=settings, store=store, metrics=Metrics(store), clock=clock)
-    engine = make_engine(settings.database_url.get_secret_value())
-    services.db = make_sessionmaker(engine)
+    services.passwords = passwords or services.passwords
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            revision = await upgrade(services.db_engine)
+        except DatabaseError as exc:
+            log.error("cannot start: %s", exc)
+            raise
+        log.info("database %s at revision %s", redacted(str(services.db_engine.url)), revision)
         await store.start()
         if store.mode is Mode.MEMORY and settings.production:
             log.error(
@@ -48,7 +58,7 @@ def create_app(
         finally:
             await services.cache.drain()  # background cache refreshes finish before the store goes
             await store.close()
-            await engine.dispose()
+            await services.db_engine.dispose()
 
     app = FastAPI(title="UPAK Backend", version="0.1.0", lifespan=lifespan)
     app.state.services = services
@@ -57,6 +67,20 @@ def create_app(
     app.include_router(plans.router)
     app.include_router(payments.router)
     app.include_router(webhooks.router)
+    app.include_router(auth.router)
+    app.include_router(me.router)
+    # Middleware added later wraps what was added before. The session is resolved inside the
+    # origin check (a refused request costs no store call) and outside anything that reads it.
+    app.add_middleware(SessionMiddleware, sessions=services.sessions, settings=settings)
+    app.add_middleware(OriginCheck, allowed_origins=settings.cors_origin_list)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Content-Type", "If-None-Match", "If-Match"],
+        )
     app.add_middleware(BodySizeLimit)
     return app
 

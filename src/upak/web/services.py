@@ -11,12 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from upak.config import Settings, parse_networks
 from upak.domain.billing import SubscriptionHook
+from upak.domain.db import make_engine, make_sessionmaker
+from upak.domain.passwords import Passwords
 from upak.features.cache import Cache
 from upak.features.replay import ReplayGuard, ReplayWindows
+from upak.features.sessions import SessionManager
 from upak.features.signatures import SigningKeys
 from upak.features.yookassa import allowed_networks
 from upak.store import FailoverStore, KeySpace
@@ -33,16 +36,29 @@ class Services:
     keys: KeySpace = field(init=False)
     # Payments and webhooks: the database, who hears of subscription changes (a cached /me),
     # the replay gate, the Standard Webhooks keys and the networks YooKassa may call from.
-    db: async_sessionmaker[AsyncSession] | None = None
+    db: async_sessionmaker[AsyncSession] = field(init=False)  # `async with services.db() as s`
     on_subscription_changed: list[SubscriptionHook] = field(default_factory=list)
     replay: ReplayGuard = field(init=False)
     webhook_keys: SigningKeys | None = field(init=False)
     yookassa_networks: tuple[Network, ...] = field(init=False)
     trusted_proxies: tuple[Network, ...] = field(init=False)
     cache: Cache = field(init=False)
+    # Accounts and sessions: the database engine, password hashing, the session manager.
+    db_engine: AsyncEngine = field(init=False)
+    passwords: Passwords = field(default_factory=Passwords)
+    sessions: SessionManager = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = KeySpace(self.settings.redis_key_prefix)
+        self.db_engine = make_engine(self.settings.database_url.get_secret_value())
+        self.db = make_sessionmaker(self.db_engine)
+        self.sessions = SessionManager(
+            self.store,
+            self.keys,
+            idle_timeout=self.settings.session_idle_timeout,
+            max_age=self.settings.session_max_age,
+            clock=self.clock,
+        )
         self.replay = ReplayGuard(self.store, self.keys, ReplayWindows.from_settings(self.settings))
         secret = self.settings.webhook_secret
         self.webhook_keys = SigningKeys.from_setting(secret.get_secret_value()) if secret else None

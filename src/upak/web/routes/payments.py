@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 
 from upak.domain.billing import payments_of
+from upak.domain.models import User
+from upak.web.dependencies import require_user
 from upak.web.services import get_services
 
 router = APIRouter(tags=["billing"])
 
 
-async def current_user_id(request: Request) -> int:
-    """Stand-in until accounts land (`upak.web.dependencies.require_user`): nobody is signed
-    in, so the route answers 401; tests override this dependency with a user id."""
-    raise HTTPException(401, "Sign in to see your payments")
+async def current_user_id(user: Annotated[User, Depends(require_user)]) -> int:
+    """The signed-in user's id (401 without a live session); tests may override it."""
+    return user.id
 
 
 @router.get("/payments")

@@ -1,0 +1,50 @@
+"""Alembic environment: migrates the connection `upak.domain.db.upgrade` hands over, or, run
+by the `alembic` command with `-x url=...` (or DATABASE_URL), a connection of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from upak.domain import import_models
+from upak.domain.db import Base, make_engine
+
+import_models()  # every table of every domain module, so autogenerate sees them all
+target_metadata = Base.metadata
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        # SQLite alters tables by copying them; batch mode makes that work.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_own_connection(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_run)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("UPAK's migrations run online: use `upak db upgrade`")
+
+given = context.config.attributes.get("connection")
+if given is not None:
+    _run(given)
+else:
+    url = context.get_x_argument(as_dictionary=True).get("url") or os.environ.get(
+        "DATABASE_URL", "sqlite+aiosqlite:///./upak.db"
+    )
+    asyncio.run(_run_own_connection(url))

@@ -1,0 +1,55 @@
+"""FastAPI dependencies: the database session, the caller's login session, the caller.
+
+`require_session` reads what the session middleware resolved (no store call of its own);
+`require_user` adds the user's row. Both answer 401 with a message that says what to do, and
+clear a cookie that no longer names a live session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from upak.domain.accounts import get_user
+from upak.domain.models import User
+from upak.features.sessions import LoginSession
+from upak.web.middleware.sessions import ENDED, MALFORMED, PROBLEM, SESSION, clear_cookie_header
+from upak.web.services import Services, get_services
+
+_WHY = {
+    None: "Not logged in: log in first.",
+    ENDED: "The session has ended (expired, logged out or revoked): log in again.",
+    MALFORMED: "The session cookie is malformed: log in again.",
+}
+
+
+async def get_db(services: Services = Depends(get_services)) -> AsyncIterator[AsyncSession]:
+    async with services.db() as db:
+        yield db
+
+
+def not_logged_in(request: Request, why: str | None = None) -> HTTPException:
+    headers = {"Cache-Control": "no-store"}
+    if why is not None or request.scope.get(PROBLEM) is not None:
+        headers["Set-Cookie"] = clear_cookie_header(get_services(request).settings)
+    return HTTPException(401, why or _WHY[request.scope.get(PROBLEM)], headers=headers)
+
+
+def require_session(request: Request) -> LoginSession:
+    session: LoginSession | None = request.scope.get(SESSION)
+    if session is None:
+        raise not_logged_in(request)
+    return session
+
+
+async def require_user(
+    request: Request,
+    session: LoginSession = Depends(require_session),
+    db: AsyncSession = Depends(get_db),
+) -> User:
+    user = await get_user(db, session.user_id)
+    if user is None:
+        raise not_logged_in(request, "The account of this session no longer exists.")
+    return user

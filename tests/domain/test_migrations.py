@@ -1,0 +1,87 @@
+"""Migrations: the first revision builds exactly the models' schema, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
+
+from upak.cli import app as cli
+from upak.domain import import_models
+from upak.domain.db import MIGRATIONS, Base, head_revision, make_engine, upgrade
+
+
+async def test_upgrade_builds_the_models_schema(db_engine: AsyncEngine) -> None:
+    assert await upgrade(db_engine) == head_revision()
+    import_models()
+
+    def differences(connection):
+        return compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+    async with db_engine.connect() as connection:
+        assert await connection.run_sync(differences) == []
+        tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+    assert "users" in tables
+
+
+async def test_the_first_revision_is_0001_users(db_engine: AsyncEngine) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    base = ScriptDirectory.from_config(config).get_base()
+    assert base == "0001_users"
+    assert await upgrade(db_engine, "0001_users") == "0001_users"
+    async with db_engine.connect() as connection:
+        tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+    assert "users" in tables and "payments" not in tables
+    assert await upgrade(db_engine) == head_revision()
+
+
+async def test_upgrade_is_idempotent_and_safe_side_by_side(db_engine: AsyncEngine) -> None:
+    results = await asyncio.gather(*(upgrade(db_engine) for _ in range(3)))
+    assert results == [head_revision()] * 3
+    assert await upgrade(db_engine) == head_revision()
+
+
+async def test_two_processes_worth_of_engines_on_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    engines = [make_engine(url) for _ in range(2)]
+    try:
+        assert await asyncio.gather(*(upgrade(e) for e in engines)) == [head_revision()] * 2
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+def test_cli_upgrade(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert f"is at revision {head_revision()}" in result.output
+    assert (tmp_path / "cli.db").exists()
+
+
+def test_cli_upgrade_unreachable_database_is_one_line(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://upak:hunter2secret@127.0.0.1:1/upak")
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 1
+    assert "could not be reached" in result.output
+    assert "hunter2secret" not in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_bad_database_url_is_a_config_error(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", "mysql://root:hunter2secret@db/upak")
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 2
+    assert "DATABASE_URL is invalid" in result.output and "hunter2secret" not in result.output
