@@ -93,3 +93,29 @@ async def test_a_processed_payment_shows_in_the_users_cached_read_at_once(app: F
         assert datetime.fromisoformat(after.json()["expires"]) == expected
         # Only that user's entries went.
         assert (await client.get("/t/me/2", headers={"If-None-Match": other})).status_code == 304
+
+
+async def test_real_me_is_cached_privately_and_follows_a_payment(app: FastAPI) -> None:
+    async with client_of(app) as client:
+        credentials = {"email": "buyer@example.com", "password": "correct horse battery"}
+        assert (await client.post("/auth/register", json=credentials)).status_code == 201
+        login = await client.post("/auth/login", json=credentials)
+        user_id = login.json()["id"]
+        first = await client.get("/me")
+        assert first.status_code == 200 and first.json()["subscription_expires_at"] is None
+        assert first.headers["cache-control"] == PRIVATE_CACHE_CONTROL
+        etag = first.headers["etag"]
+        assert (await client.get("/me", headers={"If-None-Match": etag})).status_code == 304
+
+        body = notification(user_id=user_id, plan="start")
+        paid = await client.post(
+            "/webhooks/upak", content=body, headers=signed_headers(body, at=NOW)
+        )
+        assert paid.json() == {"status": "processed"}
+
+        after = await client.get("/me", headers={"If-None-Match": etag})
+        assert after.status_code == 200 and after.json()["plan"] == "start"
+        expected = datetime.fromtimestamp(NOW, UTC) + timedelta(days=30)
+        assert datetime.fromisoformat(after.json()["subscription_expires_at"]) == expected
+    stats = app.state.services.cache.stats
+    assert stats.hits >= 1

@@ -1,14 +1,23 @@
-"""`GET /me`: the caller's account, straight from the users table."""
+"""`GET /me`: the caller's account, served from the cache with a private ETag.
+
+The session middleware already knows who is calling, so a cache hit costs no database read;
+a payment that changes the subscription drops the entry (`Cache.invalidate_user`).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
 
+from upak.domain.accounts import get_user
 from upak.domain.models import User
-from upak.web.dependencies import require_user
+from upak.features.sessions import LoginSession
+from upak.web.dependencies import not_logged_in, require_session
+from upak.web.http_cache import private_json
+from upak.web.services import Services, get_services
 
 router = APIRouter(tags=["accounts"])
 
@@ -32,5 +41,16 @@ def me_body(user: User) -> dict[str, Any]:
 
 
 @router.get("/me")
-async def me(user: User = Depends(require_user)) -> dict[str, Any]:
-    return me_body(user)
+async def me(
+    request: Request,
+    session: LoginSession = Depends(require_session),
+    services: Services = Depends(get_services),
+) -> Response:
+    async def load() -> dict[str, Any]:
+        async with services.db() as db:
+            user = await get_user(db, session.user_id)
+        if user is None:
+            raise not_logged_in(request, "The account of this session no longer exists.")
+        return me_body(user)
+
+    return await private_json(request, services.cache, session.user_id, "me", load)
