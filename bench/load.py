@@ -26,10 +26,10 @@ from datetime import UTC
 from pathlib import Path
 
 import httpx
-from tests.support.redis_servers import free_port
-from tests.support.service import Service, running_service
 
 from common import ROOT, Result, Row, redis_server
+from tests.support.redis_servers import free_port
+from tests.support.service import Service, running_service
 
 HERE = Path(__file__).resolve().parent
 WRK = shutil.which("wrk")
