@@ -223,14 +223,15 @@ class NamedLimit:
 def named_limits(policy_name: str, text: str) -> tuple[NamedLimit, ...]:
     """Parse `text` into limits named for the headers: `default`, or `default-1m` for several."""
     limits = parse_policy(text)
-    out = []
+    out: list[NamedLimit] = []
     for limit in limits:
         name = policy_name
         if len(limits) > 1:
             name = f"{policy_name}-{str(limit).split('/', 1)[1].replace(':', '-')}"
-        suffix = (
-            f"{policy_name}:{limit.amount}:{limit.window_ms}:{_ALGORITHM_CODE[limit.algorithm]}"
-        )
+            if any(other.name == name for other in out):
+                name = f"{name}-{limit.amount}"
+        code = _ALGORITHM_CODE[limit.algorithm]
+        suffix = f"{policy_name}:{limit.amount}:{limit.window_ms}:{code}"
         out.append(NamedLimit(name, limit, suffix))
     return tuple(out)
 
