@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -14,75 +10,23 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.support.redis_servers import RedisServer, free_port
+from tests.support.redis_servers import RedisServer
+from tests.support.service import running_service
 from upak.store import Mode
 from upak.web.app import create_app
 
 pytestmark = pytest.mark.slow
 
 
-@contextlib.contextmanager
-def serve(port: int, workers: int, env: dict[str, str], cwd):
-    """The app under uvicorn with `workers` processes, as `upak serve --workers N` runs it."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "upak.web.app:create_app_from_env",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-proxy-headers",
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, **env, "UPAK_WORKERS": str(workers)},
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("uvicorn did not answer /health within 30 s")
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def test_two_workers_admit_exactly_the_limit(shared_redis: RedisServer, key_prefix, tmp_path):
-    port = free_port()
+async def test_two_workers_admit_exactly_the_limit(shared_redis: RedisServer, key_prefix):
     env = {
         "REDIS_URL": shared_redis.url,
         "REDIS_KEY_PREFIX": key_prefix,
         "RATE_LIMIT_DEFAULT": "20/10s",
     }
-    with serve(port, 2, env, tmp_path):
-        # Both workers are up and connected to the one Redis.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            names = [c.get("name") for c in shared_redis.client().client_list()]
-            if names.count("upak") >= 2:
-                break
-            await asyncio.sleep(0.1)
-        assert names.count("upak") >= 2
+    # `upak serve --workers 2`; it returns once both workers have answered /health.
+    with running_service(env, workers=2) as service:
+        port = service.port
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30

@@ -12,25 +12,21 @@ same 429 problem+json with Retry-After as the middleware's.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
 from typing import Literal
 
 from fastapi import HTTPException, Request, Response
 
-from upak.config import parse_networks
 from upak.features.ratelimit import identity_token, named_limits
 from upak.web.client_ip import client_ip
 from upak.web.middleware.ratelimit import SESSION_SCOPE_KEY, decision_headers
 from upak.web.services import get_services
 
 KeyFunction = Callable[[Request], str | None]
-_networks = lru_cache(maxsize=8)(parse_networks)
 
 
 def client_key(request: Request) -> str:
     """The client IP, believing X-Forwarded-For only from TRUSTED_PROXIES."""
-    proxies = _networks(get_services(request).settings.trusted_proxies)
-    address = client_ip(request.scope, proxies)
+    address = client_ip(request.scope, get_services(request).trusted_proxies)
     return identity_token("ip", str(address) if address is not None else "unknown")
 
 
