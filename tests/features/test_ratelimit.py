@@ -10,7 +10,7 @@ from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer, free_port
 from upak.features.ratelimit import (
     RateLimiter,
-    check_operation,
+    decide_operation,
     identity_token,
     named_limits,
 )
@@ -174,17 +174,12 @@ async def test_the_local_table_is_bounded():
 
 
 def test_fallback_divides_each_amount():
-    op = check_operation(4)
+    op = decide_operation(4)
     assert op.fallback_args is not None
-    assert list(op.fallback_args(["w", 120, 60_000, "g", 3, 1000])) == [
-        "w",
-        30,
-        60_000,
-        "g",
-        1,
-        1000,
-    ]
-    assert check_operation(1).fallback_args is None
+    # Two decisions in one call: (one limit), (two limits).
+    args = [1, "l", 120, 60_000, 2, "g", 3, 1000, "l", 9, 1000]
+    assert list(op.fallback_args(args)) == [1, "l", 30, 60_000, 2, "g", 1, 1000, "l", 2, 1000]
+    assert decide_operation(1).fallback_args is None
 
 
 async def test_outage_counts_in_memory_with_the_divisor(key_prefix: str):
@@ -224,3 +219,28 @@ async def test_cluster_mode_splits_checks_by_identity(any_store: Store, key_pref
     assert first.allowed and [s.remaining for s in first.states] == [1, 0]
     second = await limiter.decide(checks)
     assert not second.allowed and second.states[1].retry_ms > 0
+
+
+async def test_concurrent_decisions_share_one_script_call(shared_redis: RedisServer, key_prefix):
+    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix)
+        (limit,) = one("2/minute")
+        client = shared_redis.client()
+
+        def evalsha_calls() -> int:
+            return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+        await limiter.decide([limiter.check_for(limit, "ip:warm")])  # loads the script
+        before = evalsha_calls()
+        # 30 identities, three requests each, all in one loop step.
+        decisions = await asyncio.gather(
+            *(limiter.decide([limiter.check_for(limit, f"ip:{n % 30}")]) for n in range(90))
+        )
+        assert evalsha_calls() - before == 1
+        assert sum(d.allowed for d in decisions) == 60
+        # In order within the batch: each identity's first two are admitted, the third not.
+        assert [d.allowed for d in decisions[60:]] == [False] * 30
+    finally:
+        await store.close()

@@ -21,14 +21,15 @@ RATE_LIMIT_FALLBACK_DIVISOR (`fallback_args`), so N workers together stay close 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from upak.features.ratelimit_policy import Limit, parse_policy
 from upak.store import KeySpace, Operation, Store
@@ -38,82 +39,88 @@ if TYPE_CHECKING:
     from upak.store.memory import MemoryData
 
 FEATURE = "ratelimit"
-_ALGORITHM_CODE = {"window": "w", "gcra": "g"}
+_ALGORITHM_CODE = {"window": "l", "gcra": "g"}
 
 # ---------------------------------------------------------------------------------------------
 # The operation: Lua and its memory twin, side by side.
 #
-# KEYS: one per limit. ARGV: per limit, three values: algorithm (w|g), amount, window in ms.
-# Reply: {allowed, then per limit: remaining, next_ms, retry_ms}
+# One call decides a batch of decisions, in order; each decision is atomic (all of its limits
+# admit and record, or none records) and sees the ones before it in the batch.
+# ARGV, per decision: n, then per limit three values: algorithm (l|g), amount, window in ms.
+# KEYS: one per limit, in the same order.
+# Reply, per decision: allowed, then per limit: remaining, next_ms, retry_ms
 #   remaining  how many more this key may do now (after this request, if admitted)
 #   next_ms    ms until `remaining` grows by one (the RateLimit header's t)
 #   retry_ms   ms until this limit would admit again; 0 when it admits now
+# The sliding log is a LIST of admission times in µs, newest first: O(1) at both ends, and
+# a listpack of integers (about 10 bytes an entry; a sorted set costs several times that).
 # ---------------------------------------------------------------------------------------------
 
-CHECK_LUA = """
+DECIDE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS
-local reply = {1}
-local admit = {}
-for i = 1, n do
-  local key = KEYS[i]
-  local limit = tonumber(ARGV[i * 3 - 1])
-  local window = tonumber(ARGV[i * 3]) * 1000
-  local remaining, nxt, retry
-  if ARGV[i * 3 - 2] == 'w' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-    local count = redis.call('ZCARD', key)
-    if count < limit then
-      remaining = limit - count - 1
-      local oldest = now
-      if count > 0 then oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) end
-      nxt, retry = oldest + window - now, 0
-      admit[i] = now
-    else
-      local edge = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
-      remaining, retry = 0, tonumber(edge[2]) + window - now
-      nxt = retry
-      reply[1] = 0
-    end
-  else
-    local interval = window / limit
-    local tat = tonumber(redis.call('GET', key) or '0') or 0
-    if tat < now then tat = now end
-    local new_tat = tat + interval
-    local allow_at = new_tat - window
-    if allow_at > now then
-      remaining, retry = 0, allow_at - now
-      nxt = retry
-      reply[1] = 0
-    else
-      local slack = now - allow_at
-      remaining = math.floor(slack / interval)
-      nxt, retry = (remaining + 1) * interval - slack, 0
-      admit[i] = new_tat
-    end
-  end
-  reply[i * 3 - 1] = remaining
-  reply[i * 3] = math.ceil(nxt / 1000)
-  reply[i * 3 + 1] = math.ceil(retry / 1000)
-end
-if reply[1] == 1 then
-  for i = 1, n do
-    local key = KEYS[i]
-    local window_ms = tonumber(ARGV[i * 3])
-    if ARGV[i * 3 - 2] == 'w' then
-      local member = string.format('%d', now)
-      local suffix = 0
-      while redis.call('ZADD', key, 'NX', now, member) == 0 do
-        suffix = suffix + 1
-        member = string.format('%d-%d', now, suffix)
+local now_text = t[1] .. string.format('%06d', tonumber(t[2]))
+local reply = {}
+local a, k = 1, 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local verdict = #reply + 1
+  reply[verdict] = 1
+  local admit = {}
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    local limit = tonumber(ARGV[a + 2 + i * 3])
+    local window = tonumber(ARGV[a + 3 + i * 3]) * 1000
+    local remaining, nxt, retry
+    if ARGV[a + 1 + i * 3] == 'l' then
+      local last = redis.call('LINDEX', key, -1)
+      while last and tonumber(last) <= now - window do
+        redis.call('RPOP', key)
+        last = redis.call('LINDEX', key, -1)
       end
-      redis.call('PEXPIRE', key, window_ms)
+      local count = redis.call('LLEN', key)
+      if count < limit then
+        remaining, retry = limit - count - 1, 0
+        nxt = (last and tonumber(last) or now) + window - now
+      else
+        retry = tonumber(redis.call('LINDEX', key, limit - 1)) + window - now
+        remaining, nxt = 0, retry
+        reply[verdict] = 0
+      end
     else
-      local ttl = math.ceil((admit[i] - now) / 1000)
-      redis.call('SET', key, string.format('%d', math.ceil(admit[i])), 'PX', ttl)
+      local interval = window / limit
+      local tat = tonumber(redis.call('GET', key) or '0') or 0
+      if tat < now then tat = now end
+      local allow_at = tat + interval - window
+      if allow_at > now then
+        remaining, retry = 0, allow_at - now
+        nxt = retry
+        reply[verdict] = 0
+      else
+        local slack = now - allow_at
+        remaining = math.floor(slack / interval)
+        nxt, retry = (remaining + 1) * interval - slack, 0
+        admit[i] = math.ceil(tat + interval)
+      end
+    end
+    reply[#reply + 1] = remaining
+    reply[#reply + 1] = math.ceil(nxt / 1000)
+    reply[#reply + 1] = math.ceil(retry / 1000)
+  end
+  if reply[verdict] == 1 then
+    for i = 0, n - 1 do
+      local key = KEYS[k + i]
+      if ARGV[a + 1 + i * 3] == 'l' then
+        redis.call('LPUSH', key, now_text)
+        redis.call('PEXPIRE', key, ARGV[a + 3 + i * 3])
+      else
+        local ttl = math.ceil((admit[i] - now) / 1000)
+        redis.call('SET', key, string.format('%d', admit[i]), 'PX', ttl)
+      end
     end
   end
+  a = a + 1 + n * 3
+  k = k + n
 end
 return reply
 """
@@ -123,79 +130,88 @@ class _Log(deque):  # type: ignore[type-arg]
     """The memory twin's sliding log: admission times in µs, oldest first."""
 
 
-def _check_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
+def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
     now_ms = data.now_ms()
     now = now_ms * 1000
-    reply = [1]
-    admit: list[float] = []
-    for i, key in enumerate(keys):
-        code, limit, window = args[i * 3], int(args[i * 3 + 1]), int(args[i * 3 + 2]) * 1000
-        if code == "w":
-            log = data.entry(key, _Log)
-            while log and log[0] <= now - window:
-                log.popleft()
-            if log is not None and not log:
-                data.delete(key)
-            count = len(log) if log else 0
-            if count < limit:
-                remaining = limit - count - 1
-                nxt, retry = (log[0] if log else now) + window - now, 0.0
-                admit.append(now)
-            else:
-                assert log is not None
-                remaining, retry = 0, log[count - limit] + window - now
-                nxt = retry
-                reply[0] = 0
-                admit.append(0.0)
-        else:
-            interval = window / limit
-            raw = data.get(key)
-            tat = max(float(raw) if raw else 0.0, now)
-            new_tat = tat + interval
-            allow_at = new_tat - window
-            if allow_at > now:
-                remaining, retry = 0, allow_at - now
-                nxt = retry
-                reply[0] = 0
-                admit.append(0.0)
-            else:
-                slack = now - allow_at
-                remaining = math.floor(slack / interval)
-                nxt, retry = (remaining + 1) * interval - slack, 0.0
-                admit.append(new_tat)
-        reply += [remaining, math.ceil(nxt / 1000), math.ceil(retry / 1000)]
-    if reply[0] == 1:
-        for i, key in enumerate(keys):
-            window_ms = int(args[i * 3 + 2])
-            if args[i * 3] == "w":
+    reply: list[int] = []
+    a = k = 0
+    while a < len(args):
+        n = int(args[a])
+        verdict = len(reply)
+        reply.append(1)
+        admit: dict[int, int] = {}
+        for i in range(n):
+            key = keys[k + i]
+            limit, window = int(args[a + 2 + i * 3]), int(args[a + 3 + i * 3]) * 1000
+            if args[a + 1 + i * 3] == "l":
                 log = data.entry(key, _Log)
-                if log is None:
-                    log = _Log()
-                log.append(now)
-                data.put(key, log, now_ms + window_ms)
+                while log and log[0] <= now - window:
+                    log.popleft()
+                if log is not None and not log:
+                    data.delete(key)
+                count = len(log) if log else 0
+                if count < limit:
+                    remaining, retry = limit - count - 1, 0.0
+                    nxt = (log[0] if log else now) + window - now
+                else:
+                    assert log is not None
+                    retry = log[count - limit] + window - now
+                    remaining, nxt = 0, retry
+                    reply[verdict] = 0
             else:
-                at = math.ceil(admit[i])
-                data.set(key, str(at), px=math.ceil((at - now) / 1000))
+                interval = window / limit
+                raw = data.get(key)
+                tat = max(float(raw) if raw else 0.0, now)
+                allow_at = tat + interval - window
+                if allow_at > now:
+                    remaining, retry = 0, allow_at - now
+                    nxt = retry
+                    reply[verdict] = 0
+                else:
+                    slack = now - allow_at
+                    remaining = math.floor(slack / interval)
+                    nxt, retry = (remaining + 1) * interval - slack, 0.0
+                    admit[i] = math.ceil(tat + interval)
+            reply += (remaining, math.ceil(nxt / 1000), math.ceil(retry / 1000))
+        if reply[verdict] == 1:
+            for i in range(n):
+                key, window_ms = keys[k + i], int(args[a + 3 + i * 3])
+                if args[a + 1 + i * 3] == "l":
+                    log = data.entry(key, _Log)
+                    if log is None:
+                        log = _Log()
+                    log.append(now)
+                    data.put(key, log, now_ms + window_ms)
+                else:
+                    data.set(key, str(admit[i]), px=math.ceil((admit[i] - now) / 1000))
+        a += 1 + n * 3
+        k += n
     return reply
 
 
 def _divide_amounts(divisor: int) -> Callable[[Sequence[Arg]], Sequence[Arg]]:
+    """Each worker's share of every limit, for the memory twin during an outage."""
+
     def rewrite(args: Sequence[Arg]) -> Sequence[Arg]:
         out = list(args)
-        for i in range(1, len(out), 3):
-            out[i] = max(1, int(out[i]) // divisor)
+        a = 0
+        while a < len(out):
+            n = int(out[a])
+            for i in range(n):
+                out[a + 2 + i * 3] = max(1, int(out[a + 2 + i * 3]) // divisor)
+            a += 1 + n * 3
         return out
 
     return rewrite
 
 
 @cache
-def check_operation(divisor: int = 1) -> Operation[list[int]]:
+def decide_operation(divisor: int = 1) -> Operation[list[int]]:
     """The decision operation; during an outage each amount is divided by `divisor`."""
     return Operation(
-        name="ratelimit_check",
-        lua=CHECK_LUA,
-        memory=_check_memory,
+        name="ratelimit_decide",
+        lua=DECIDE_LUA,
+        memory=_decide_memory,
         parse=list,
         fallback_args=_divide_amounts(divisor) if divisor > 1 else None,
     )
@@ -213,6 +229,11 @@ class NamedLimit:
     name: str
     limit: Limit
     key_suffix: str
+    args: tuple[str, int, int] = field(init=False)  # the script's: algorithm, amount, window
+
+    def __post_init__(self) -> None:
+        code = _ALGORITHM_CODE[self.limit.algorithm]
+        object.__setattr__(self, "args", (code, self.limit.amount, self.limit.window_ms))
 
     @property
     def policy_item(self) -> str:
@@ -236,16 +257,14 @@ def named_limits(policy_name: str, text: str) -> tuple[NamedLimit, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):
     """One limit applied to one identity: the unit a decision is made of."""
 
     limit: NamedLimit
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class LimitState:
+class LimitState(NamedTuple):
     limit: NamedLimit
     remaining: int
     next_ms: int  # until `remaining` grows by one (the RateLimit header's t)
@@ -257,8 +276,7 @@ class LimitState:
         return f'"{self.limit.name}";r={self.remaining};t={-(-self.next_ms // 1000)}'
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     states: tuple[LimitState, ...]
     local: bool = False  # answered from the known-over-limit table, without Redis
@@ -282,7 +300,12 @@ def identity_token(kind: str, value: str) -> str:
 
 
 class RateLimiter:
-    """Makes decisions for a set of checks, one script call (one round trip) each."""
+    """Decides requests against their limits: one script call each, batched per loop step.
+
+    Decisions asked for in the same event-loop step go to Redis as ONE script call (at most
+    `batch_max` decisions each): the script takes them in order, each atomic on its own, so
+    a busy process pays one EVALSHA, not one per request, and stays exact.
+    """
 
     def __init__(
         self,
@@ -293,17 +316,22 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         one_slot_per_call: bool = False,
         blocked_max: int = 10_000,
+        batch_max: int = 128,
     ) -> None:
         self.store = store
         self.keys = keys
-        self.op = check_operation(divisor)
+        self.op = decide_operation(divisor)
         self._clock = clock
-        # On Redis Cluster a script's keys must share a slot: checks are then split by
-        # identity into one call each, sent together in one pipeline (still one round trip).
+        # On Redis Cluster a script's keys must share a slot: each decision is then its own
+        # call, split by identity (sent together in one pipeline, still one round trip).
         self.one_slot_per_call = one_slot_per_call
         # key -> local time it admits again: until then answered without Redis.
         self._blocked: OrderedDict[str, float] = OrderedDict()
         self.blocked_max = blocked_max
+        self.batch_max = batch_max
+        self._pending: list[tuple[Sequence[Check], asyncio.Future[Decision]]] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.local_refusals = 0
 
     def check_for(self, limit: NamedLimit, identity: str) -> Check:
@@ -314,20 +342,56 @@ class RateLimiter:
         """Admit the request under every check, or refuse it and record nothing."""
         if not checks:
             return Decision(True, ())
-        blocked = self._known_blocked(checks)
-        if blocked is not None:
-            return blocked
-        if self.one_slot_per_call and len({_tag(c.key) for c in checks}) > 1:
+        if self._blocked:
+            blocked = self._known_blocked(checks)
+            if blocked is not None:
+                return blocked
+        if self.one_slot_per_call:
             return await self._decide_per_slot(checks)
-        reply = await self.store.run(self.op, [c.key for c in checks], _args(checks))
-        decision = _decision(checks, reply)
-        if not decision.allowed:
-            self._remember_blocked(checks, decision)
-        return decision
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
+        self._pending.append((checks, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(pending), self.batch_max):
+            task = loop.create_task(self._send(pending[start : start + self.batch_max]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[Sequence[Check], asyncio.Future[Decision]]]) -> None:
+        keys: list[str] = []
+        args: list[Arg] = []
+        for checks, _ in batch:
+            args.append(len(checks))
+            for check in checks:
+                keys.append(check.key)
+                args += check.limit.args
+        try:
+            reply = await self.store.run(self.op, keys, args)
+        except BaseException as exc:  # every waiter hears what happened to its decision
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        at = 0
+        for checks, future in batch:
+            decision = _decision(checks, reply, at)
+            at += 1 + 3 * len(checks)
+            if not decision.allowed:
+                self._remember_blocked(checks, decision)
+            if not future.done():
+                future.set_result(decision)
 
     async def _decide_per_slot(self, checks: Sequence[Check]) -> Decision:
-        import asyncio
-
         groups: dict[str, list[Check]] = {}
         for check in checks:
             groups.setdefault(_tag(check.key), []).append(check)
@@ -337,7 +401,7 @@ class RateLimiter:
         states: dict[str, LimitState] = {}
         allowed = True
         for group, reply in zip(groups.values(), replies, strict=True):
-            part = _decision(group, reply)
+            part = _decision(group, reply, 0)
             allowed = allowed and part.allowed
             states.update(zip((c.key for c in group), part.states, strict=True))
         decision = Decision(allowed, tuple(states[c.key] for c in checks))
@@ -346,8 +410,6 @@ class RateLimiter:
         return decision
 
     def _known_blocked(self, checks: Sequence[Check]) -> Decision | None:
-        if not self._blocked:
-            return None
         now = self._clock()
         hit = False
         states = []
@@ -370,6 +432,8 @@ class RateLimiter:
     def _remember_blocked(self, checks: Sequence[Check], decision: Decision) -> None:
         # Redis computed the retry time on its clock before the reply travelled here, so
         # the local deadline can only be late by the one-way latency, never early.
+        if self.blocked_max <= 0:
+            return
         now = self._clock()
         for check, state in zip(checks, decision.states, strict=True):
             if state.retry_ms > 0:
@@ -385,21 +449,20 @@ def _tag(key: str) -> str:
 
 
 def _args(checks: Sequence[Check]) -> list[Arg]:
-    args: list[Arg] = []
+    args: list[Arg] = [len(checks)]
     for check in checks:
-        limit = check.limit.limit
-        args += (_ALGORITHM_CODE[limit.algorithm], limit.amount, limit.window_ms)
+        args += check.limit.args
     return args
 
 
-def _decision(checks: Sequence[Check], reply: Sequence[int]) -> Decision:
+def _decision(checks: Sequence[Check], reply: Sequence[int], at: int) -> Decision:
     states = tuple(
         LimitState(
             check.limit,
-            int(reply[i * 3 + 1]),
-            max(0, int(reply[i * 3 + 2])),
-            max(0, int(reply[i * 3 + 3])),
+            int(reply[at + i * 3 + 1]),
+            max(0, int(reply[at + i * 3 + 2])),
+            max(0, int(reply[at + i * 3 + 3])),
         )
         for i, check in enumerate(checks)
     )
-    return Decision(bool(reply[0]), states)
+    return Decision(bool(reply[at]), states)

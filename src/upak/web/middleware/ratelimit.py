@@ -64,11 +64,24 @@ class RateLimitRules:
         )
 
 
+_policy_fields: dict[tuple[int, ...], bytes] = {}
+
+
+def _policy_field(decision: Decision) -> bytes:
+    # The policies of a request repeat request after request: render each combination once.
+    ids = tuple(id(state.limit) for state in decision.states)
+    field = _policy_fields.get(ids)
+    if field is None:
+        field = ", ".join(state.limit.policy_item for state in decision.states).encode()
+        if len(_policy_fields) < 1024:
+            _policy_fields[ids] = field
+    return field
+
+
 def decision_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """`RateLimit-Policy` and `RateLimit` (and `Retry-After` on refusal) for `decision`."""
-    policy = ", ".join(state.limit.policy_item for state in decision.states)
-    current = ", ".join(state.header_item for state in decision.states)
-    headers = [(b"ratelimit-policy", policy.encode()), (b"ratelimit", current.encode())]
+    current = ", ".join([state.header_item for state in decision.states])
+    headers = [(b"ratelimit-policy", _policy_field(decision)), (b"ratelimit", current.encode())]
     if not decision.allowed:
         headers.append((b"retry-after", str(max(1, decision.retry_after)).encode()))
     return headers
@@ -88,10 +101,19 @@ async def refuse(decision: Decision, scope: Scope, receive: Receive, send: Send)
 
 
 class RateLimitMiddleware:
+    # Bounds of the per-process memo tables below (cleared whole when full: simple, and a
+    # miss only costs the work the table saves).
+    MEMO_MAX = 50_000
+
     def __init__(self, app: ASGIApp, limiter: RateLimiter, rules: RateLimitRules) -> None:
         self.app = app
         self.limiter = limiter
         self.rules = rules
+        # (socket peer, X-Forwarded-For values) -> identity token: parsing addresses with
+        # `ipaddress` is most of this middleware's own cost, and clients repeat.
+        self._identities: dict[tuple[object, tuple[bytes, ...]], str] = {}
+        # (limits, identity) -> its checks (the key strings).
+        self._checks_memo: dict[tuple[int, str], list[Check]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.rules.exempt_paths:
@@ -111,23 +133,48 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
+    def _client(self, scope: Scope) -> str:
+        """The client IP's identity token (X-Forwarded-For believed only from trusted proxies)."""
+        peer = scope.get("client")
+        forwarded: tuple[bytes, ...] = ()
+        if self.rules.trusted_proxies:
+            forwarded = tuple(v for k, v in scope.get("headers", ()) if k == b"x-forwarded-for")
+        memo_key = (peer[0] if peer else None, forwarded)
+        token = self._identities.get(memo_key)
+        if token is None:
+            address = client_ip(scope, self.rules.trusted_proxies)
+            token = identity_token("ip", str(address) if address is not None else "unknown")
+            if len(self._identities) >= self.MEMO_MAX:
+                self._identities.clear()
+            self._identities[memo_key] = token
+        return token
+
+    def _checks_for(self, limits: tuple[NamedLimit, ...], identity: str) -> list[Check]:
+        memo_key = (id(limits), identity)
+        checks = self._checks_memo.get(memo_key)
+        if checks is None:
+            checks = [self.limiter.check_for(limit, identity) for limit in limits]
+            if len(self._checks_memo) >= self.MEMO_MAX:
+                self._checks_memo.clear()
+            self._checks_memo[memo_key] = checks
+        return checks
+
     async def _checks(self, scope: Scope, receive: Receive) -> tuple[list[Check], Receive]:
-        rules, limiter = self.rules, self.limiter
-        address = client_ip(scope, rules.trusted_proxies)
-        ip = identity_token("ip", str(address) if address is not None else "unknown")
+        rules = self.rules
+        ip = self._client(scope)
         path: str = scope["path"]
         if path.startswith(rules.webhook_prefix):
-            return [limiter.check_for(limit, ip) for limit in rules.webhooks], receive
+            return self._checks_for(rules.webhooks, ip), receive
         user_id = getattr(scope.get(SESSION_SCOPE_KEY), "user_id", None)
         who = ip if user_id is None else identity_token("user", str(user_id))
-        checks = [limiter.check_for(limit, who) for limit in rules.default]
+        checks = self._checks_for(rules.default, who)
         if scope["method"] == "POST" and path in rules.login_paths:
             body, receive = await _read_body(receive)
-            checks += [limiter.check_for(limit, ip) for limit in rules.login_ip]
+            checks = checks + self._checks_for(rules.login_ip, ip)
             email = _email_of(body)
             if email is not None:
                 who = identity_token("email", email)
-                checks += [limiter.check_for(limit, who) for limit in rules.login_email]
+                checks += [self.limiter.check_for(limit, who) for limit in rules.login_email]
         return checks, receive
 
 
