@@ -4,50 +4,22 @@ from __future__ import annotations
 
 import math
 import time
-from types import SimpleNamespace
 
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from pydantic import BaseModel
 
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer
+from upak.domain.passwords import fast_passwords_for_tests
 from upak.web.app import create_app
 from upak.web.ratelimit_deps import rate_limit
-
-
-class FakeSessions:
-    """Stands in for the sessions middleware (issue 3): a user id from a test header."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        for name, value in scope.get("headers", ()):
-            if name == b"x-test-user":
-                scope["upak.session"] = SimpleNamespace(user_id=value.decode())
-        await self.app(scope, receive, send)
-
-
-class Credentials(BaseModel):
-    email: str
-    password: str = ""
 
 
 def add_test_routes(app: FastAPI) -> None:
     @app.get("/items")
     async def items() -> dict[str, str]:
         return {"ok": "items"}
-
-    @app.post("/auth/login")
-    async def login(credentials: Credentials) -> dict[str, str]:
-        # The route still gets the body the middleware read.
-        return {"email": credentials.email}
-
-    @app.post("/auth/register")
-    async def register(credentials: Credentials) -> dict[str, str]:
-        return {"email": credentials.email}
 
     @app.post("/webhooks/test")
     async def webhook() -> dict[str, str]:
@@ -66,9 +38,8 @@ async def client_for(shared_redis: RedisServer, key_prefix: str):
         settings = make_settings(
             redis_url=shared_redis.url, redis_key_prefix=key_prefix, **overrides
         )
-        app = create_app(settings)
+        app = create_app(settings, passwords=fast_passwords_for_tests())
         add_test_routes(app)
-        app.add_middleware(FakeSessions)
         ctx = app.router.lifespan_context(app)
         await ctx.__aenter__()
         contexts.append(ctx)
@@ -108,13 +79,27 @@ async def test_health_and_metrics_are_never_limited(client_for):
 
 
 async def test_a_session_keys_the_default_by_user(client_for):
-    client = await client_for(rate_limit_default="2/minute")
-    for user in ("u1", "u2"):
-        for _ in range(2):
-            assert (await client.get("/items", headers={"x-test-user": user})).status_code == 200
-        assert (await client.get("/items", headers={"x-test-user": user})).status_code == 429
-    # Anonymous requests from the same address have their own count.
-    assert (await client.get("/items")).status_code == 200
+    # The real sessions middleware runs outside the limiter and leaves the user in the scope.
+    client = await client_for(rate_limit_default="4/minute", rate_limit_login_ip="100/minute")
+    cookies = []
+    for user in ("u1@example.com", "u2@example.com"):
+        registered = await client.post(
+            "/auth/register", json={"email": user, "password": "correct horse"}
+        )
+        assert registered.status_code == 201
+        logged_in = await client.post(
+            "/auth/login", json={"email": user, "password": "correct horse"}
+        )
+        assert logged_in.status_code == 200
+        cookies.append(logged_in.cookies["upak_session"])
+        client.cookies.clear()
+    # Anonymous requests from this address used up its default quota (2 registers, 2 logins
+    # count on the IP as anonymous requests too), yet each user has a count of their own.
+    assert (await client.get("/items")).status_code == 429
+    for cookie in cookies:
+        client.cookies.set("upak_session", cookie, domain="t.local")
+        statuses = [(await client.get("/items")).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 200, 429]
 
 
 async def test_login_refuses_the_sixth_attempt_for_one_email(client_for):
@@ -124,7 +109,7 @@ async def test_login_refuses_the_sixth_attempt_for_one_email(client_for):
         # Normalisation: the same address however its domain is cased or padded.
         email = " alice@Example.COM " if n % 2 else "alice@example.com"
         response = await client.post("/auth/login", json={"email": email, "password": "x"})
-        assert response.status_code == 200
+        assert response.status_code == 401  # no such account: the attempt still counts
     refused = await client.post("/auth/login", json={"email": "alice@EXAMPLE.com", "password": "x"})
     assert refused.status_code == 429
     time_left = 60 - (time.time() - started)
@@ -132,21 +117,25 @@ async def test_login_refuses_the_sixth_attempt_for_one_email(client_for):
     assert '"login";q=5;w=60' in refused.headers["ratelimit-policy"]
     assert '"login";r=0' in refused.headers["ratelimit"]
     # Register counts on the same email key; another email is still welcome.
-    assert (
-        await client.post("/auth/register", json={"email": "alice@example.com"})
-    ).status_code == 429
-    assert (await client.post("/auth/login", json={"email": "bob@example.com"})).status_code == 200
+    register = await client.post(
+        "/auth/register", json={"email": "alice@example.com", "password": "long enough"}
+    )
+    assert register.status_code == 429
+    other = await client.post("/auth/login", json={"email": "bob@example.com", "password": "x"})
+    assert other.status_code == 401
 
 
 async def test_login_is_also_limited_by_client_ip(client_for):
     client = await client_for(rate_limit_login="5/minute", rate_limit_login_ip="3/minute")
     statuses = [
-        (await client.post("/auth/login", json={"email": f"u{n}@example.com"})).status_code
+        (
+            await client.post("/auth/login", json={"email": f"u{n}@example.com", "password": "x"})
+        ).status_code
         for n in range(4)
     ]
-    assert statuses == [200, 200, 200, 429]
+    assert statuses == [401, 401, 401, 429]
     # One decision: the headers name every limit of the request.
-    response = await client.post("/auth/login", json={"email": "z@example.com"})
+    response = await client.post("/auth/login", json={"email": "z@example.com", "password": "x"})
     assert response.headers["ratelimit-policy"].split(", ") == [
         '"default";q=120;w=60',
         '"login-ip";q=3;w=60',

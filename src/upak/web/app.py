@@ -85,8 +85,6 @@ def create_app(
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Content-Type", "If-None-Match", "If-Match"],
         )
-    if services.ratelimit is not None:  # inside sessions (added later), so user ids key it
-        install_rate_limiting(app, services.ratelimit, settings)
     app.add_middleware(BodySizeLimit)
     return app
 
