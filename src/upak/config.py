@@ -18,6 +18,9 @@ from urllib.parse import parse_qs, quote, unquote
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Pure (stdlib only): the policy syntax is validated here so a typo stops start-up.
+from upak.features.ratelimit_policy import POLICY_SYNTAX, parse_policy
+
 REDACTED = "***"
 
 RedisKind = Literal["standalone", "unix", "sentinel", "cluster"]
@@ -244,6 +247,10 @@ _ACCEPTS: dict[str, str] = {
     "WEBHOOK_IDEMPOTENCY_TTL": "a whole number of seconds, at least 60",
     "RATE_LIMIT_FALLBACK_DIVISOR": "a whole number from 1 to 1024",
     "DATABASE_URL": "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:pass@host/db",
+    "RATE_LIMIT_DEFAULT": POLICY_SYNTAX,
+    "RATE_LIMIT_LOGIN": POLICY_SYNTAX,
+    "RATE_LIMIT_LOGIN_IP": POLICY_SYNTAX,
+    "RATE_LIMIT_WEBHOOKS": POLICY_SYNTAX,
 }
 
 
@@ -348,6 +355,14 @@ class Settings(BaseSettings):
         from upak.domain.db import async_url  # SQLAlchemy is imported only when settings load
 
         async_url(value.get_secret_value())  # ValueError names the problem, never the password
+        return value
+
+    @field_validator(
+        "rate_limit_default", "rate_limit_login", "rate_limit_login_ip", "rate_limit_webhooks"
+    )
+    @classmethod
+    def _rate_limit_policy(cls, value: str) -> str:
+        parse_policy(value)
         return value
 
     @model_validator(mode="after")

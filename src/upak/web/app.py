@@ -18,6 +18,7 @@ from upak.store import FailoverStore, Mode, build_store
 from upak.web.metrics import Metrics
 from upak.web.middleware.body_limit import BodySizeLimit
 from upak.web.middleware.origin import OriginCheck
+from upak.web.middleware.ratelimit import build_rate_limiter, install_rate_limiting
 from upak.web.middleware.sessions import SessionMiddleware
 from upak.web.problems import install_problem_handlers
 from upak.web.routes import auth, health, me, payments, plans, webhooks
@@ -37,6 +38,7 @@ def create_app(
     store = store or build_store(settings, clock=clock)
     services = Services(settings=settings, store=store, metrics=Metrics(store), clock=clock)
     services.passwords = passwords or services.passwords
+    services.ratelimit = build_rate_limiter(settings, store, services.keys, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +73,8 @@ def create_app(
     app.include_router(me.router)
     # Middleware added later wraps what was added before. The session is resolved inside the
     # origin check (a refused request costs no store call) and outside anything that reads it.
+    if services.ratelimit is not None:  # inside sessions, so user ids key the default limit
+        install_rate_limiting(app, services.ratelimit, settings)
     app.add_middleware(SessionMiddleware, sessions=services.sessions, settings=settings)
     app.add_middleware(OriginCheck, allowed_origins=settings.cors_origin_list)
     if settings.cors_origin_list:

@@ -18,6 +18,7 @@ from upak.domain.billing import SubscriptionHook
 from upak.domain.db import make_engine, make_sessionmaker
 from upak.domain.passwords import Passwords
 from upak.features.cache import Cache
+from upak.features.ratelimit import RateLimiter
 from upak.features.replay import ReplayGuard, ReplayWindows
 from upak.features.sessions import SessionManager
 from upak.features.signatures import SigningKeys
@@ -33,6 +34,7 @@ class Services:
     store: FailoverStore
     metrics: Metrics
     clock: Callable[[], float] = time.time
+    ratelimit: RateLimiter | None = None  # None when RATE_LIMIT_ENABLED is false
     keys: KeySpace = field(init=False)
     # Payments and webhooks: the database, who hears of subscription changes (a cached /me),
     # the replay gate, the Standard Webhooks keys and the networks YooKassa may call from.

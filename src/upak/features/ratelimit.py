@@ -1,0 +1,468 @@
+"""Rate limiting: exact across processes, one script call per decision, memory when Redis is away.
+
+A decision applies every limit of a request at once, in one Lua script on the Redis server's
+clock (`TIME`; scripts are effects-replicated since Redis 5, so that is safe on replicas):
+either every limit admits the request and each records it, or none records anything and the
+reply says when to retry. Two algorithms, chosen per limit:
+
+* sliding log (`window`, the default): a sorted set of admission times per key. Exact: at most
+  N admissions in ANY interval of the window's length, whatever the processes and timing.
+  Memory grows with N (one entry per admission still inside the window).
+* GCRA (`:gcra`): one timestamp per key (the theoretical arrival time). A burst of N, then one
+  every window/N. O(1) memory, smooth; the right choice for big N where a hard count per
+  interval matters less than memory.
+
+A key known to be over its limit is answered from process memory until its retry time with no
+Redis call: nothing can free a slot before then, because refused requests record nothing.
+
+While Redis is away the FailoverStore serves the memory twin, with every amount divided by
+RATE_LIMIT_FALLBACK_DIVISOR (`fallback_args`), so N workers together stay close to the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, NamedTuple
+
+from upak.features.ratelimit_policy import Limit, parse_policy
+from upak.store import KeySpace, Operation, Store
+from upak.store.operation import Arg
+
+if TYPE_CHECKING:
+    from upak.store.memory import MemoryData
+
+FEATURE = "ratelimit"
+_ALGORITHM_CODE = {"window": "l", "gcra": "g"}
+
+# ---------------------------------------------------------------------------------------------
+# The operation: Lua and its memory twin, side by side.
+#
+# One call decides a batch of decisions, in order; each decision is atomic (all of its limits
+# admit and record, or none records) and sees the ones before it in the batch.
+# ARGV, per decision: n, then per limit three values: algorithm (l|g), amount, window in ms.
+# KEYS: one per limit, in the same order.
+# Reply, per decision: allowed, then per limit: remaining, next_ms, retry_ms
+#   remaining  how many more this key may do now (after this request, if admitted)
+#   next_ms    ms until `remaining` grows by one (the RateLimit header's t)
+#   retry_ms   ms until this limit would admit again; 0 when it admits now
+# The sliding log is a LIST of admission times in µs, newest first: O(1) at both ends, and
+# a listpack of integers (about 10 bytes an entry; a sorted set costs several times that).
+# ---------------------------------------------------------------------------------------------
+
+DECIDE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_text = t[1] .. string.format('%06d', tonumber(t[2]))
+local reply = {}
+local a, k = 1, 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local verdict = #reply + 1
+  reply[verdict] = 1
+  local admit = {}
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    local limit = tonumber(ARGV[a + 2 + i * 3])
+    local window = tonumber(ARGV[a + 3 + i * 3]) * 1000
+    local remaining, nxt, retry
+    if ARGV[a + 1 + i * 3] == 'l' then
+      local last = redis.call('LINDEX', key, -1)
+      while last and tonumber(last) <= now - window do
+        redis.call('RPOP', key)
+        last = redis.call('LINDEX', key, -1)
+      end
+      local count = redis.call('LLEN', key)
+      if count < limit then
+        remaining, retry = limit - count - 1, 0
+        nxt = (last and tonumber(last) or now) + window - now
+      else
+        retry = tonumber(redis.call('LINDEX', key, limit - 1)) + window - now
+        remaining, nxt = 0, retry
+        reply[verdict] = 0
+      end
+    else
+      local interval = window / limit
+      local tat = tonumber(redis.call('GET', key) or '0') or 0
+      if tat < now then tat = now end
+      local allow_at = tat + interval - window
+      if allow_at > now then
+        remaining, retry = 0, allow_at - now
+        nxt = retry
+        reply[verdict] = 0
+      else
+        local slack = now - allow_at
+        remaining = math.floor(slack / interval)
+        nxt, retry = (remaining + 1) * interval - slack, 0
+        admit[i] = math.ceil(tat + interval)
+      end
+    end
+    reply[#reply + 1] = remaining
+    reply[#reply + 1] = math.ceil(nxt / 1000)
+    reply[#reply + 1] = math.ceil(retry / 1000)
+  end
+  if reply[verdict] == 1 then
+    for i = 0, n - 1 do
+      local key = KEYS[k + i]
+      if ARGV[a + 1 + i * 3] == 'l' then
+        redis.call('LPUSH', key, now_text)
+        redis.call('PEXPIRE', key, ARGV[a + 3 + i * 3])
+      else
+        local ttl = math.ceil((admit[i] - now) / 1000)
+        redis.call('SET', key, string.format('%d', admit[i]), 'PX', ttl)
+      end
+    end
+  end
+  a = a + 1 + n * 3
+  k = k + n
+end
+return reply
+"""
+
+
+class _Log(deque):  # type: ignore[type-arg]
+    """The memory twin's sliding log: admission times in µs, oldest first."""
+
+
+def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
+    now_ms = data.now_ms()
+    now = now_ms * 1000
+    reply: list[int] = []
+    a = k = 0
+    while a < len(args):
+        n = int(args[a])
+        verdict = len(reply)
+        reply.append(1)
+        admit: dict[int, int] = {}
+        for i in range(n):
+            key = keys[k + i]
+            limit, window = int(args[a + 2 + i * 3]), int(args[a + 3 + i * 3]) * 1000
+            if args[a + 1 + i * 3] == "l":
+                log = data.entry(key, _Log)
+                while log and log[0] <= now - window:
+                    log.popleft()
+                if log is not None and not log:
+                    data.delete(key)
+                count = len(log) if log else 0
+                if count < limit:
+                    remaining, retry = limit - count - 1, 0.0
+                    nxt = (log[0] if log else now) + window - now
+                else:
+                    assert log is not None
+                    retry = log[count - limit] + window - now
+                    remaining, nxt = 0, retry
+                    reply[verdict] = 0
+            else:
+                interval = window / limit
+                raw = data.get(key)
+                tat = max(float(raw) if raw else 0.0, now)
+                allow_at = tat + interval - window
+                if allow_at > now:
+                    remaining, retry = 0, allow_at - now
+                    nxt = retry
+                    reply[verdict] = 0
+                else:
+                    slack = now - allow_at
+                    remaining = math.floor(slack / interval)
+                    nxt, retry = (remaining + 1) * interval - slack, 0.0
+                    admit[i] = math.ceil(tat + interval)
+            reply += (remaining, math.ceil(nxt / 1000), math.ceil(retry / 1000))
+        if reply[verdict] == 1:
+            for i in range(n):
+                key, window_ms = keys[k + i], int(args[a + 3 + i * 3])
+                if args[a + 1 + i * 3] == "l":
+                    log = data.entry(key, _Log)
+                    if log is None:
+                        log = _Log()
+                    log.append(now)
+                    data.put(key, log, now_ms + window_ms)
+                else:
+                    data.set(key, str(admit[i]), px=math.ceil((admit[i] - now) / 1000))
+        a += 1 + n * 3
+        k += n
+    return reply
+
+
+def _divide_amounts(divisor: int) -> Callable[[Sequence[Arg]], Sequence[Arg]]:
+    """Each worker's share of every limit, for the memory twin during an outage."""
+
+    def rewrite(args: Sequence[Arg]) -> Sequence[Arg]:
+        out = list(args)
+        a = 0
+        while a < len(out):
+            n = int(out[a])
+            for i in range(n):
+                out[a + 2 + i * 3] = max(1, int(out[a + 2 + i * 3]) // divisor)
+            a += 1 + n * 3
+        return out
+
+    return rewrite
+
+
+@cache
+def decide_operation(divisor: int = 1) -> Operation[list[int]]:
+    """The decision operation; during an outage each amount is divided by `divisor`."""
+    return Operation(
+        name="ratelimit_decide",
+        lua=DECIDE_LUA,
+        memory=_decide_memory,
+        parse=list,
+        fallback_args=_divide_amounts(divisor) if divisor > 1 else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies bound to names, and decisions.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NamedLimit:
+    """One limit of a named policy; `name` is what the RateLimit headers call it."""
+
+    name: str
+    limit: Limit
+    key_suffix: str
+    args: tuple[str, int, int] = field(init=False)  # the script's: algorithm, amount, window
+
+    def __post_init__(self) -> None:
+        code = _ALGORITHM_CODE[self.limit.algorithm]
+        object.__setattr__(self, "args", (code, self.limit.amount, self.limit.window_ms))
+
+    @property
+    def policy_item(self) -> str:
+        """This limit as a RateLimit-Policy list member: `"name";q=N;w=S`."""
+        return f'"{self.name}";q={self.limit.amount};w={self.limit.window_seconds}'
+
+
+def named_limits(policy_name: str, text: str) -> tuple[NamedLimit, ...]:
+    """Parse `text` into limits named for the headers: `default`, or `default-1m` for several."""
+    limits = parse_policy(text)
+    out: list[NamedLimit] = []
+    for limit in limits:
+        name = policy_name
+        if len(limits) > 1:
+            name = f"{policy_name}-{str(limit).split('/', 1)[1].replace(':', '-')}"
+            if any(other.name == name for other in out):
+                name = f"{name}-{limit.amount}"
+        code = _ALGORITHM_CODE[limit.algorithm]
+        suffix = f"{policy_name}:{limit.amount}:{limit.window_ms}:{code}"
+        out.append(NamedLimit(name, limit, suffix))
+    return tuple(out)
+
+
+class Check(NamedTuple):
+    """One limit applied to one identity: the unit a decision is made of."""
+
+    limit: NamedLimit
+    key: str
+
+
+class LimitState(NamedTuple):
+    limit: NamedLimit
+    remaining: int
+    next_ms: int  # until `remaining` grows by one (the RateLimit header's t)
+    retry_ms: int  # until this limit admits again; 0 when it admitted
+
+    @property
+    def header_item(self) -> str:
+        """This state as a RateLimit list member: `"name";r=N;t=S`."""
+        return f'"{self.limit.name}";r={self.remaining};t={-(-self.next_ms // 1000)}'
+
+
+class Decision(NamedTuple):
+    allowed: bool
+    states: tuple[LimitState, ...]
+    local: bool = False  # answered from the known-over-limit table, without Redis
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds (rounded up) until every refusing limit admits again; 0 if allowed."""
+        return -(-max((s.retry_ms for s in self.states), default=0) // 1000)
+
+
+def identity_token(kind: str, value: str) -> str:
+    """A key-safe token for an identity: IPs as they are, anything else hashed.
+
+    Hashing keeps emails out of Redis key names (they show in MONITOR and `upak redis info`)
+    and keeps braces, which would break the Cluster hash tag, out of the key.
+    """
+    if kind == "ip":
+        return f"ip:{value}"
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    return f"{kind}:{digest}"
+
+
+class RateLimiter:
+    """Decides requests against their limits: one script call each, batched per loop step.
+
+    Decisions asked for in the same event-loop step go to Redis as ONE script call (at most
+    `batch_max` decisions each): the script takes them in order, each atomic on its own, so
+    a busy process pays one EVALSHA, not one per request, and stays exact.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keys: KeySpace,
+        *,
+        divisor: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        one_slot_per_call: bool = False,
+        blocked_max: int = 10_000,
+        batch_max: int = 128,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.op = decide_operation(divisor)
+        self._clock = clock
+        # On Redis Cluster a script's keys must share a slot: each decision is then its own
+        # call, split by identity (sent together in one pipeline, still one round trip).
+        self.one_slot_per_call = one_slot_per_call
+        # key -> local time it admits again: until then answered without Redis.
+        self._blocked: OrderedDict[str, float] = OrderedDict()
+        self.blocked_max = blocked_max
+        self.batch_max = batch_max
+        self._pending: list[tuple[Sequence[Check], asyncio.Future[Decision]]] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.local_refusals = 0
+
+    def check_for(self, limit: NamedLimit, identity: str) -> Check:
+        """`identity` is an `identity_token`; keys of one identity share a hash tag."""
+        return Check(limit, self.keys.tagged(FEATURE, identity, limit.key_suffix))
+
+    async def decide(self, checks: Sequence[Check]) -> Decision:
+        """Admit the request under every check, or refuse it and record nothing."""
+        if not checks:
+            return Decision(True, ())
+        if self._blocked:
+            blocked = self._known_blocked(checks)
+            if blocked is not None:
+                return blocked
+        if self.one_slot_per_call:
+            return await self._decide_per_slot(checks)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
+        self._pending.append((checks, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(pending), self.batch_max):
+            task = loop.create_task(self._send(pending[start : start + self.batch_max]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[Sequence[Check], asyncio.Future[Decision]]]) -> None:
+        keys: list[str] = []
+        args: list[Arg] = []
+        for checks, _ in batch:
+            args.append(len(checks))
+            for check in checks:
+                keys.append(check.key)
+                args += check.limit.args
+        try:
+            reply = await self.store.run(self.op, keys, args)
+        except BaseException as exc:  # every waiter hears what happened to its decision
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        at = 0
+        for checks, future in batch:
+            decision = _decision(checks, reply, at)
+            at += 1 + 3 * len(checks)
+            if not decision.allowed:
+                self._remember_blocked(checks, decision)
+            if not future.done():
+                future.set_result(decision)
+
+    async def _decide_per_slot(self, checks: Sequence[Check]) -> Decision:
+        groups: dict[str, list[Check]] = {}
+        for check in checks:
+            groups.setdefault(_tag(check.key), []).append(check)
+        replies = await asyncio.gather(
+            *(self.store.run(self.op, [c.key for c in g], _args(g)) for g in groups.values())
+        )
+        states: dict[str, LimitState] = {}
+        allowed = True
+        for group, reply in zip(groups.values(), replies, strict=True):
+            part = _decision(group, reply, 0)
+            allowed = allowed and part.allowed
+            states.update(zip((c.key for c in group), part.states, strict=True))
+        decision = Decision(allowed, tuple(states[c.key] for c in checks))
+        if not allowed:
+            self._remember_blocked(checks, decision)
+        return decision
+
+    def _known_blocked(self, checks: Sequence[Check]) -> Decision | None:
+        now = self._clock()
+        hit = False
+        states = []
+        for check in checks:
+            until = self._blocked.get(check.key)
+            if until is not None and until > now:
+                hit = True
+                retry_ms = max(1, math.ceil((until - now) * 1000))
+                states.append(LimitState(check.limit, 0, retry_ms, retry_ms))
+            else:
+                if until is not None:
+                    del self._blocked[check.key]
+                # Not asked: the full quota is the honest upper bound for the header.
+                states.append(LimitState(check.limit, check.limit.limit.amount, 0, 0))
+        if not hit:
+            return None
+        self.local_refusals += 1
+        return Decision(False, tuple(states), local=True)
+
+    def _remember_blocked(self, checks: Sequence[Check], decision: Decision) -> None:
+        # Redis computed the retry time on its clock before the reply travelled here, so
+        # the local deadline can only be late by the one-way latency, never early.
+        if self.blocked_max <= 0:
+            return
+        now = self._clock()
+        for check, state in zip(checks, decision.states, strict=True):
+            if state.retry_ms > 0:
+                self._blocked[check.key] = now + state.retry_ms / 1000
+                self._blocked.move_to_end(check.key)
+        while len(self._blocked) > self.blocked_max:
+            self._blocked.popitem(last=False)
+
+
+def _tag(key: str) -> str:
+    start = key.index("{")
+    return key[start : key.index("}", start)]
+
+
+def _args(checks: Sequence[Check]) -> list[Arg]:
+    args: list[Arg] = [len(checks)]
+    for check in checks:
+        args += check.limit.args
+    return args
+
+
+def _decision(checks: Sequence[Check], reply: Sequence[int], at: int) -> Decision:
+    states = tuple(
+        LimitState(
+            check.limit,
+            int(reply[at + i * 3 + 1]),
+            max(0, int(reply[at + i * 3 + 2])),
+            max(0, int(reply[at + i * 3 + 3])),
+        )
+        for i, check in enumerate(checks)
+    )
+    return Decision(bool(reply[at]), states)

@@ -1,0 +1,246 @@
+"""Rate limiting as pure ASGI middleware: one decision (one script call) per request.
+
+Which limits apply is decided by path, before routing, so that every limit of a request goes
+into the same decision:
+
+* `/health` and `/metrics`: never limited (probes must see an overloaded service);
+* `/webhooks/…`: RATE_LIMIT_WEBHOOKS by source IP (instead of the default);
+* `POST /auth/login` and `POST /auth/register`: the default, plus RATE_LIMIT_LOGIN by the
+  normalised email of the JSON body and RATE_LIMIT_LOGIN_IP by client IP;
+* everything else: RATE_LIMIT_DEFAULT by user id when a session is present, else client IP.
+
+Every limited response, admitted or refused, carries `RateLimit-Policy` and `RateLimit` (IETF
+httpapi ratelimit-headers draft); a refusal is 429 with `Retry-After` and problem+json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from upak.config import Settings, parse_networks
+from upak.domain.emails import normalize_email
+from upak.features.ratelimit import (
+    Check,
+    Decision,
+    NamedLimit,
+    RateLimiter,
+    identity_token,
+    named_limits,
+)
+from upak.store import KeySpace, Store
+from upak.web.client_ip import Network, client_ip
+from upak.web.problems import problem
+
+SESSION_SCOPE_KEY = "upak.session"  # where the session middleware leaves the session
+_MAX_EMAIL = 320
+
+
+@dataclass(frozen=True)
+class RateLimitRules:
+    """Which limits apply where (the paths are the service's; the limits are the settings')."""
+
+    default: tuple[NamedLimit, ...]
+    login_email: tuple[NamedLimit, ...]
+    login_ip: tuple[NamedLimit, ...]
+    webhooks: tuple[NamedLimit, ...]
+    exempt_paths: frozenset[str] = frozenset({"/health", "/metrics"})
+    login_paths: frozenset[str] = frozenset({"/auth/login", "/auth/register"})
+    webhook_prefix: str = "/webhooks/"
+    trusted_proxies: tuple[Network, ...] = field(default=())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimitRules:
+        return cls(
+            default=named_limits("default", settings.rate_limit_default),
+            login_email=named_limits("login", settings.rate_limit_login),
+            login_ip=named_limits("login-ip", settings.rate_limit_login_ip),
+            webhooks=named_limits("webhooks", settings.rate_limit_webhooks),
+            trusted_proxies=parse_networks(settings.trusted_proxies),
+        )
+
+
+_policy_fields: dict[tuple[int, ...], bytes] = {}
+
+
+def _policy_field(decision: Decision) -> bytes:
+    # The policies of a request repeat request after request: render each combination once.
+    ids = tuple(id(state.limit) for state in decision.states)
+    field = _policy_fields.get(ids)
+    if field is None:
+        field = ", ".join(state.limit.policy_item for state in decision.states).encode()
+        if len(_policy_fields) < 1024:
+            _policy_fields[ids] = field
+    return field
+
+
+def decision_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """`RateLimit-Policy` and `RateLimit` (and `Retry-After` on refusal) for `decision`."""
+    current = ", ".join([state.header_item for state in decision.states])
+    headers = [(b"ratelimit-policy", _policy_field(decision)), (b"ratelimit", current.encode())]
+    if not decision.allowed:
+        headers.append((b"retry-after", str(max(1, decision.retry_after)).encode()))
+    return headers
+
+
+async def refuse(decision: Decision, scope: Scope, receive: Receive, send: Send) -> None:
+    """The 429: problem+json, Retry-After, and the RateLimit fields."""
+    retry = max(1, decision.retry_after)
+    response = problem(
+        429,
+        "Too many requests",
+        f"Retry in {retry} s.",
+        retry_after=retry,
+    )
+    response.raw_headers.extend(decision_headers(decision))
+    await response(scope, receive, send)
+
+
+class RateLimitMiddleware:
+    # Bounds of the per-process memo tables below (cleared whole when full: simple, and a
+    # miss only costs the work the table saves).
+    MEMO_MAX = 50_000
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, rules: RateLimitRules) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.rules = rules
+        # (socket peer, X-Forwarded-For values) -> identity token: parsing addresses with
+        # `ipaddress` is most of this middleware's own cost, and clients repeat.
+        self._identities: dict[tuple[object, tuple[bytes, ...]], str] = {}
+        # (limits, identity) -> its checks (the key strings).
+        self._checks_memo: dict[tuple[int, str], list[Check]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.rules.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        checks, receive = await self._checks(scope, receive)
+        decision = await self.limiter.decide(checks)
+        if not decision.allowed:
+            await refuse(decision, scope, receive, send)
+            return
+        headers = decision_headers(decision)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _client(self, scope: Scope) -> str:
+        """The client IP's identity token (X-Forwarded-For believed only from trusted proxies)."""
+        peer = scope.get("client")
+        forwarded: tuple[bytes, ...] = ()
+        if self.rules.trusted_proxies:
+            forwarded = tuple(v for k, v in scope.get("headers", ()) if k == b"x-forwarded-for")
+        memo_key = (peer[0] if peer else None, forwarded)
+        token = self._identities.get(memo_key)
+        if token is None:
+            address = client_ip(scope, self.rules.trusted_proxies)
+            token = identity_token("ip", str(address) if address is not None else "unknown")
+            if len(self._identities) >= self.MEMO_MAX:
+                self._identities.clear()
+            self._identities[memo_key] = token
+        return token
+
+    def _checks_for(self, limits: tuple[NamedLimit, ...], identity: str) -> list[Check]:
+        memo_key = (id(limits), identity)
+        checks = self._checks_memo.get(memo_key)
+        if checks is None:
+            checks = [self.limiter.check_for(limit, identity) for limit in limits]
+            if len(self._checks_memo) >= self.MEMO_MAX:
+                self._checks_memo.clear()
+            self._checks_memo[memo_key] = checks
+        return checks
+
+    async def _checks(self, scope: Scope, receive: Receive) -> tuple[list[Check], Receive]:
+        rules = self.rules
+        ip = self._client(scope)
+        path: str = scope["path"]
+        if path.startswith(rules.webhook_prefix):
+            return self._checks_for(rules.webhooks, ip), receive
+        user_id = getattr(scope.get(SESSION_SCOPE_KEY), "user_id", None)
+        who = ip if user_id is None else identity_token("user", str(user_id))
+        checks = self._checks_for(rules.default, who)
+        if scope["method"] == "POST" and path in rules.login_paths:
+            body, receive = await _read_body(receive)
+            checks = checks + self._checks_for(rules.login_ip, ip)
+            email = _email_of(body)
+            if email is not None:
+                who = identity_token("email", email)
+                checks += [self.limiter.check_for(limit, who) for limit in rules.login_email]
+        return checks, receive
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
+    """Read the whole body (BodySizeLimit, outside us, bounds it) and replay it downstream."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            # The client went away: pass that on as it came.
+            replayed: list[Message] = [message]
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            replayed = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+            break
+
+    async def replay() -> Message:
+        return replayed.pop() if replayed else await receive()
+
+    return b"".join(chunks), replay
+
+
+def _email_of(body: bytes) -> str | None:
+    """The normalised `email` of a JSON body, or None (the route will answer 422 for it)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    email = data.get("email") if isinstance(data, dict) else None
+    if not isinstance(email, str) or len(email) > _MAX_EMAIL:
+        return None
+    try:
+        return normalize_email(email)
+    except ValueError:
+        return None
+
+
+def build_rate_limiter(
+    settings: Settings, store: Store, keys: KeySpace, *, clock: Callable[[], float] = time.time
+) -> RateLimiter | None:
+    """The app's limiter, or None when RATE_LIMIT_ENABLED is false."""
+    if not settings.rate_limit_enabled:
+        return None
+    return RateLimiter(
+        store,
+        keys,
+        divisor=settings.fallback_divisor,
+        clock=clock,
+        one_slot_per_call=settings.redis.kind == "cluster",
+    )
+
+
+def install_rate_limiting(app: ASGIApp, limiter: RateLimiter, settings: Settings) -> None:
+    """Add the middleware to a FastAPI app (call before adding the session middleware, so
+    that sessions run first and their user id keys the default limit)."""
+    app.add_middleware(  # type: ignore[attr-defined]
+        RateLimitMiddleware, limiter=limiter, rules=RateLimitRules.from_settings(settings)
+    )
+
+
+__all__: Sequence[str] = (
+    "RateLimitMiddleware",
+    "RateLimitRules",
+    "build_rate_limiter",
+    "decision_headers",
+    "install_rate_limiting",
+    "refuse",
+)

@@ -1,0 +1,246 @@
+"""The rate-limit decision: one contract for the Redis script and its memory twin."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.support.redis_servers import RedisServer, free_port
+from upak.features.ratelimit import (
+    RateLimiter,
+    decide_operation,
+    identity_token,
+    named_limits,
+)
+from upak.store import KeySpace, MemoryData, MemoryStore, Store, build_store
+
+
+def limiter_for(store: Store, key_prefix: str, **kwargs) -> RateLimiter:
+    # On a cluster, as build_rate_limiter decides from REDIS_URL: one call per identity.
+    kwargs.setdefault("one_slot_per_call", getattr(getattr(store, "redis", None), "cluster", False))
+    return RateLimiter(store, KeySpace(key_prefix), **kwargs)
+
+
+def one(text: str, name: str = "t"):
+    return named_limits(name, text)
+
+
+async def test_sliding_log_admits_exactly_n_then_refuses(any_store: Store, key_prefix: str):
+    limiter = limiter_for(any_store, key_prefix)
+    (limit,) = one("5/minute")
+    check = limiter.check_for(limit, identity_token("ip", "10.0.0.1"))
+    remaining = []
+    for _ in range(5):
+        decision = await limiter.decide([check])
+        assert decision.allowed
+        remaining.append(decision.states[0].remaining)
+    assert remaining == [4, 3, 2, 1, 0]
+    refused = await limiter.decide([check])
+    assert not refused.allowed and not refused.local
+    assert 59_000 < refused.states[0].retry_ms <= 60_000
+    assert refused.retry_after == 60
+    # Known over its limit: answered locally, without the store.
+    again = await limiter.decide([check])
+    assert not again.allowed and again.local
+
+
+async def test_another_identity_has_its_own_count(any_store: Store, key_prefix: str):
+    limiter = limiter_for(any_store, key_prefix)
+    (limit,) = one("1/minute")
+    assert (await limiter.decide([limiter.check_for(limit, "ip:a")])).allowed
+    assert not (await limiter.decide([limiter.check_for(limit, "ip:a")])).allowed
+    assert (await limiter.decide([limiter.check_for(limit, "ip:b")])).allowed
+
+
+async def test_all_limits_in_one_decision_and_a_refusal_records_nothing(
+    any_store: Store, key_prefix: str
+):
+    limiter = limiter_for(any_store, key_prefix, blocked_max=0)
+    wide, narrow = one("5/minute", "wide")[0], one("2/minute", "narrow")[0]
+    # One identity: one hash tag, so one script call even on a cluster.
+    checks = [limiter.check_for(wide, "ip:a"), limiter.check_for(narrow, "ip:a")]
+    assert (await limiter.decide(checks)).allowed
+    assert (await limiter.decide(checks)).allowed
+    refused = await limiter.decide(checks)
+    assert not refused.allowed
+    assert [s.retry_ms > 0 for s in refused.states] == [False, True]
+    # The wide limit did not count the refused request: 2 used, 3 left before this one.
+    alone = await limiter.decide([checks[0]])
+    assert alone.allowed and alone.states[0].remaining == 2
+
+
+async def test_exact_under_concurrency(any_store: Store, key_prefix: str):
+    limiter = limiter_for(any_store, key_prefix, blocked_max=0)
+    (limit,) = one("20/10s")
+    check = limiter.check_for(limit, "ip:crowd")
+    decisions = await asyncio.gather(*(limiter.decide([check]) for _ in range(200)))
+    assert sum(d.allowed for d in decisions) == 20
+
+
+async def test_gcra_allows_a_burst_then_one_per_interval(any_store: Store, key_prefix: str):
+    limiter = limiter_for(any_store, key_prefix)
+    (limit,) = one("10/minute:gcra")
+    check = limiter.check_for(limit, "ip:g")
+    remaining = [(await limiter.decide([check])).states[0].remaining for _ in range(10)]
+    assert remaining == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    refused = await limiter.decide([check])
+    assert not refused.allowed
+    # The next one is due one emission interval (6 s) after the burst, not a whole window.
+    assert 5_000 < refused.states[0].retry_ms <= 6_000
+
+
+async def test_keys_expire_with_their_window(any_store: Store, key_prefix: str):
+    limiter = limiter_for(any_store, key_prefix)
+    log, gcra = one("3/30s", "log")[0], one("3/30s:gcra", "gcra")[0]
+    checks = [limiter.check_for(log, "ip:ttl"), limiter.check_for(gcra, "ip:ttl")]
+    await limiter.decide(checks)
+    for check in checks:
+        ttl = await any_store.run(PTTL, [check.key])
+        assert 0 < ttl <= 30_000
+
+
+def _pttl_memory(data: MemoryData, keys, args):
+    return data.pttl(keys[0])
+
+
+from upak.store import Operation  # noqa: E402
+
+PTTL = Operation(name="test_pttl", lua="return redis.call('PTTL', KEYS[1])", memory=_pttl_memory)
+
+
+@pytest.mark.parametrize("policy", ["2/1s", "2/1s:gcra"])
+async def test_the_window_slides(any_store: Store, key_prefix: str, policy: str):
+    clock = [1000.0]
+    if isinstance(any_store, MemoryStore):
+        any_store.data = MemoryData(clock=lambda: clock[0])
+    limiter = limiter_for(any_store, key_prefix, blocked_max=0)
+    (limit,) = one(policy)
+    check = limiter.check_for(limit, "ip:slide")
+    assert (await limiter.decide([check])).allowed
+    assert (await limiter.decide([check])).allowed
+    assert not (await limiter.decide([check])).allowed
+    if isinstance(any_store, MemoryStore):
+        clock[0] += 1.001
+    else:
+        await asyncio.sleep(1.05)  # Redis counts on its own clock: no way to inject it
+    assert (await limiter.decide([check])).allowed
+
+
+async def test_sliding_log_counts_any_interval_not_fixed_buckets():
+    clock = [1000.0]
+    store = MemoryStore(clock=lambda: clock[0])
+    limiter = limiter_for(store, "t:", blocked_max=0)
+    (limit,) = one("4/10s")
+    check = limiter.check_for(limit, "ip:edge")
+    for _ in range(4):
+        assert (await limiter.decide([check])).allowed
+        clock[0] += 2.0  # admissions at 0, 2, 4, 6 s
+    # At 8 s and 9.9 s the window still holds all four; at 10.0 s the first has left.
+    assert not (await limiter.decide([check])).allowed
+    clock[0] = 1009.9
+    refused = await limiter.decide([check])
+    assert not refused.allowed and refused.states[0].retry_ms == 100
+    clock[0] = 1010.0
+    decision = await limiter.decide([check])
+    assert decision.allowed and decision.states[0].remaining == 0
+
+
+async def test_local_block_lasts_until_the_retry_time():
+    clock = [1000.0]
+    store = MemoryStore(clock=lambda: clock[0])
+    limiter = limiter_for(store, "t:", clock=lambda: clock[0])
+    (limit,) = one("1/10s")
+    check = limiter.check_for(limit, "ip:blocked")
+    assert (await limiter.decide([check])).allowed
+    assert not (await limiter.decide([check])).local
+    clock[0] += 9.0
+    local = await limiter.decide([check])
+    assert local.local and local.states[0].retry_ms == 1000
+    clock[0] += 1.0
+    assert (await limiter.decide([check])).allowed
+    assert limiter.local_refusals == 1
+
+
+async def test_the_local_table_is_bounded():
+    limiter = limiter_for(MemoryStore(), "t:", blocked_max=3)
+    (limit,) = one("1/minute")
+    for n in range(10):
+        check = limiter.check_for(limit, f"ip:{n}")
+        await limiter.decide([check])
+        await limiter.decide([check])
+    assert len(limiter._blocked) == 3
+
+
+def test_fallback_divides_each_amount():
+    op = decide_operation(4)
+    assert op.fallback_args is not None
+    # Two decisions in one call: (one limit), (two limits).
+    args = [1, "l", 120, 60_000, 2, "g", 3, 1000, "l", 9, 1000]
+    assert list(op.fallback_args(args)) == [1, "l", 30, 60_000, 2, "g", 1, 1000, "l", 2, 1000]
+    assert decide_operation(1).fallback_args is None
+
+
+async def test_outage_counts_in_memory_with_the_divisor(key_prefix: str):
+    # Nothing listens on this port: the failover serves every call from process memory.
+    store = build_store(
+        make_settings(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            redis_socket_timeout=0.2,
+            redis_connect_timeout=0.2,
+        )
+    )
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, divisor=2, blocked_max=0)
+        (limit,) = one("10/minute")
+        check = limiter.check_for(limit, "ip:down")
+        decisions = [await limiter.decide([check]) for _ in range(8)]
+        assert [d.allowed for d in decisions] == [True] * 5 + [False] * 3
+    finally:
+        await store.close()
+
+
+async def test_keys_never_hold_an_email_and_share_a_tag_per_identity(shared_redis: RedisServer):
+    limiter = limiter_for(MemoryStore(), "upak:")
+    (limit,) = one("5/minute", "login")
+    who = identity_token("email", "Alice{x}@Example.com")
+    key = limiter.check_for(limit, who).key
+    assert "alice" not in key.lower() and key.count("{") == 1 and key.count("}") == 1
+    assert limiter.check_for(limit, "ip:1.2.3.4").key.startswith("upak:ratelimit:{ip:1.2.3.4}:")
+
+
+async def test_cluster_mode_splits_checks_by_identity(any_store: Store, key_prefix: str):
+    limiter = limiter_for(any_store, key_prefix, one_slot_per_call=True, blocked_max=0)
+    a, b = one("2/minute", "a")[0], one("1/minute", "b")[0]
+    checks = [limiter.check_for(a, "ip:1"), limiter.check_for(b, "email:z")]
+    first = await limiter.decide(checks)
+    assert first.allowed and [s.remaining for s in first.states] == [1, 0]
+    second = await limiter.decide(checks)
+    assert not second.allowed and second.states[1].retry_ms > 0
+
+
+async def test_concurrent_decisions_share_one_script_call(shared_redis: RedisServer, key_prefix):
+    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix)
+        (limit,) = one("2/minute")
+        client = shared_redis.client()
+
+        def evalsha_calls() -> int:
+            return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+        await limiter.decide([limiter.check_for(limit, "ip:warm")])  # loads the script
+        before = evalsha_calls()
+        # 30 identities, three requests each, all in one loop step.
+        decisions = await asyncio.gather(
+            *(limiter.decide([limiter.check_for(limit, f"ip:{n % 30}")]) for n in range(90))
+        )
+        assert evalsha_calls() - before == 1
+        assert sum(d.allowed for d in decisions) == 60
+        # In order within the batch: each identity's first two are admitted, the third not.
+        assert [d.allowed for d in decisions[60:]] == [False] * 30
+    finally:
+        await store.close()
