@@ -116,7 +116,9 @@ async def main() -> None:
         f"Averages over {RECORDS} records. Ours carry what the job needs beyond the peer's: a "
         "replay record holds its state (processing/done) for the handler protocol; a session "
         "keeps created/last-seen/IP/user agent and a per-user index for listing and revoking; "
-        "a cache entry carries its soft TTL and tag versions."
+        "a cache entry carries its soft TTL and tag versions. Rate-limit keys (each "
+        "algorithm at 10, 100 and 1000 in the window, next to limits' moving window) are in "
+        "the rate-limiting table."
     )
     result.write()
 
