@@ -39,6 +39,8 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
 
 bench: $(VENV)/.installed-bench  ## side-by-side figures -> docs/BENCHMARKS.md
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (the HTTP load generator)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(PY) bench/run_all.py
 
 clean:
