@@ -46,10 +46,10 @@ def service_env(redis_url: str, webhook_secret: str) -> dict[str, str]:
         "REDIS_URL": redis_url,
         "WEBHOOK_SECRET": webhook_secret,
         # Limits far above the offered load: this run measures throughput, not refusals.
-        "RATE_LIMIT_DEFAULT": "10000000/minute",
-        "RATE_LIMIT_LOGIN": "10000000/minute",
-        "RATE_LIMIT_LOGIN_IP": "10000000/minute",
-        "RATE_LIMIT_WEBHOOKS": "10000000/minute",
+        "RATE_LIMIT_DEFAULT": "10000000/minute:gcra",
+        "RATE_LIMIT_LOGIN": "10000000/minute:gcra",
+        "RATE_LIMIT_LOGIN_IP": "10000000/minute:gcra",
+        "RATE_LIMIT_WEBHOOKS": "10000000/minute:gcra",
     }
 
 
