@@ -53,6 +53,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         title = exc.detail if isinstance(exc.detail, str) else "Error"
         return problem(exc.status_code, title, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # json.loads of a body like [[[[…]]]] (within the size limit) recurses past the limit.
+        return problem(400, "Malformed JSON", "The request body is nested too deeply.")
+
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         log.error("store error on %s %s: %s", request.method, request.url.path, exc)

@@ -202,7 +202,7 @@ def _email_of(body: bytes) -> str | None:
     """The normalised `email` of a JSON body, or None (the route will answer 422 for it)."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         return None
     email = data.get("email") if isinstance(data, dict) else None
     if not isinstance(email, str) or len(email) > _MAX_EMAIL:
