@@ -8,13 +8,16 @@ hung request.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.retry
 import redis.sentinel
 from redis.backoff import NoBackoff
 
@@ -52,28 +55,29 @@ def connection_kwargs(
     return kwargs
 
 
-def async_client(
-    settings: Settings,
-    *,
-    socket_timeout: float | None = None,
-    connect_timeout: float | None = None,
-) -> Any:
-    """An asyncio client for the service: Redis, a Sentinel master, or RedisCluster."""
+@dataclass(frozen=True)
+class _Flavour:
+    """One of redis-py's two client families: the asyncio one and the blocking one."""
+
+    redis: Any
+    cluster: Any
+    sentinel: Any
+    retry: Any
+
+
+_ASYNC = _Flavour(redis.asyncio, redis.asyncio.cluster, redis.asyncio.sentinel, redis.asyncio.retry)
+_SYNC = _Flavour(redis, redis.cluster, redis.sentinel, redis.retry)
+
+
+def _client(flavour: _Flavour, settings: Settings, kwargs: dict[str, Any], pooled: bool) -> Any:
     target = settings.redis
-    kwargs = connection_kwargs(
-        settings, socket_timeout=socket_timeout, connect_timeout=connect_timeout
-    )
-    no_retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
+    no_retry = flavour.retry.Retry(NoBackoff(), 0)
+    pool = {"max_connections": settings.redis_max_connections} if pooled else {}
     if target.kind == "cluster":
-        nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.hosts]
-        return redis.asyncio.cluster.RedisCluster(
-            startup_nodes=nodes,
-            retry=no_retry,
-            max_connections=settings.redis_max_connections,
-            **kwargs,
-        )
+        nodes = [flavour.cluster.ClusterNode(h, p) for h, p in target.hosts]
+        return flavour.cluster.RedisCluster(startup_nodes=nodes, retry=no_retry, **pool, **kwargs)
     if target.kind == "sentinel":
-        sentinel = redis.asyncio.sentinel.Sentinel(
+        sentinel = flavour.sentinel.Sentinel(
             list(target.hosts),
             sentinel_kwargs={
                 "socket_timeout": kwargs["socket_timeout"],
@@ -89,13 +93,20 @@ def async_client(
         if target.kind == "unix"
         else {"host": target.hosts[0][0], "port": target.hosts[0][1]}
     )
-    return redis.asyncio.Redis(
-        db=target.db,
-        retry=no_retry,
-        max_connections=settings.redis_max_connections,
-        **location,
-        **kwargs,
+    return flavour.redis.Redis(db=target.db, retry=no_retry, **pool, **location, **kwargs)
+
+
+def async_client(
+    settings: Settings,
+    *,
+    socket_timeout: float | None = None,
+    connect_timeout: float | None = None,
+) -> Any:
+    """An asyncio client for the service: Redis, a Sentinel master, or RedisCluster."""
+    kwargs = connection_kwargs(
+        settings, socket_timeout=socket_timeout, connect_timeout=connect_timeout
     )
+    return _client(_ASYNC, settings, kwargs, pooled=True)
 
 
 def sync_client(
@@ -105,32 +116,10 @@ def sync_client(
     connect_timeout: float | None = 3.0,
 ) -> Any:
     """A blocking client for the operator CLI (longer timeouts: a human is waiting)."""
-    target = settings.redis
     kwargs = connection_kwargs(
         settings, socket_timeout=socket_timeout, connect_timeout=connect_timeout
     )
-    no_retry = redis.retry.Retry(NoBackoff(), 0)
-    if target.kind == "cluster":
-        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]
-        return redis.cluster.RedisCluster(startup_nodes=nodes, retry=no_retry, **kwargs)
-    if target.kind == "sentinel":
-        sentinel = redis.sentinel.Sentinel(
-            list(target.hosts),
-            sentinel_kwargs={
-                "socket_timeout": kwargs["socket_timeout"],
-                "socket_connect_timeout": kwargs["socket_connect_timeout"],
-            },
-            retry=no_retry,
-            db=target.db,
-            **kwargs,
-        )
-        return sentinel.master_for(target.service_name)
-    location: dict[str, Any] = (
-        {"unix_socket_path": target.path}
-        if target.kind == "unix"
-        else {"host": target.hosts[0][0], "port": target.hosts[0][1]}
-    )
-    return redis.Redis(db=target.db, retry=no_retry, **location, **kwargs)
+    return _client(_SYNC, settings, kwargs, pooled=False)
 
 
 def describe(target: RedisTarget) -> str:
