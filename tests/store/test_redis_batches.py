@@ -1,0 +1,69 @@
+"""RedisStore's own pipeline on one connection: replies never go to the wrong caller.
+
+The store writes a batch's EVALSHAs on one pooled connection and reads the replies itself
+(one deadline for the batch). A batch cut short leaves replies unread on that connection; the
+connection must be dropped, not pooled, or the next batch would read the old replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.support.redis_servers import RedisServer
+from upak.connect import async_client
+from upak.store.memory import MemoryData
+from upak.store.operation import Operation, StoreError
+from upak.store.redis import UNAVAILABLE, RedisStore
+
+
+def _unused(data: MemoryData, keys, args):  # the memory twin is not exercised here
+    raise AssertionError("memory twin called")
+
+
+# Busy for ARGV[1] ms on the server's clock, then answers "slow".
+SLOW = Operation(
+    name="test_slow",
+    lua="""
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+repeat
+  t = redis.call('TIME')
+until tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - start >= tonumber(ARGV[1])
+return 'slow'
+""",
+    memory=_unused,
+)
+ECHO = Operation(name="test_echo", lua="return ARGV[1]", memory=_unused)
+BROKEN = Operation(name="test_broken", lua="return redis.call('NOSUCHCOMMAND')", memory=_unused)
+
+
+@pytest.fixture
+async def store(shared_redis: RedisServer) -> RedisStore:
+    settings = make_settings(redis_url=shared_redis.url, redis_socket_timeout=0.1)
+    store = RedisStore(async_client(settings), call_timeout=2.0)
+    yield store
+    await store.close()
+
+
+async def test_a_batch_cut_by_its_deadline_leaves_no_reply_behind(store: RedisStore) -> None:
+    assert await store.run(ECHO, ["k"], ["warm"]) == b"warm"  # scripts loaded, one connection
+    with pytest.raises(UNAVAILABLE):
+        await store.run(SLOW, ["k"], [300])
+    await asyncio.sleep(0.4)  # the slow reply has arrived by now, on the dropped connection
+    assert await store.run(ECHO, ["k"], ["mine"]) == b"mine"
+
+
+async def test_each_call_of_a_batch_gets_its_own_reply_or_error(store: RedisStore) -> None:
+    results = await asyncio.gather(
+        store.run(ECHO, ["a"], ["one"]),
+        store.run(BROKEN, ["b"], []),
+        store.run(ECHO, ["c"], ["three"]),
+        return_exceptions=True,
+    )
+    assert results[0] == b"one"
+    assert isinstance(results[1], StoreError)
+    assert results[2] == b"three"
+    assert store.batches_sent <= 3  # one batch, plus one retry after loading the scripts
