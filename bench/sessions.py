@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import fastapi
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, Result, Row, measure_rate, percentiles, redis_server
 
@@ -34,19 +36,25 @@ ROUNDS = 2
 
 def make_app(settings=None):  # type: ignore[no-untyped-def]
     """The uvicorn factory for the server under test: the real app plus the unchecked peer."""
-    from fastapi import Depends
-
     from upak.config import load_settings
     from upak.domain.accounts import get_user
     from upak.web.app import create_app
-    from upak.web.dependencies import get_db
+    from upak.web.http_cache import private_json
     from upak.web.routes.me import me_body
 
     app = create_app(settings or load_settings(env_file=None))
 
     @app.get("/bench/me-unchecked")
-    async def me_unchecked(user_id: int, db=Depends(get_db)):  # type: ignore[no-untyped-def]
-        return me_body(await get_user(db, user_id))
+    async def me_unchecked(request: fastapi.Request, user_id: int):  # type: ignore[no-untyped-def]
+        # /me exactly as the real route serves it (from the cache, same entry), minus the
+        # session check: the difference between the two is what the check costs.
+        services = request.app.state.services
+
+        async def load():  # type: ignore[no-untyped-def]
+            async with services.db() as db:
+                return me_body(await get_user(db, user_id))
+
+        return await private_json(request, services.cache, user_id, "me", load)
 
     return app
 

@@ -16,7 +16,7 @@ from upak.domain.accounts import get_user
 from upak.domain.models import User
 from upak.features.sessions import LoginSession
 from upak.web.middleware.sessions import ENDED, MALFORMED, PROBLEM, SESSION, clear_cookie_header
-from upak.web.services import Services, get_services
+from upak.web.services import Services, get_services, services_of
 
 _WHY = {
     None: "Not logged in: log in first.",
@@ -33,11 +33,12 @@ async def get_db(services: Services = Depends(get_services)) -> AsyncIterator[As
 def not_logged_in(request: Request, why: str | None = None) -> HTTPException:
     headers = {"Cache-Control": "no-store"}
     if why is not None or request.scope.get(PROBLEM) is not None:
-        headers["Set-Cookie"] = clear_cookie_header(get_services(request).settings)
+        headers["Set-Cookie"] = clear_cookie_header(services_of(request).settings)
     return HTTPException(401, why or _WHY[request.scope.get(PROBLEM)], headers=headers)
 
 
-def require_session(request: Request) -> LoginSession:
+async def require_session(request: Request) -> LoginSession:
+    # async: a plain `def` dependency would cost a worker-thread hop on every request.
     session: LoginSession | None = request.scope.get(SESSION)
     if session is None:
         raise not_logged_in(request)

@@ -19,14 +19,14 @@ from fastapi import HTTPException, Request, Response
 from upak.features.ratelimit import identity_token, named_limits
 from upak.web.client_ip import client_ip
 from upak.web.middleware.ratelimit import SESSION_SCOPE_KEY, decision_headers
-from upak.web.services import get_services
+from upak.web.services import services_of
 
 KeyFunction = Callable[[Request], str | None]
 
 
 def client_key(request: Request) -> str:
     """The client IP, believing X-Forwarded-For only from TRUSTED_PROXIES."""
-    address = client_ip(request.scope, get_services(request).trusted_proxies)
+    address = client_ip(request.scope, services_of(request).trusted_proxies)
     return identity_token("ip", str(address) if address is not None else "unknown")
 
 
@@ -60,7 +60,7 @@ def rate_limit(
             return None if value is None else identity_token(f"route-{name}", value)
 
     async def limit_route(request: Request, response: Response) -> None:
-        limiter = get_services(request).ratelimit
+        limiter = services_of(request).ratelimit
         identity = key_of(request)
         if limiter is None or identity is None:
             return

@@ -74,5 +74,12 @@ class Services:
         self.on_subscription_changed.append(self.cache.invalidate_user)
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
+    """The app's Services, for code that holds a request."""
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def get_services(request: Request) -> Services:
+    """The same, as a FastAPI dependency. `async` on purpose: FastAPI runs a plain `def`
+    dependency in a worker thread, a thread hop per request for a dictionary lookup."""
     return request.app.state.services  # type: ignore[no-any-return]

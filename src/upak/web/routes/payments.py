@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from upak.domain.billing import payments_of
 from upak.domain.models import User
 from upak.web.dependencies import require_user
-from upak.web.services import get_services
+from upak.web.services import services_of
 
 router = APIRouter(tags=["billing"])
 
@@ -23,6 +23,6 @@ async def current_user_id(user: Annotated[User, Depends(require_user)]) -> int:
 async def list_payments(
     request: Request, user_id: Annotated[int, Depends(current_user_id)]
 ) -> list[dict[str, Any]]:
-    services = get_services(request)
+    services = services_of(request)
     assert services.db is not None
     return [payment.as_json() for payment in await payments_of(services.db, user_id)]

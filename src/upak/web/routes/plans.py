@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from upak.domain.billing import PLANS
 from upak.web.http_cache import public_json
-from upak.web.services import get_services
+from upak.web.services import services_of
 
 router = APIRouter(tags=["billing"])
 
@@ -25,7 +25,7 @@ async def catalogue() -> list[dict[str, Any]]:
 
 @router.get("/plans")
 async def list_plans(request: Request) -> Response:
-    cache = get_services(request).cache
+    cache = services_of(request).cache
     return await public_json(
         request, cache, "plans:list", catalogue, max_age=PLANS_MAX_AGE, tags=[PLANS_TAG]
     )

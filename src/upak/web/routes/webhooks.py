@@ -29,7 +29,7 @@ from upak.features.signatures import SignatureError, verify
 from upak.features.yookassa import delivery_key, is_yookassa
 from upak.web.client_ip import client_ip
 from upak.web.problems import problem
-from upak.web.services import Services, get_services
+from upak.web.services import Services, services_of
 
 log = logging.getLogger("upak.webhooks")
 router = APIRouter(tags=["webhooks"])
@@ -40,7 +40,7 @@ FAILED_RETRY_AFTER = "5"
 
 @router.post("/webhooks/upak")
 async def upak_webhook(request: Request) -> Response:
-    services = get_services(request)
+    services = services_of(request)
     if services.webhook_keys is None:
         return problem(
             503,
@@ -65,7 +65,7 @@ async def upak_webhook(request: Request) -> Response:
 
 @router.post("/webhooks/yookassa")
 async def yookassa_webhook(request: Request) -> Response:
-    services = get_services(request)
+    services = services_of(request)
     address = client_ip(request.scope, services.trusted_proxies)
     if not is_yookassa(address, services.yookassa_networks):
         log.warning("YooKassa webhook refused: %s is not in YooKassa's networks", address)
