@@ -83,6 +83,8 @@ class Result:
 
 def fmt(value: float) -> str:
     """Figures with the precision they deserve: 0.042, 3.14, 12,345."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
     return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
 
 

@@ -17,6 +17,8 @@ ORDER = ["failover", "webhooks", "ratelimit", "cache", "sessions", "memory", "lo
 def fmt(value: float | None) -> str:
     if value is None:
         return ""
+    if float(value).is_integer():
+        return f"{int(value):,}"
     return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
@@ -92,7 +94,57 @@ def write_report(failures: dict[str, str] | None = None, elapsed: float | None =
     DOCS.mkdir(exist_ok=True)
     path = DOCS / "BENCHMARKS.md"
     path.write_text("\n".join(lines))
+    update_readme()
     return path
+
+
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+# The three figures that matter most, by (result, metric prefix); the README shows them.
+LABELS = {
+    "chaos": "chaos run (kill -9, SIGSTOP, restarts under load)",
+    "failover": "one call",
+    "ratelimit": "rate limiting",
+    "cache": "caching",
+}
+HEADLINES = [
+    ("chaos", "5xx responses during the whole run"),
+    ("chaos", "duplicate webhook effects"),
+    ("chaos", "sessions lost across kill -9 and SIGSTOP"),
+    ("failover", "p99 latency, Redis hung"),
+    ("ratelimit", "decisions/s, sliding log (exact)"),
+    ("ratelimit", "HTTP req/s, GET /items with our middleware vs slowapi"),
+    ("cache", "cache-hit get, 64 concurrent"),
+]
+
+
+def _headline_rows(results: dict[str, dict]) -> list[str]:
+    rows = []
+    for name, prefix in HEADLINES:
+        for row in results.get(name, {}).get("rows", []):
+            if row["metric"].startswith(prefix):
+                peer = f"{fmt(row['peer'])} ({row['peer_name']})" if row.get("peer") else ""
+                ratio = f"{row['ratio']:,.2f}x" if row.get("ratio") else ""
+                label = f"{LABELS.get(name, name)}: {row['metric']}"
+                rows.append(f"| {label} | {fmt(row['ours'])} {row['unit']} | {peer} | {ratio} |")
+                break
+    return rows
+
+
+def update_readme() -> None:
+    """Put the headline figures of the last run between the README's bench markers."""
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    text = README.read_text()
+    if START not in text or END not in text:
+        return
+    table = [
+        "| measure | ours | peer, same run | ratio |",
+        "|---|---:|---:|---:|",
+        *_headline_rows(results),
+    ]
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    README.write_text(head + START + "\n" + "\n".join(table) + "\n" + END + tail)
 
 
 if __name__ == "__main__":
