@@ -13,8 +13,6 @@ from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer
 from upak.features.cache import (
     BYPASSED,
-    DELETE,
-    INVALIDATE,
     LEASE,
     READ,
     RELEASE,
@@ -27,6 +25,7 @@ from upak.features.cache import (
     user_tag,
 )
 from upak.store import FailoverStore, KeySpace, Store, build_store
+from upak.store.primitives import DELETE, SET
 
 
 class Clock:
@@ -91,7 +90,7 @@ async def test_operations_contract(any_store: Store, key_prefix: str) -> None:
     # STAMP creates the version once and returns the existing one after.
     assert await any_store.run(STAMP, [tag], ["tok1", 10_000]) == b"tok1"
     assert await any_store.run(STAMP, [tag], ["tok2", 10_000]) == b"tok1"
-    assert await any_store.run(INVALIDATE, [tag], ["tok3", 10_000]) is True
+    await any_store.run(SET, [tag], ["tok3", 10_000])  # invalidation: a fresh version
     assert await any_store.run(STAMP, [tag], ["tok4", 10_000]) == b"tok3"
     # The lease goes to one caller; WRITE stores the entry and releases only our own lease.
     assert await any_store.run(LEASE, [lease], ["me", 10_000]) is True
@@ -110,7 +109,7 @@ async def test_operations_contract(any_store: Store, key_prefix: str) -> None:
 
 async def test_stamp_extends_a_short_lived_version(any_store: Store, key_prefix: str) -> None:
     tag = keyspace(any_store, key_prefix).tagged("cache", "t:x")
-    await any_store.run(INVALIDATE, [tag], ["tok", 50])
+    await any_store.run(SET, [tag], ["tok", 50])
     assert await any_store.run(STAMP, [tag], ["new", 60_000]) == b"tok"
     # Still there after the original 50 ms: the stamp pushed its expiry out.
     await asyncio.sleep(0.08)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 import msgpack
 
 from upak.store import Arg, Fallback, KeySpace, Operation, Store
+from upak.store.primitives import DELETE, SET
 
 if TYPE_CHECKING:
     from upak.store import MemoryData
@@ -181,35 +182,10 @@ return 0
 )
 
 
-def _delete_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    return data.delete(keys[0])
-
-
-# Deletes are written back after an outage: the entry Redis kept must not outlive it.
-DELETE: Operation[bool] = Operation(
-    name="cache_delete",
-    lua="return redis.call('DEL', KEYS[1])",
-    memory=_delete_memory,
-    parse=bool,
-    writeback=True,
-)
-
-
-def _invalidate_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    data.set(keys[0], args[0], px=int(args[1]))
-    return 1
-
-
-# A fresh random version for the tag: every entry stamped with an older one is dead at once.
-# Written back after an outage, so a payment processed while Redis was away still
-# invalidates what Redis holds when it returns.
-INVALIDATE: Operation[bool] = Operation(
-    name="cache_invalidate",
-    lua="redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1",
-    memory=_invalidate_memory,
-    parse=bool,
-    writeback=True,
-)
+# Deletes and invalidations are the store's own primitives, and like them written back after
+# an outage: the entry Redis kept must not outlive a delete, and a payment processed while
+# Redis was away (a fresh random version for the user's tag) must still kill what Redis holds
+# when it returns.
 
 
 def _bytes(value: Arg) -> bytes:
@@ -463,7 +439,7 @@ class Cache:
         ttl_ms = int(self.tag_ttl * 1000)
         await asyncio.gather(
             *(
-                self.store.run(INVALIDATE, [self.tag_key(tag)], [secrets.token_hex(8), ttl_ms])
+                self.store.run(SET, [self.tag_key(tag)], [secrets.token_hex(8), ttl_ms])
                 for tag in tags
             )
         )
