@@ -186,10 +186,8 @@ def build_traffic(service: Service, secret: str, workdir: Path, tag: str) -> Tra
     accounts = make_accounts(service.url, USERS, tag)
     prices = plan_prices(service.url)
     deliveries = signed_deliveries(secret, accounts, prices, 400)
-    reads = []
-    for account in accounts:
-        reads.append(("GET", "/me", {"Cookie": account.cookie}, b""))
-        reads.append(("GET", "/plans", {"Cookie": account.cookie}, b""))
+    me_reads = [("GET", "/me", {"Cookie": a.cookie}, b"") for a in accounts]
+    plans_reads = [("GET", "/plans", {"Cookie": a.cookie}, b"") for a in accounts]
     logins = [
         (
             "POST",
@@ -206,12 +204,13 @@ def build_traffic(service: Service, secret: str, workdir: Path, tag: str) -> Tra
     ]
     anonymous = [("GET", "/plans", {}, b""), ("GET", "/me", {}, b"")]
     files = {
-        "logged-in reads (/me, /plans)": write_requests(workdir / "reads.txt", reads),
+        "logged-in GET /me": write_requests(workdir / "me.txt", me_reads),
+        "logged-in GET /plans": write_requests(workdir / "plans.txt", plans_reads),
         "logins (POST /auth/login)": write_requests(workdir / "logins.txt", logins),
         "signed webhooks (POST /webhooks/upak)": write_requests(workdir / "hooks.txt", webhooks),
         "anonymous (/plans, /me 401)": write_requests(workdir / "anon.txt", anonymous),
     }
-    connections = dict(zip(files, (16, 4, 8, 8), strict=True))
+    connections = dict(zip(files, (8, 8, 4, 8, 8), strict=True))
     return Traffic(files, deliveries, connections)
 
 

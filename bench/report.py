@@ -11,7 +11,17 @@ RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 PLOTS = DOCS / "bench"
 
-ORDER = ["failover", "webhooks", "ratelimit", "cache", "sessions", "memory", "load", "chaos"]
+ORDER = [
+    "ceiling",
+    "failover",
+    "webhooks",
+    "ratelimit",
+    "cache",
+    "sessions",
+    "memory",
+    "load",
+    "chaos",
+]
 
 
 def fmt(value: float | None) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # Order: quick library-level figures first, the full-service load and chaos run last.
 SCRIPTS = [
+    ("ceiling", 60),
     ("failover", 90),
     ("webhooks", 90),
     ("ratelimit", 150),
