@@ -1,7 +1,7 @@
 """The full service under a mixed load, next to bare FastAPI: requests/s and p50/p99 per route.
 
 One run: a private redis-server, `upak serve --workers 2` on SQLite, and wrk processes (one per
-kind of traffic, so each reports its own latency) driving logged-in reads (/me, /plans),
+kind of traffic, so each reports its own latency) driving logged-in reads (/me and /plans),
 logins, signed webhooks (every delivery sent three times) and anonymous requests. Then a
 concurrency sweep of GET /plans, ours against bare FastAPI. The load generators are separate
 processes; every run is bounded in time.
@@ -312,7 +312,7 @@ def main() -> None:
     ]
     result.extra["mix"] = mixed
     result.notes.append(
-        f"{USERS} accounts; 4 wrk processes at once (connections: "
+        f"{USERS} accounts; {len(traffic.files)} wrk processes at once (connections: "
         + ", ".join(f"{k} {v}" for k, v in traffic.connections.items())
         + "); rate limits raised far above the load so that the run measures throughput."
     )
