@@ -26,7 +26,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.responses import Response
 
-from common import Result, Row, measure_rate, redis_server
+from common import Result, Row, asgi_get, measure_rate, redis_server
 from upak.config import load_settings
 from upak.features.cache import Cache
 from upak.store import KeySpace, build_store
@@ -128,36 +128,6 @@ async def interleaved(
         a += await measure_rate(ours, concurrency=concurrency, seconds=slice_seconds)
         b += await measure_rate(peer, concurrency=concurrency, seconds=slice_seconds)
     return a / rounds, b / rounds
-
-
-async def asgi_get(app: Any, path: str) -> int:
-    """One GET straight into the ASGI app: no HTTP client in the measurement."""
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"bench")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("bench", 80),
-    }
-    await app(scope, receive, send)
-    return status
 
 
 async def plans_route(result: Result, url: str) -> None:

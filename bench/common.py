@@ -14,9 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench scripts reuse the suite's redis-server launcher
@@ -29,6 +30,7 @@ __all__ = [
     "RedisServer",
     "Result",
     "Row",
+    "asgi_get",
     "fmt",
     "machine",
     "measure_rate",
@@ -79,6 +81,38 @@ class Result:
         path.write_text(json.dumps(data, indent=2))
         print(f"wrote {path.relative_to(ROOT)}")
         return path
+
+
+async def asgi_get(
+    app: Any, path: str, query: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = ()
+) -> int:
+    """One GET straight into an ASGI app, no HTTP client in the measurement; the status."""
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"bench"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("bench", 80),
+    }
+    await app(scope, receive, send)
+    return status
 
 
 def fmt(value: float) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import fastapi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Result, Row, measure_rate, percentiles, redis_server
+from common import ROOT, Result, Row, asgi_get, measure_rate, percentiles, redis_server
 
 PASSWORD = "bench password 1"
 SESSIONS = 2000
@@ -170,31 +170,7 @@ async def asgi_rates(redis_url: str, workdir: Path, result: Result) -> None:
             cookie = (await client.post("/auth/login", json=body)).cookies["upak_session"]
 
         async def call(path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "method": "GET",
-                "scheme": "http",
-                "path": path,
-                "raw_path": path.encode(),
-                "query_string": query,
-                "root_path": "",
-                "headers": [(b"host", b"t"), *headers],
-                "client": ("127.0.0.1", 50000),
-                "server": ("t", 80),
-            }
-            status = 0
-
-            async def receive():  # type: ignore[no-untyped-def]
-                return {"type": "http.request", "body": b"", "more_body": False}
-
-            async def send(message):  # type: ignore[no-untyped-def]
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-
-            await app(scope, receive, send)
+            status = await asgi_get(app, path, query, headers)
             if status != 200:
                 raise RuntimeError(f"{path}: {status}")
 
