@@ -8,7 +8,9 @@ hung request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -19,6 +21,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.retry
 import redis.sentinel
+from redis.asyncio.connection import RedisSSLContext
 from redis.backoff import NoBackoff
 
 from upak.config import RedisTarget, Settings
@@ -120,6 +123,60 @@ def sync_client(
         settings, socket_timeout=socket_timeout, connect_timeout=connect_timeout
     )
     return _client(_SYNC, settings, kwargs, pooled=False)
+
+
+@dataclass(frozen=True)
+class WireTarget:
+    """Where the connection goes and how it introduces itself (`upak.store.wire` opens it)."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None  # a unix socket instead of host and port
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_name: str | None = "upak"
+    tls: ssl.SSLContext | None = None
+    socket_timeout: float = 0.5
+    connect_timeout: float = 0.5
+    # Sentinel: asked for the master's (host, port) on every connect, so a reconnect after a
+    # failover finds the new master.
+    locate: Callable[[], Awaitable[tuple[str, int]]] | None = field(default=None, repr=False)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """The client TLS context for rediss://, as redis-py would build it from the same settings."""
+    tls = _tls_kwargs(settings)
+    return RedisSSLContext(
+        keyfile=tls["ssl_keyfile"],
+        certfile=tls["ssl_certfile"],
+        cert_reqs=tls["ssl_cert_reqs"],
+        ca_certs=tls["ssl_ca_certs"],
+        check_hostname=tls["ssl_check_hostname"],
+    ).get()
+
+
+def wire_target(settings: Settings, client: Any) -> WireTarget | None:
+    """Where the store's multiplexed connection goes; None for Cluster, which routes each
+    call by slot through redis-py. For Sentinel, `client` (from `async_client`) is asked for
+    the current master on every connect."""
+    target = settings.redis
+    if target.kind == "cluster":
+        return None
+    locate = client.connection_pool.get_master_address if target.kind == "sentinel" else None
+    host, port = target.hosts[0] if target.hosts else ("localhost", 6379)
+    return WireTarget(
+        host=host,
+        port=port,
+        path=target.path if target.kind == "unix" else None,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        tls=tls_context(settings) if target.tls else None,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+        locate=locate,
+    )
 
 
 def describe(target: RedisTarget) -> str:

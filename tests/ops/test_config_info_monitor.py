@@ -121,17 +121,16 @@ async def test_generated_acl_lets_the_app_work_and_nothing_more(generated_server
     import redis.asyncio
     import redis.exceptions
 
-    from upak.connect import async_client
     from upak.store.primitives import CLAIM_ONCE, DELETE, GET
     from upak.store.redis import RedisStore
 
     port, values = generated_server
     url = f"redis://upak:{values['REDIS_PASSWORD']}@127.0.0.1:{port}/0"
-    settings = make_settings(redis_url=url)
-    client = async_client(settings)
-    store = RedisStore(client)
+    store = RedisStore.from_settings(make_settings(redis_url=url))
+    client = store.client
     try:
-        # The service's real operations (EVALSHA, SCRIPT LOAD on NOSCRIPT) as the app user.
+        # The service's real operations (connection set-up, EVALSHA, EVAL on NOSCRIPT) as
+        # the app user.
         assert await store.run(CLAIM_ONCE, ["upak:replay:{t}:1"], ["1", 60000]) is True
         assert await store.run(CLAIM_ONCE, ["upak:replay:{t}:1"], ["1", 60000]) is False
         assert await store.run(GET, ["upak:replay:{t}:1"]) == b"1"
@@ -149,7 +148,7 @@ async def test_generated_acl_lets_the_app_work_and_nothing_more(generated_server
             with pytest.raises(redis.exceptions.NoPermissionError):
                 await client.execute_command(*forbidden)
     finally:
-        await client.aclose()
+        await store.close()
     env = {
         "REDIS_URL": url,
         "UPAK_OPS_USERNAME": "upak-ops",

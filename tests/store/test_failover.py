@@ -113,11 +113,11 @@ async def test_sigstop_then_sigcont(store: FailoverStore, fresh_redis: RedisServ
             await wait_for_mode(store, Mode.MEMORY, within=1.0)
             # Breaker open: calls are served without a single round trip to the hung server.
             assert store.redis is not None
-            sent = store.redis.batches_sent
+            sent = store.redis.calls_sent
             results = await asyncio.gather(
                 *(store.claim_once(f"replay:hung:{i}", 60_000) for i in range(100))
             )
-            assert all(results) and store.redis.batches_sent == sent
+            assert all(results) and store.redis.calls_sent == sent
             await asyncio.sleep(0.2)
         finally:
             fresh_redis.resume()

@@ -1,8 +1,8 @@
-"""RedisStore's own pipeline on one connection: replies never go to the wrong caller.
+"""RedisStore's multiplexed connection: replies never go to the wrong caller.
 
-The store writes a batch's EVALSHAs on one pooled connection and reads the replies itself
-(one deadline for the batch). A batch cut short leaves replies unread on that connection; the
-connection must be dropped, not pooled, or the next batch would read the old replies.
+Every call shares one connection and replies are matched to calls by order. A call cut short
+by its deadline leaves its reply on the way; the connection must be dropped, not reused, or
+the next call would read the old reply.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer
-from upak.connect import async_client
 from upak.store.memory import MemoryData
 from upak.store.operation import Operation, StoreError
 from upak.store.redis import UNAVAILABLE, RedisStore
@@ -43,7 +42,7 @@ BROKEN = Operation(name="test_broken", lua="return redis.call('NOSUCHCOMMAND')",
 @pytest.fixture
 async def store(shared_redis: RedisServer) -> RedisStore:
     settings = make_settings(redis_url=shared_redis.url, redis_socket_timeout=0.1)
-    store = RedisStore(async_client(settings), call_timeout=2.0)
+    store = RedisStore.from_settings(settings)
     yield store
     await store.close()
 
@@ -66,4 +65,7 @@ async def test_each_call_of_a_batch_gets_its_own_reply_or_error(store: RedisStor
     assert results[0] == b"one"
     assert isinstance(results[1], StoreError)
     assert results[2] == b"three"
-    assert store.batches_sent <= 3  # one batch, plus one retry after loading the scripts
+    assert store._wire is not None
+    # One write for the three calls, one for their EVAL retries (the scripts were not loaded),
+    # one for the connection's set-up.
+    assert store._wire.writes <= 3

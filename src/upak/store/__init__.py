@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 
 from upak.config import Settings
-from upak.connect import async_client
 from upak.store.base import Store
 from upak.store.failover import FailoverStats, FailoverStore
 from upak.store.keys import KeySpace
@@ -35,13 +34,8 @@ __all__ = [
 def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> FailoverStore:
     """The store the service runs on: Redis from `settings`, process memory as its fallback."""
     target = settings.redis
-    redis_store = RedisStore(
-        async_client(settings),
-        call_timeout=settings.redis_socket_timeout + settings.redis_connect_timeout,
-        cluster=target.kind == "cluster",
-    )
     return FailoverStore(
-        redis_store,
+        RedisStore.from_settings(settings),
         MemoryStore(clock=clock, max_keys=settings.memory_max_keys),
         target=target.redacted_url(),
         secrets=[target.password or ""],

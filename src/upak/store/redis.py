@@ -1,24 +1,28 @@
 """RedisStore: operations as Lua scripts, one round trip each, pipelined together.
 
-Calls made in the same event-loop step are sent as one pipeline of EVALSHAs (auto-pipelining,
-as ioredis and Lettuce do): under load a process pays one network round trip and one syscall
-pair per batch, not per call. Scripts are loaded lazily and reloaded transparently when Redis
-answers NOSCRIPT (a restart or SCRIPT FLUSH empties its script cache).
+Standalone, unix-socket, TLS and Sentinel Redis: every call goes over one multiplexed
+connection (`upak.store.wire`), so calls made in the same event-loop step leave in one write
+and their replies come back in one read (auto-pipelining, as ioredis and Lettuce do). Redis
+Cluster routes each call by its keys' slot: calls of one loop step go as one redis-py
+cluster pipeline. Either way scripts are run by SHA and sent again whenever Redis answers
+NOSCRIPT (a restart or SCRIPT FLUSH empties its script cache).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import redis.exceptions as rex
 
+from upak.config import Settings
+from upak.connect import WireTarget, async_client, wire_target
 from upak.store.base import Store
 from upak.store.operation import Arg, Mode, Operation, StoreError
+from upak.store.wire import Wire, open_wire
 
 T = TypeVar("T")
 
@@ -44,21 +48,49 @@ def script_sha(lua: str) -> str:
 
 
 class RedisStore(Store):
-    """Operations on a redis.asyncio client (standalone, Sentinel master, or Cluster)."""
+    """Operations on Redis: over one multiplexed connection, or through a RedisCluster client.
 
-    def __init__(self, client: Any, *, call_timeout: float = 1.0, cluster: bool = False) -> None:
+    `client` is the redis-py client of the same settings (`upak.connect.async_client`): the
+    Cluster path runs on it; otherwise it is kept for its connection settings and Sentinel's
+    master discovery, and `target` says where the multiplexed connection goes.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        target: WireTarget | None = None,
+        call_timeout: float = 1.0,
+        cluster: bool = False,
+    ) -> None:
+        if not cluster and target is None:
+            raise ValueError("a RedisStore outside Cluster needs the connection's target")
         self.client = client
         self.cluster = cluster
-        # A hard ceiling per batch on top of the socket timeouts: a pool that is waiting
-        # for a connection, or a server that accepts but never answers, cannot hold a call.
+        self.target = target
+        # A hard ceiling on ping and on a Cluster batch, on top of the socket timeouts: a
+        # server that accepts but never answers cannot hold a call.
         self.call_timeout = call_timeout
+        self._wire: Wire | None = None
+        self._opening: asyncio.Future[Wire] | None = None
         self._pending: list[
             tuple[Operation[Any], Sequence[str], Sequence[Arg], asyncio.Future]
         ] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._shas: dict[int, str] = {}
-        self.batches_sent = 0  # round trips attempted: lets tests see the breaker is open
+        self.calls_sent = 0  # operation calls written to Redis: lets tests see the breaker open
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStore:
+        """The store for `settings.redis`: any topology, the service's timeouts."""
+        client = async_client(settings)
+        return cls(
+            client,
+            target=wire_target(settings, client),
+            call_timeout=settings.redis_socket_timeout + settings.redis_connect_timeout,
+            cluster=settings.redis.kind == "cluster",
+        )
 
     @property
     def mode(self) -> Mode:
@@ -74,7 +106,59 @@ class RedisStore(Store):
         return op.parse(await self.run_raw(op, keys, args))
 
     async def run_raw(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """Queue the call for this loop step's pipeline and wait for its raw reply."""
+        """The operation's raw reply. Outage errors pass through (the failover's business);
+        anything else Redis refused is a StoreError."""
+        if self.cluster:
+            return await self._queued(op, keys, args)
+        wire = self._wire
+        if wire is None or wire.error is not None:
+            wire = await self._connected()
+        self.calls_sent += 1
+        try:
+            return await wire.call(("EVALSHA", self._sha(op), len(keys), *keys, *args))
+        except rex.NoScriptError:
+            # The script cache was emptied: EVAL runs the script and caches it again.
+            wire = await self._connected()
+            try:
+                return await wire.call(("EVAL", op.lua, len(keys), *keys, *args))
+            except BaseException as exc:
+                raise self._failed(exc) from None
+        except BaseException as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, rex.ReadOnlyError):
+            # A demoted master (Sentinel failover): reconnecting asks where the master is now.
+            self._drop_wire()
+        return _as_store_error(exc)
+
+    async def _connected(self) -> Wire:
+        """The open connection, opening it first if needed (one opening for all callers)."""
+        wire = self._wire
+        if wire is not None and wire.error is None:
+            return wire
+        if self._opening is None:
+            assert self.target is not None
+            self._opening = asyncio.ensure_future(open_wire(self.target))
+            self._opening.add_done_callback(self._opened)
+        # Shielded: a caller that gives up must not cancel the opening the others wait for.
+        return await asyncio.shield(self._opening)
+
+    def _opened(self, opening: asyncio.Future[Wire]) -> None:
+        self._opening = None
+        if opening.cancelled() or opening.exception() is not None:
+            return  # the waiters got the exception; retrieving it here keeps asyncio quiet
+        self._drop_wire()
+        self._wire = opening.result()
+
+    def _drop_wire(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None
+
+    # --- Redis Cluster: the calls of one loop step as one cluster pipeline ---
+
+    async def _queued(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((op, keys, args, future))
@@ -116,98 +200,83 @@ class RedisStore(Store):
     async def _evalsha_all(
         self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
     ) -> list[Any]:
-        replies = await self._pipeline(calls)
+        replies = await self._cluster_pipeline(calls)
         missing = [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
         if missing:
-            # The script cache was emptied (restart, failover, SCRIPT FLUSH): load and retry.
+            # A node's script cache was emptied (restart, failover, SCRIPT FLUSH): reload.
             for op in {id(calls[i][0]): calls[i][0] for i in missing}.values():
                 await self.client.script_load(op.lua)
-            retried = await self._pipeline([calls[i] for i in missing])
+            retried = await self._cluster_pipeline([calls[i] for i in missing])
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
-        return replies
-
-    async def _pipeline(
-        self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
-    ) -> list[Any]:
-        self.batches_sent += 1
-        if self.cluster:
-            replies = await self._cluster_pipeline(calls)
-        else:
-            replies = await self._on_one_connection(calls)
-        for reply in replies:
-            if isinstance(reply, UNAVAILABLE):
-                raise reply
-        return replies
-
-    async def _on_one_connection(
-        self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
-    ) -> list[Any]:
-        """Write the batch's EVALSHAs at once on one pooled connection, read replies in order.
-
-        What redis-py's pipeline does, without its retry wrapper, observability hooks and
-        one deadline per reply read: here one deadline (the socket timeout) covers the whole
-        exchange, so a hung server is noticed as fast as before at a fraction of the cost. A
-        connection left with unread replies (error, deadline, cancellation) is disconnected
-        before it goes back to the pool, so nobody reads another call's reply.
-        """
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
-        commands = [("EVALSHA", self._sha(op), len(keys), *keys, *args) for op, keys, args in calls]
-        replies: list[Any] = []
-        try:
-            async with asyncio.timeout(conn.socket_timeout):
-                await conn.send_packed_command(conn.pack_commands(commands))
-                for _ in commands:
-                    try:
-                        replies.append(await conn.read_response(timeout=math.inf))
-                    except rex.ResponseError as exc:  # this call's answer (NOSCRIPT, ...)
-                        replies.append(exc)
-        except TimeoutError as exc:  # our deadline, not redis-py's: say it the same way
-            await conn.disconnect(nowait=True)
-            raise rex.TimeoutError(f"Redis did not answer within {conn.socket_timeout} s") from exc
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
         return replies
 
     async def _cluster_pipeline(
         self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
     ) -> list[Any]:
+        self.calls_sent += len(calls)
         if len(calls) == 1:
             op, keys, args = calls[0]
             try:
-                return [await self.client.evalsha(self._sha(op), len(keys), *keys, *args)]
+                replies = [await self.client.evalsha(self._sha(op), len(keys), *keys, *args)]
             except rex.ResponseError as exc:
                 if isinstance(exc, UNAVAILABLE):
                     raise
-                return [exc]
-        pipe = self.client.pipeline(transaction=False)
-        for op, keys, args in calls:
-            # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the
-            # helper method but routes a raw EVALSHA by its keys' slot just fine.
-            pipe.execute_command("EVALSHA", self._sha(op), len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+                replies = [exc]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for op, keys, args in calls:
+                # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the
+                # helper method but routes a raw EVALSHA by its keys' slot just fine.
+                pipe.execute_command("EVALSHA", self._sha(op), len(keys), *keys, *args)
+            replies = list(await pipe.execute(raise_on_error=False))
+        for reply in replies:
+            if isinstance(reply, UNAVAILABLE):
+                raise reply
+        return replies
+
+    # --- health ---
 
     async def ping(self) -> float:
+        """Round-trip seconds of a PING on the connection calls use (opened if needed)."""
         started = time.perf_counter()
         async with asyncio.timeout(self.call_timeout):
-            await self.client.ping()
-        return time.perf_counter() - started
+            if self.cluster:
+                await self.client.ping()
+            else:
+                wire = await self._connected()
+                await wire.call(("PING",))
+        latency = time.perf_counter() - started
+        if self.target is not None and self.target.locate is not None:
+            await self._follow_master(wire)
+        return latency
+
+    async def _follow_master(self, wire: Wire) -> None:
+        """Sentinel: leave a master that Sentinel no longer names. Until Sentinel demotes it,
+        an old master still accepts writes, which its resync then throws away (seconds of
+        them after a forced failover); asking at every heartbeat bounds that to one interval."""
+        assert self.target is not None and self.target.locate is not None
+        async with asyncio.timeout(self.call_timeout):
+            master = await self.target.locate()
+        if wire is self._wire and wire.address is not None and wire.address != tuple(master):
+            self._drop_wire()
 
     async def reset_connections(self) -> None:
-        """Drop pooled connections: after an outage they point at a dead server process."""
+        """Drop connections after an outage: they may point at a dead server process, or at a
+        master that Sentinel has since demoted."""
         if self.cluster:
             # RedisCluster re-discovers its nodes and reconnects on the next command.
             await self.client.aclose()
-        else:
-            await self.client.connection_pool.disconnect()
+            return
+        self._drop_wire()
+        await self.client.connection_pool.disconnect()
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self._opening is not None:
+            self._opening.cancel()
+        self._drop_wire()
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()
 
