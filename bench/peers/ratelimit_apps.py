@@ -23,7 +23,8 @@ ITEMS = {"items": [{"id": n, "name": f"item {n}"} for n in range(5)]}
 
 
 def _app(**overrides: object) -> FastAPI:
-    return create_app(load_settings(env_file=None, **overrides))
+    # As `upak serve` builds it (the start-up heap frozen), for all three alike.
+    return create_app(load_settings(env_file=None, **overrides), freeze_startup_heap=True)
 
 
 def ours() -> FastAPI:

@@ -91,3 +91,19 @@ def test_cli_reports_a_bad_setting_in_one_line(monkeypatch) -> None:
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0
     assert "REDIS_TTL" in result.output and "Traceback" not in result.output
+
+
+async def test_serving_freezes_the_start_up_heap_and_tests_do_not(shared_redis: RedisServer):
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    plain = create_app(make_settings(redis_url=shared_redis.url))
+    async with plain.router.lifespan_context(plain):
+        assert gc.get_freeze_count() == 0  # a test process builds hundreds of apps
+    served = create_app(make_settings(redis_url=shared_redis.url), freeze_startup_heap=True)
+    try:
+        async with served.router.lifespan_context(served):
+            # Start-up's objects are out of the collector's way while the app serves.
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

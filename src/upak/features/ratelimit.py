@@ -230,10 +230,15 @@ class NamedLimit:
     limit: Limit
     key_suffix: str
     args: tuple[str, int, int] = field(init=False)  # the script's: algorithm, amount, window
+    # Rendered once: every response carries them (`"name";q=N;w=S`, `"name";r=%d;t=%d`).
+    policy_member: bytes = field(init=False, repr=False)
+    state_template: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         code = _ALGORITHM_CODE[self.limit.algorithm]
         object.__setattr__(self, "args", (code, self.limit.amount, self.limit.window_ms))
+        object.__setattr__(self, "policy_member", self.policy_item.encode())
+        object.__setattr__(self, "state_template", f'"{self.name}";r=%d;t=%d'.encode())
 
     @property
     def policy_item(self) -> str:
@@ -271,9 +276,9 @@ class LimitState(NamedTuple):
     retry_ms: int  # until this limit admits again; 0 when it admitted
 
     @property
-    def header_item(self) -> str:
-        """This state as a RateLimit list member: `"name";r=N;t=S`."""
-        return f'"{self.limit.name}";r={self.remaining};t={-(-self.next_ms // 1000)}'
+    def header_member(self) -> bytes:
+        """This state as a RateLimit list member: `"name";r=N;t=S` (t in whole seconds, up)."""
+        return self.limit.state_template % (self.remaining, -(-self.next_ms // 1000))
 
 
 class Decision(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,8 +34,13 @@ def create_app(
     store: FailoverStore | None = None,
     clock: Callable[[], float] = time.time,
     passwords: Passwords | None = None,
+    freeze_startup_heap: bool = False,
 ) -> FastAPI:
-    """Build the app for `settings`. `store`, `clock`, `passwords` are injectable for tests."""
+    """Build the app for `settings`. `store`, `clock`, `passwords` are injectable for tests.
+
+    `freeze_startup_heap` is for a process that serves this one app (`upak serve`): see the
+    lifespan. Tests build hundreds of apps in one process and leave it off.
+    """
     store = store or build_store(settings, clock=clock)
     services = Services(settings=settings, store=store, metrics=Metrics(store), clock=clock)
     services.passwords = passwords or services.passwords
@@ -55,6 +61,13 @@ def create_app(
                 "sessions are per process until it returns. Production must use Redis.",
                 settings.redis.redacted_url(),
             )
+        if freeze_startup_heap:
+            # Everything start-up made (FastAPI, pydantic, SQLAlchemy, the routes) lives as
+            # long as the process. Frozen, full collections stop walking it: a request that
+            # waits on Redis keeps its objects alive through young collections, they are
+            # promoted, and the full collections they trigger cost 70 ms at p99 otherwise.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -93,4 +106,4 @@ def create_app_from_env() -> FastAPI:
     """The uvicorn factory: settings from the environment and .env."""
     settings = load_settings()
     configure_logging(settings)
-    return create_app(settings)
+    return create_app(settings, freeze_startup_heap=True)

@@ -64,26 +64,30 @@ class RateLimitRules:
         )
 
 
-_policy_fields: dict[tuple[int, ...], bytes] = {}
+_policy_fields: dict[tuple[NamedLimit, ...], bytes] = {}
 
 
-def _policy_field(decision: Decision) -> bytes:
-    # The policies of a request repeat request after request: render each combination once.
-    ids = tuple(id(state.limit) for state in decision.states)
-    field = _policy_fields.get(ids)
+def _policy_field(limits: tuple[NamedLimit, ...]) -> bytes:
+    # The policies of a request repeat request after request: join each combination once.
+    field = _policy_fields.get(limits)
     if field is None:
-        field = ", ".join(state.limit.policy_item for state in decision.states).encode()
+        field = b", ".join(limit.policy_member for limit in limits)
         if len(_policy_fields) < 1024:
-            _policy_fields[ids] = field
+            _policy_fields[limits] = field
     return field
 
 
 def decision_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """`RateLimit-Policy` and `RateLimit` (and `Retry-After` on refusal) for `decision`."""
-    current = ", ".join([state.header_item for state in decision.states])
-    headers = [(b"ratelimit-policy", _policy_field(decision)), (b"ratelimit", current.encode())]
+    states = decision.states
+    if len(states) == 1:  # most requests: one limit, nothing to join
+        policy, current = states[0].limit.policy_member, states[0].header_member
+    else:
+        policy = _policy_field(tuple(state.limit for state in states))
+        current = b", ".join([state.header_member for state in states])
+    headers = [(b"ratelimit-policy", policy), (b"ratelimit", current)]
     if not decision.allowed:
-        headers.append((b"retry-after", str(max(1, decision.retry_after)).encode()))
+        headers.append((b"retry-after", b"%d" % max(1, decision.retry_after)))
     return headers
 
 
@@ -119,7 +123,10 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in self.rules.exempt_paths:
             await self.app(scope, receive, send)
             return
-        checks, receive = await self._checks(scope, receive)
+        if scope["method"] == "POST" and scope["path"] in self.rules.login_paths:
+            checks, receive = await self._login_checks(scope, receive)
+        else:
+            checks = self._checks(scope)
         decision = await self.limiter.decide(checks)
         if not decision.allowed:
             await refuse(decision, scope, receive, send)
@@ -136,10 +143,9 @@ class RateLimitMiddleware:
     def _client(self, scope: Scope) -> str:
         """The client IP's identity token (X-Forwarded-For believed only from trusted proxies)."""
         peer = scope.get("client")
-        forwarded: tuple[bytes, ...] = ()
+        memo_key: tuple[object, ...] = (peer[0] if peer else None,)
         if self.rules.trusted_proxies:
-            forwarded = tuple(v for k, v in scope.get("headers", ()) if k == b"x-forwarded-for")
-        memo_key = (peer[0] if peer else None, forwarded)
+            memo_key += tuple([v for k, v in scope["headers"] if k == b"x-forwarded-for"])
         token = self._identities.get(memo_key)
         if token is None:
             address = client_ip(scope, self.rules.trusted_proxies)
@@ -159,22 +165,22 @@ class RateLimitMiddleware:
             self._checks_memo[memo_key] = checks
         return checks
 
-    async def _checks(self, scope: Scope, receive: Receive) -> tuple[list[Check], Receive]:
-        rules = self.rules
-        ip = self._client(scope)
-        path: str = scope["path"]
-        if path.startswith(rules.webhook_prefix):
-            return self._checks_for(rules.webhooks, ip), receive
+    def _checks(self, scope: Scope) -> list[Check]:
+        """Every request but a login's: its limits need nothing from the body."""
+        if scope["path"].startswith(self.rules.webhook_prefix):
+            return self._checks_for(self.rules.webhooks, self._client(scope))
         user_id = getattr(scope.get(SESSION_SCOPE_KEY), "user_id", None)
-        who = ip if user_id is None else identity_token("user", str(user_id))
-        checks = self._checks_for(rules.default, who)
-        if scope["method"] == "POST" and path in rules.login_paths:
-            body, receive = await _read_body(receive)
-            checks = checks + self._checks_for(rules.login_ip, ip)
-            email = _email_of(body)
-            if email is not None:
-                who = identity_token("email", email)
-                checks += [self.limiter.check_for(limit, who) for limit in rules.login_email]
+        who = self._client(scope) if user_id is None else identity_token("user", str(user_id))
+        return self._checks_for(self.rules.default, who)
+
+    async def _login_checks(self, scope: Scope, receive: Receive) -> tuple[list[Check], Receive]:
+        """A login or registration: also limited by client IP and by the body's email."""
+        body, receive = await _read_body(receive)
+        checks = self._checks(scope) + self._checks_for(self.rules.login_ip, self._client(scope))
+        email = _email_of(body)
+        if email is not None:
+            who = identity_token("email", email)
+            checks += [self.limiter.check_for(limit, who) for limit in self.rules.login_email]
         return checks, receive
 
 
