@@ -38,9 +38,11 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(VENV)/.installed-bench  ## side-by-side figures -> docs/BENCHMARKS.md
-	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (the HTTP load generator)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+bench: $(VENV)/.installed-bench  ## side-by-side figures -> docs/BENCHMARKS.md (installs wrk, valgrind)
+	@missing=""; command -v wrk >/dev/null 2>&1 || missing="wrk"; \
+	  command -v callgrind_control >/dev/null 2>&1 || missing="$$missing valgrind"; \
+	  if [ -n "$$missing" ]; then echo "installing$$missing (HTTP load, instruction counts)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(PY) bench/run_all.py
 
 clean:
