@@ -198,7 +198,12 @@ def pin(pid: int, cpus: set[int] | None) -> None:
 
 @contextlib.contextmanager
 def server(
-    factory: str, url: str, *, wrapper: Sequence[str] = (), start_timeout: float = 30
+    factory: str,
+    url: str,
+    *,
+    prefix: str | None = None,
+    wrapper: Sequence[str] = (),
+    start_timeout: float = 30,
 ) -> Iterator[tuple[str, int]]:
     """uvicorn serving `factory` (bench/peers/ratelimit_apps.py), optionally under `wrapper`
     (valgrind); yields its base URL and pid once /items answers."""
@@ -207,7 +212,7 @@ def server(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "UPAK_", "RATE_"))}
     env.update(
         REDIS_URL=url,
-        REDIS_KEY_PREFIX=f"http-{factory}:",
+        REDIS_KEY_PREFIX=prefix or f"http-{factory}:",
         RATE_LIMIT_DEFAULT=POLICY,
         TRUSTED_PROXIES="127.0.0.1",
         DATABASE_URL=f"sqlite+aiosqlite:///{workdir}/upak.db",
@@ -322,8 +327,12 @@ def http(result: Result, redis: RedisServer) -> None:
     runs: dict[str, list[dict[str, float]]] = {}
     # Ours and unlimited interleaved, round after round: the machine drifts, so each round's
     # pair is compared with itself and the median of those ratios is the figure.
-    for factory in ("unlimited", "ours") * HTTP_ROUNDS + ("slowapi",) * 2:
-        with server(factory, redis.url) as (base, pid):
+    for turn, factory in enumerate(("unlimited", "ours") * HTTP_ROUNDS + ("slowapi",) * 2):
+        # Each round on an empty Redis (the bench's own server), as the first: otherwise the
+        # limiter trims the logs earlier rounds left, and a minute in their 5,000 keys expire
+        # together, Redis's expiry cycle taking the CPU that wrk shares with it.
+        redis.client().flushall()
+        with server(factory, redis.url, prefix=f"http-{factory}-{turn}:") as (base, pid):
             pin(pid, SERVER_CPUS)
             wrk(base, requests, 1, LOAD_CPUS)  # warm-up: connections, scripts, memo tables
             cpu_before = _cpu_seconds(pid)

@@ -17,7 +17,7 @@ SCRIPTS = [
     ("ceiling", 60),
     ("failover", 90),
     ("webhooks", 90),
-    ("ratelimit", 150),
+    ("ratelimit", 480),  # the HTTP rounds, then three servers under callgrind
     ("cache", 90),
     ("sessions", 90),
     ("memory", 60),
