@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer
+from tests.support.scripts import BUSY_LUA
 from upak.store.memory import MemoryData
 from upak.store.operation import Operation, StoreError
 from upak.store.redis import UNAVAILABLE, RedisStore
@@ -22,19 +23,7 @@ def _unused(data: MemoryData, keys, args):  # the memory twin is not exercised h
     raise AssertionError("memory twin called")
 
 
-# Busy for ARGV[1] ms on the server's clock, then answers "slow".
-SLOW = Operation(
-    name="test_slow",
-    lua="""
-local t = redis.call('TIME')
-local start = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-repeat
-  t = redis.call('TIME')
-until tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - start >= tonumber(ARGV[1])
-return 'slow'
-""",
-    memory=_unused,
-)
+SLOW = Operation(name="test_slow", lua=BUSY_LUA, memory=_unused)
 ECHO = Operation(name="test_echo", lua="return ARGV[1]", memory=_unused)
 BROKEN = Operation(name="test_broken", lua="return redis.call('NOSUCHCOMMAND')", memory=_unused)
 

@@ -17,20 +17,11 @@ import redis.exceptions as rex
 import uvloop
 
 from tests.support.redis_servers import RedisServer
+from tests.support.scripts import BUSY_LUA
 from upak.connect import WireTarget
 from upak.store.wire import open_wire
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
-
-# Busy for ARGV[1] ms on the server, then answers "slow".
-BUSY = """
-local t = redis.call('TIME')
-local start = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-repeat
-  t = redis.call('TIME')
-until tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - start >= tonumber(ARGV[1])
-return 'slow'
-"""
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -62,7 +53,7 @@ def test_a_caller_that_gives_up_leaves_its_reply_behind(run: Runner, shared_redi
     async def scenario() -> None:
         wire = await open_wire(target_of(shared_redis))
         try:
-            abandoned = wire.call(("EVAL", BUSY, 0, 50))
+            abandoned = wire.call(("EVAL", BUSY_LUA, 0, 50))
             mine = wire.call(("ECHO", "mine"))
             abandoned.cancel()
             assert await mine == b"mine"
