@@ -215,3 +215,23 @@ async def test_sentinel_failover_the_store_follows_the_new_master(key_prefix: st
     finally:
         await store.close()
         group.stop()
+
+
+@pytest.mark.slow
+async def test_sentinels_gone_while_the_master_serves_is_no_outage(key_prefix: str) -> None:
+    group = await asyncio.to_thread(start_sentinel_set)
+    store = await started(
+        make_settings(redis_url=group.url, redis_socket_timeout=0.2, redis_health_interval=0.05)
+    )
+    keys = KeySpace("upak:" + key_prefix)
+    try:
+        group.sentinel.kill()
+        # Several heartbeats whose question to the sentinel fails (a lookup gives up at the
+        # call timeout, 0.7 s here).
+        await asyncio.sleep(2.5)
+        assert store.mode is Mode.REDIS and store.stats.switches_to_memory == 0
+        assert await store.claim_once(keys.key("replay", "x"), 60_000) is True
+        assert group.master.client().exists(keys.key("replay", "x")) == 1
+    finally:
+        await store.close()
+        group.stop()

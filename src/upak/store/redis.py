@@ -256,8 +256,13 @@ class RedisStore(Store):
         an old master still accepts writes, which its resync then throws away (seconds of
         them after a forced failover); asking at every heartbeat bounds that to one interval."""
         assert self.target is not None and self.target.locate is not None
-        async with asyncio.timeout(self.call_timeout):
-            master = await self.target.locate()
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                master = await self.target.locate()
+        except (*UNAVAILABLE, rex.RedisError):
+            # No sentinel answers: the master we talk to still does, so that is no outage
+            # (the breaker would switch to memory for nothing); check again next heartbeat.
+            return
         if wire is self._wire and wire.address is not None and wire.address != tuple(master):
             self._drop_wire()
 
