@@ -160,78 +160,80 @@ async def test_a_cross_slot_script_is_a_bug_not_an_outage(cluster_store: Failove
     assert cluster_store.mode is Mode.REDIS and cluster_store.stats.fallback_calls == 0
 
 
-@pytest.mark.slow
-async def test_sentinel_failover_the_store_follows_the_new_master(key_prefix: str) -> None:
-    # A set of its own: the failover swaps the roles the shared set's users rely on.
+@pytest.fixture
+async def own_sentinel(
+    key_prefix: str,
+) -> AsyncIterator[tuple[SentinelSet, FailoverStore, KeySpace]]:
+    """A master, replica and sentinel of this test's own (the shared set's users rely on its
+    roles, which these tests change), and a store on them with a fast heartbeat."""
     group = await asyncio.to_thread(start_sentinel_set)
-    store = await started(
-        make_settings(redis_url=group.url, redis_socket_timeout=0.2, redis_health_interval=0.1)
-    )
-    keys = KeySpace("upak:" + key_prefix)
     try:
-        before = keys.key("replay", "before")
-        assert await store.claim_once(before, 60_000) is True
-        deadline = asyncio.get_running_loop().time() + 20
-        # Replication is asynchronous: a write the replica has not received is lost by any
-        # failover, whatever the client does. Start once the replica has it.
-        while not group.replica.client().exists(before):
-            assert asyncio.get_running_loop().time() < deadline, "the replica never synced"
-            await asyncio.sleep(0.05)
-        sentinel = group.sentinel.client()
-        while True:  # the sentinel needs a moment to learn of the replica before it can promote
-            try:
-                sentinel.execute_command("SENTINEL", "FAILOVER", group.service)
-                break
-            except redis.exceptions.ResponseError:
-                assert asyncio.get_running_loop().time() < deadline, "no failover possible"
-                await asyncio.sleep(0.2)
-        # Sentinel names the new master as soon as it is promoted; the old one goes on
-        # accepting writes until Sentinel demotes it, and its resync then discards them.
-        new_master = group.replica.client()
-        new_address = ("127.0.0.1", group.replica.port)
-
-        def named_master() -> tuple[str, int]:
-            host, port = sentinel.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", group.service)
-            return (host.decode() if isinstance(host, bytes) else host, int(port))
-
-        while named_master() != new_address:
-            assert asyncio.get_running_loop().time() < deadline, "Sentinel did not switch"
-            await asyncio.sleep(0.02)
-        switched_at = asyncio.get_running_loop().time()
-        n = 0
-        while True:  # never an error, whatever the store is doing underneath
-            key = keys.key("replay", f"during-{n}")
-            n += 1
-            assert await store.claim_once(key, 60_000) is True
-            if new_master.exists(key):
-                break
-            await asyncio.sleep(0.02)
-        # Within a few heartbeats (0.1 s here), not when Sentinel gets round to the demotion.
-        assert asyncio.get_running_loop().time() - switched_at < 2.0
-        after = keys.key("replay", "after")
-        assert await store.claim_once(after, 60_000) is True
-        assert new_master.exists(after) == 1
-        assert await store.claim_once(before, 60_000) is False  # the replay is still known
+        store = await started(
+            make_settings(redis_url=group.url, redis_socket_timeout=0.2, redis_health_interval=0.05)
+        )
+        try:
+            yield group, store, KeySpace("upak:" + key_prefix)
+        finally:
+            await store.close()
     finally:
-        await store.close()
         group.stop()
 
 
 @pytest.mark.slow
-async def test_sentinels_gone_while_the_master_serves_is_no_outage(key_prefix: str) -> None:
-    group = await asyncio.to_thread(start_sentinel_set)
-    store = await started(
-        make_settings(redis_url=group.url, redis_socket_timeout=0.2, redis_health_interval=0.05)
-    )
-    keys = KeySpace("upak:" + key_prefix)
-    try:
-        group.sentinel.kill()
-        # Several heartbeats whose question to the sentinel fails (a lookup gives up at the
-        # call timeout, 0.7 s here).
-        await asyncio.sleep(2.5)
-        assert store.mode is Mode.REDIS and store.stats.switches_to_memory == 0
-        assert await store.claim_once(keys.key("replay", "x"), 60_000) is True
-        assert group.master.client().exists(keys.key("replay", "x")) == 1
-    finally:
-        await store.close()
-        group.stop()
+async def test_sentinel_failover_the_store_follows_the_new_master(own_sentinel) -> None:
+    group, store, keys = own_sentinel
+    before = keys.key("replay", "before")
+    assert await store.claim_once(before, 60_000) is True
+    deadline = asyncio.get_running_loop().time() + 20
+    # Replication is asynchronous: a write the replica has not received is lost by any
+    # failover, whatever the client does. Start once the replica has it.
+    while not group.replica.client().exists(before):
+        assert asyncio.get_running_loop().time() < deadline, "the replica never synced"
+        await asyncio.sleep(0.05)
+    sentinel = group.sentinel.client()
+    while True:  # the sentinel needs a moment to learn of the replica before it can promote
+        try:
+            sentinel.execute_command("SENTINEL", "FAILOVER", group.service)
+            break
+        except redis.exceptions.ResponseError:
+            assert asyncio.get_running_loop().time() < deadline, "no failover possible"
+            await asyncio.sleep(0.2)
+    # Sentinel names the new master as soon as it is promoted; the old one goes on
+    # accepting writes until Sentinel demotes it, and its resync then discards them.
+    new_master = group.replica.client()
+    new_address = ("127.0.0.1", group.replica.port)
+
+    def named_master() -> tuple[str, int]:
+        host, port = sentinel.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", group.service)
+        return (host.decode() if isinstance(host, bytes) else host, int(port))
+
+    while named_master() != new_address:
+        assert asyncio.get_running_loop().time() < deadline, "Sentinel did not switch"
+        await asyncio.sleep(0.02)
+    switched_at = asyncio.get_running_loop().time()
+    n = 0
+    while True:  # never an error, whatever the store is doing underneath
+        key = keys.key("replay", f"during-{n}")
+        n += 1
+        assert await store.claim_once(key, 60_000) is True
+        if new_master.exists(key):
+            break
+        await asyncio.sleep(0.02)
+    # Within a few heartbeats (0.1 s here), not when Sentinel gets round to the demotion.
+    assert asyncio.get_running_loop().time() - switched_at < 2.0
+    after = keys.key("replay", "after")
+    assert await store.claim_once(after, 60_000) is True
+    assert new_master.exists(after) == 1
+    assert await store.claim_once(before, 60_000) is False  # the replay is still known
+
+
+@pytest.mark.slow
+async def test_sentinels_gone_while_the_master_serves_is_no_outage(own_sentinel) -> None:
+    group, store, keys = own_sentinel
+    group.sentinel.kill()
+    # Several heartbeats whose question to the sentinel fails (a lookup gives up at the
+    # call timeout, 0.7 s here).
+    await asyncio.sleep(2.5)
+    assert store.mode is Mode.REDIS and store.stats.switches_to_memory == 0
+    assert await store.claim_once(keys.key("replay", "x"), 60_000) is True
+    assert group.master.client().exists(keys.key("replay", "x")) == 1
