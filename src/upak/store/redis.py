@@ -115,14 +115,12 @@ class RedisStore(Store):
             wire = await self._connected()
         self.calls_sent += 1
         try:
-            return await wire.call(("EVALSHA", self._sha(op), len(keys), *keys, *args))
-        except rex.NoScriptError:
-            # The script cache was emptied: EVAL runs the script and caches it again.
-            wire = await self._connected()
             try:
+                return await wire.call(("EVALSHA", self._sha(op), len(keys), *keys, *args))
+            except rex.NoScriptError:
+                # The script cache was emptied: EVAL runs the script and caches it again.
+                wire = await self._connected()
                 return await wire.call(("EVAL", op.lua, len(keys), *keys, *args))
-            except BaseException as exc:
-                raise self._failed(exc) from None
         except BaseException as exc:
             raise self._failed(exc) from None
 
@@ -243,11 +241,12 @@ class RedisStore(Store):
         async with asyncio.timeout(self.call_timeout):
             if self.cluster:
                 await self.client.ping()
-            else:
-                wire = await self._connected()
-                await wire.call(("PING",))
+                return time.perf_counter() - started
+            wire = await self._connected()
+            await wire.call(("PING",))
         latency = time.perf_counter() - started
-        if self.target is not None and self.target.locate is not None:
+        assert self.target is not None
+        if self.target.locate is not None:
             await self._follow_master(wire)
         return latency
 
