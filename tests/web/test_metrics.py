@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import make_settings
+from tests.support.metrics import sample
 from tests.support.redis_servers import free_port
 from upak.web.app import create_app
 
@@ -26,11 +26,6 @@ async def app_client() -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
             yield app, client
 
 
-def value(text: str, sample: str) -> float | None:
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else None
-
-
 async def test_requests_are_counted_by_route_template_and_status_class(app_client):
     _, client = app_client
     for _ in range(3):
@@ -40,15 +35,14 @@ async def test_requests_are_counted_by_route_template_and_status_class(app_clien
     await client.delete("/auth/sessions/abc")  # not logged in: a 4xx, by template
     await client.request("BREW", "/plans")  # clients choose methods: one label for the rest
     text = (await client.get("/metrics")).text
-    assert value(text, 'upak_http_requests_total{method="GET",route="/plans",status="2xx"}') == 3
-    assert value(text, 'upak_http_requests_total{method="GET",route="unmatched",status="4xx"}') == 2
-    sessions = (
-        'upak_http_requests_total{method="DELETE",route="/auth/sessions/{handle}",status="4xx"}'
-    )
-    assert value(text, sessions) == 1
-    assert 'method="BREW"' not in text and 'method="OTHER"' in text
-    count = 'upak_http_request_duration_seconds_count{method="GET",route="/plans"}'
-    assert value(text, count) == 3
+    requests = "upak_http_requests_total"
+    assert sample(text, requests, method="GET", route="/plans", status="2xx", code="200") == 3
+    assert sample(text, requests, method="GET", route="unmatched", status="4xx") == 2
+    route = "/auth/sessions/{handle}"
+    assert sample(text, requests, method="DELETE", route=route, status="4xx") == 1
+    assert 'method="BREW"' not in text and sample(text, requests, method="OTHER") == 1
+    count = "upak_http_request_duration_seconds_count"
+    assert sample(text, count, method="GET", route="/plans") == 3
     assert "/nowhere" not in text
 
 
@@ -64,7 +58,7 @@ async def test_database_gauge_follows_failing_calls(tmp_path: Path):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             before = (await client.get("/metrics")).text
-            assert value(before, "upak_database_up") == 1.0  # the start-up migrations succeeded
+            assert sample(before, "upak_database_up") == 1.0  # the start-up migrations succeeded
             # The database goes away: the next connection cannot open it.
             await services.db_engine.dispose()
             shutil.rmtree(tmp_path / "db")
@@ -72,9 +66,9 @@ async def test_database_gauge_follows_failing_calls(tmp_path: Path):
                 async with services.db_engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
             after = (await client.get("/metrics")).text
-            assert value(after, "upak_database_up") == 0.0
-            assert value(after, "upak_database_errors_total") == 1.0
+            assert sample(after, "upak_database_up") == 0.0
+            assert sample(after, "upak_database_errors_total") == 1.0
             (tmp_path / "db").mkdir()  # back: the next call that succeeds says so
             async with services.db_engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-            assert value((await client.get("/metrics")).text, "upak_database_up") == 1.0
+            assert sample((await client.get("/metrics")).text, "upak_database_up") == 1.0

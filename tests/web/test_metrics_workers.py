@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.metrics import sample
 from tests.support.redis_servers import RedisServer
 from tests.support.service import running_service
 
 pytestmark = pytest.mark.slow
-
-PLANS = 'upak_http_requests_total{method="GET",route="/plans",status="2xx"}'
 
 
 def scrape(url: str) -> tuple[str, str]:
@@ -23,11 +21,6 @@ def scrape(url: str) -> tuple[str, str]:
     response.raise_for_status()
     worker = httpx.get(url + "/health", timeout=10, headers={"Connection": "close"})
     return response.text, str(worker.json()["worker"])
-
-
-def sample(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_request_counter_counts_every_worker(shared_redis: RedisServer, tmp_path: Path):
@@ -43,10 +36,11 @@ def test_request_counter_counts_every_worker(shared_redis: RedisServer, tmp_path
                 sent += 1
             text, worker = scrape(service.url)
             workers.add(worker)
-            seen.append(sample(text, PLANS))
+            plans = sample(text, "upak_http_requests_total", route="/plans", status="2xx")
+            seen.append(plans or 0.0)
             assert seen[-1] == sent, (seen, sent)  # every worker's requests, at once
         assert seen == sorted(seen)  # never decreases between scrapes
         # uvicorn hands connections to either worker: the sums above came from both.
         assert len(workers) == 2 or seen[-1] == sent
         assert "upak_http_request_duration_seconds_bucket" in text
-        assert 'upak_store_mode{mode="redis"} 1.0' in text
+        assert sample(text, "upak_store_mode", mode="redis") == 1.0

@@ -56,8 +56,8 @@ class Metrics:
 
         self.http_requests = Counter(
             "upak_http_requests",
-            "HTTP requests by route template, method and status class",
-            ["route", "method", "status"],
+            "HTTP requests by route template, method, status class (2xx) and code (429)",
+            ["route", "method", "status", "code"],
             registry=r,
         )
         self.http_latency = Histogram(
@@ -202,7 +202,7 @@ class Metrics:
         if children is None:
             method = method if method in _METHODS else "OTHER"  # clients choose the method
             children = (
-                self.http_requests.labels(route, method, f"{status // 100}xx"),
+                self.http_requests.labels(route, method, f"{status // 100}xx", str(status)),
                 self.http_latency.labels(route, method),
             )
             self._http[key] = children
