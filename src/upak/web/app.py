@@ -16,6 +16,7 @@ from upak.domain.db import DatabaseError, redacted, upgrade
 from upak.domain.passwords import Passwords
 from upak.logs import configure_logging
 from upak.store import FailoverStore, Mode, build_store
+from upak.web.client_ip import trusted_proxy_headers
 from upak.web.metrics import Metrics
 from upak.web.middleware.body_limit import BodySizeLimit
 from upak.web.middleware.http_metrics import HttpMetrics
@@ -102,6 +103,8 @@ def create_app(
             allow_headers=["Content-Type", "If-None-Match", "If-Match"],
         )
     app.add_middleware(BodySizeLimit)
+    if services.trusted_proxies:  # the client behind them, for everything inside and the log
+        app.add_middleware(trusted_proxy_headers, trusted_proxies=services.trusted_proxies)
     app.add_middleware(HttpMetrics, metrics=services.metrics)  # outermost: sees every answer
     return app
 
