@@ -11,6 +11,10 @@ also run in prometheus_client's multiprocess mode (a subprocess with
 PROMETHEUS_MULTIPROC_DIR set, as under `upak serve --workers N`).
 
     .venv/bin/python bench/http_metrics.py        # needs the bench extra (make bench)
+
+On this 2-core box, shared, CPU time per request (a run of 2026-12-02): bare app 194 us;
+ours +16 us (multiprocess +57 us in that run, its counter and histogram writes ~14 us
+by timeit); starlette-exporter +417 us; prometheus-fastapi-instrumentator +139 us.
 """
 
 from __future__ import annotations
