@@ -79,27 +79,27 @@ class Metrics:
         )
         for each in Mode:
             self._gauge(lambda each=each: 1.0 if stats.mode is each else 0.0, mode.labels(each))
-        since = Gauge(
-            "upak_store_mode_since_seconds",
-            "Unix time of the last mode switch",
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self._gauge(lambda: stats.since, since)
-        pending = Gauge(
-            "upak_store_pending_writeback",
-            "Outage calls waiting for Redis",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self._gauge(lambda: stats.pending_writeback, pending)
-        latency = Gauge(
-            "upak_redis_latency_seconds",
-            "Last heartbeat round trip (max over workers)",
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self._gauge(lambda: stats.latency or 0.0, latency)
+        for name, help_text, mode, read in (
+            (
+                "upak_store_mode_since_seconds",
+                "Unix time of the last mode switch (the latest over workers)",
+                "livemax",
+                lambda: stats.since,
+            ),
+            (
+                "upak_store_pending_writeback",
+                "Outage calls waiting for Redis (summed over workers)",
+                "livesum",
+                lambda: stats.pending_writeback,
+            ),
+            (
+                "upak_redis_latency_seconds",
+                "Last heartbeat round trip, 0 before the first (max over workers)",
+                "livemax",
+                lambda: stats.latency or 0.0,
+            ),
+        ):
+            self._gauge(read, Gauge(name, help_text, registry=r, multiprocess_mode=mode))
         switches = Counter("upak_store_switches", "Mode switches", ["to"], registry=r)
         self._count(lambda: stats.switches_to_memory, switches.labels("memory"))
         self._count(lambda: stats.switches_to_redis, switches.labels("redis"))
