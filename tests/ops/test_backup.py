@@ -244,6 +244,23 @@ def test_restore_keeps_the_previous_dump(shared_redis: RedisServer, tmp_path: Pa
     assert (data_dir / "dump.rdb").read_bytes() == Path(made["path"]).read_bytes()
 
 
+def test_stream_backup_over_tls(tls_redis: RedisServer, tls_files, tmp_path: Path):
+    """--stream opens its own socket: TLS as the store's connection sets it up."""
+    tls_redis.client().set("upak:sessions:tls", "1")
+    env = {
+        "REDIS_URL": f"rediss://127.0.0.1:{tls_redis.port}/0",
+        "REDIS_SSL_CA_CERTS": tls_files["ca"],
+    }
+    made = backup(tls_redis, tmp_path, "--stream", env=env)
+    assert made["source"].startswith("sync:")
+    assert restored_contents(Path(made["path"]))[b"upak:sessions:tls"] == b"1"
+    refused = run_cli(
+        "backup", "--dest", str(tmp_path / "x"), "--stream",
+        env={"REDIS_URL": env["REDIS_URL"]},  # no CA: the server's certificate is unknown
+    )  # fmt: skip
+    assert refused.exit_code == 1 and "certificate verify failed" in refused.stderr
+
+
 def _prom_values(path: Path) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
