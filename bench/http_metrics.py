@@ -5,10 +5,9 @@ parameter, near the end of the list as `/auth/sessions/{handle}` is), called in-
 through ASGI (no sockets, no server: only the middleware differs between the runs), with:
 no metrics, ours (upak.web.middleware.http_metrics), starlette-exporter and
 prometheus-fastapi-instrumentator (requests + latency only, status grouped). The figure is
-the added CPU time per request over the bare app, the median over ROUNDS interleaved rounds of
-each round's difference; ours is
-also run in prometheus_client's multiprocess mode (a subprocess with
-PROMETHEUS_MULTIPROC_DIR set, as under `upak serve --workers N`).
+the added CPU time per request over the bare app: the median, over ROUNDS interleaved
+rounds, of each round's difference. Ours also runs in prometheus_client's multiprocess mode
+(a subprocess with PROMETHEUS_MULTIPROC_DIR set, as under `upak serve --workers N`).
 
     .venv/bin/python bench/http_metrics.py        # needs the bench extra (make bench)
 
@@ -30,6 +29,8 @@ import time
 from typing import Any
 
 from fastapi import FastAPI
+
+from common import asgi_get
 
 ROUNDS = 9
 REQUESTS = 3000
@@ -65,33 +66,12 @@ def build(kind: str) -> Any:
 
 
 async def per_request(app: Any, requests: int) -> float:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/items/7",
-        "raw_path": b"/items/7",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"t")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("t", 80),
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
     for _ in range(200):  # warm: route caches, label children
-        await app(dict(scope), receive, send)
+        await asgi_get(app, "/items/7")
     # CPU time of this process: the other processes on a busy machine do not count.
     started = time.process_time()
     for _ in range(requests):
-        await app(dict(scope), receive, send)
+        await asgi_get(app, "/items/7")
     return (time.process_time() - started) / requests
 
 
