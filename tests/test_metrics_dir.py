@@ -13,14 +13,16 @@ from upak.cli import MULTIPROC_ENV, metrics_dir
 
 @pytest.fixture(autouse=True)
 def _restore_env(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    # Set, then removed: monkeypatch puts the variable back as it was, whatever a test does.
+    monkeypatch.setenv(MULTIPROC_ENV, "placeholder")
+    monkeypatch.delenv(MULTIPROC_ENV)
 
 
 def test_several_workers_get_a_fresh_directory_removed_at_exit():
     with metrics_dir(2):
         path = Path(os.environ[MULTIPROC_ENV])
         assert path.is_dir() and list(path.iterdir()) == []
-    assert not path.exists()
+    assert not path.exists() and MULTIPROC_ENV not in os.environ
 
 
 def test_one_worker_keeps_its_metrics_in_memory():

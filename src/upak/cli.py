@@ -67,6 +67,7 @@ def metrics_dir(workers: int) -> Iterator[None]:
         yield
     finally:
         if not named:
+            os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from sqlalchemy.exc import OperationalError
 from tests.conftest import make_settings
 from tests.support.metrics import sample
 from tests.support.redis_servers import free_port
+from upak.store import FailoverStore, MemoryStore
 from upak.web.app import create_app
+from upak.web.metrics import Metrics
 
 
 @pytest.fixture
@@ -72,3 +76,22 @@ async def test_database_gauge_follows_failing_calls(tmp_path: Path):
             async with services.db_engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             assert sample((await client.get("/metrics")).text, "upak_database_up") == 1.0
+
+
+def test_a_dead_workers_gauges_leave_but_its_counts_stay(tmp_path, monkeypatch):
+    """A worker killed without its shutdown left live gauges behind: they must not linger
+    (a dead worker's memory mode would hold the fallback alert up forever)."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    child = (
+        "from prometheus_client import CollectorRegistry, Counter, Gauge\n"
+        "r = CollectorRegistry()\n"
+        "Gauge('upak_store_mode', 'm', ['mode'], registry=r, multiprocess_mode='livemax')"
+        ".labels('memory').set(1)\n"
+        "Counter('upak_store_fallback_calls', 'f', registry=r).inc(7)\n"
+    )
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
+    assert list(tmp_path.glob("gauge_live*.db"))  # what the dead worker left
+    text = Metrics(FailoverStore(None, MemoryStore())).render().decode()
+    assert sample(text, "upak_store_mode", mode="memory") is None
+    assert sample(text, "upak_store_fallback_calls_total") == 7.0
+    assert not list(tmp_path.glob("gauge_live*.db"))

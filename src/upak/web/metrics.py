@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -235,6 +236,27 @@ class Metrics:
         self.sync()
         if not self.multiprocess_dir:
             return generate_latest(self.registry)
+        forget_dead_workers(self.multiprocess_dir)
         everyone = CollectorRegistry()
         multiprocess.MultiProcessCollector(everyone, path=self.multiprocess_dir)
         return generate_latest(everyone)
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of workers that died without `stop` (killed, crashed: uvicorn
+    starts another), so a dead worker's last mode or pending count does not linger."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1]) if path.stem.rsplit("_", 1)[1].isdigit() else 0
+        if pid and not _alive(pid):
+            with contextlib.suppress(FileNotFoundError):  # another worker got there first
+                multiprocess.mark_process_dead(pid, directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
