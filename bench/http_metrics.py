@@ -11,9 +11,9 @@ rounds, of each round's difference. Ours also runs in prometheus_client's multip
 
     .venv/bin/python bench/http_metrics.py        # needs the bench extra (make bench)
 
-On this 2-core box, shared, CPU time per request (a run of 2026-12-02): bare app 194 us;
-ours +16 us (multiprocess +57 us in that run, its counter and histogram writes ~14 us
-by timeit); starlette-exporter +417 us; prometheus-fastapi-instrumentator +139 us.
+On this 2-core box, shared, CPU time per request (a run of 2026-12-02): bare app 216 us;
+ours +19 us, +31 us in multiprocess mode; starlette-exporter +441 us;
+prometheus-fastapi-instrumentator +149 us.
 """
 
 from __future__ import annotations
