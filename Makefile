@@ -2,24 +2,39 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# Installs come from uv.lock, exactly (`make lock` changes it). uv itself is pinned and comes
+# from PyPI into a venv of its own, so the project's venv holds nothing but the locked set.
+UV_VERSION ?= 0.13.9
+UV_HOME    ?= .uv
+UV         := $(UV_HOME)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+SYNC := $(UV) sync --frozen --quiet --python $(PYTHON)
 
-.PHONY: run test test-fast lint format bench clean
+.PHONY: run test test-fast lint format bench lock lock-upgrade clean
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
+$(UV):
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) -e .
+# `run` needs the runtime set only; --inexact so it never removes what tests or bench use.
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(SYNC) --inexact
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(PIP) -e '.[dev]'
-	touch $@
+$(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
+	$(SYNC) --extra dev
+	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
-	$(PIP) -e '.[dev,bench]'
-	touch $@
+$(VENV)/.installed-bench: pyproject.toml uv.lock | $(UV)
+	$(SYNC) --extra dev --extra bench
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed
+
+lock: | $(UV)                    ## re-resolve after editing pyproject.toml, keeping other pins
+	$(UV) lock --python $(PYTHON)
+
+lock-upgrade: | $(UV)            ## move every package to its newest release within the bounds
+	$(UV) lock --upgrade --python $(PYTHON)
 
 run: $(VENV)/.installed          ## serve on http://127.0.0.1:8000
 	$(VENV)/bin/upak serve
@@ -46,4 +61,4 @@ bench: $(VENV)/.installed-bench  ## side-by-side figures -> docs/BENCHMARKS.md (
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) .pytest_cache .ruff_cache

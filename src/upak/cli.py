@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,6 +16,8 @@ import typer
 from upak.config import ConfigError, Settings, load_settings
 from upak.domain.cli import app as db_app
 from upak.ops.cli import redis_app
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in every worker
 
 app = typer.Typer(
     name="upak",
@@ -38,6 +45,32 @@ def settings_or_exit(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
+@contextlib.contextmanager
+def metrics_dir(workers: int) -> Iterator[None]:
+    """A clean PROMETHEUS_MULTIPROC_DIR for the workers (see upak.web.metrics), made here
+    with several workers; one named in the environment is emptied instead. One worker keeps
+    its metrics in its own memory: it already is the whole service."""
+    named = os.environ.get(MULTIPROC_ENV)
+    if not named and workers == 1:
+        yield
+        return
+    path = Path(named) if named else Path(tempfile.mkdtemp(prefix="upak-metrics-"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # a previous run's counters would be added in
+            stale.unlink()
+    except OSError as exc:
+        typer.echo(f"upak: cannot prepare {MULTIPROC_ENV}={path}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield
+    finally:
+        if not named:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (UPAK_HOST).")] = None,
@@ -61,17 +94,18 @@ def serve(
     # rate limiter's fallback divisor defaults to it.
     os.environ["UPAK_WORKERS"] = str(workers)
     configure_logging(settings)
-    uvicorn.run(
-        "upak.web.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        log_config=uvicorn_log_config(settings) or uvicorn.config.LOGGING_CONFIG,
-        proxy_headers=False,  # client identity is decided by TRUSTED_PROXIES, not uvicorn
-        server_header=False,
-    )
+    with metrics_dir(workers):
+        uvicorn.run(
+            "upak.web.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            log_config=uvicorn_log_config(settings) or uvicorn.config.LOGGING_CONFIG,
+            proxy_headers=False,  # client identity is decided by TRUSTED_PROXIES, not uvicorn
+            server_header=False,
+        )
 
 
 app.add_typer(db_app, name="db")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.support.redis_servers import RedisServer, redis_server
+from tests.support.redis_servers import RedisServer, make_tls_files, redis_server
 from upak.cli import app
 
 ROOT_PASSWORD = "r00t-Secret-9f1c"
@@ -47,6 +47,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> Result:
         app, ["redis", "--env-file", "/nonexistent/.env", *args], env=clean, catch_exceptions=False
     )
     return Result(result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tls_files: dict[str, str]) -> Iterator[RedisServer]:
+    with redis_server(tls=tls_files) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

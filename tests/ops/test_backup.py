@@ -244,6 +244,59 @@ def test_restore_keeps_the_previous_dump(shared_redis: RedisServer, tmp_path: Pa
     assert (data_dir / "dump.rdb").read_bytes() == Path(made["path"]).read_bytes()
 
 
+def test_stream_backup_over_tls(tls_redis: RedisServer, tls_files, tmp_path: Path):
+    """--stream opens its own socket: TLS as the store's connection sets it up."""
+    tls_redis.client().set("upak:sessions:tls", "1")
+    env = {
+        "REDIS_URL": f"rediss://127.0.0.1:{tls_redis.port}/0",
+        "REDIS_SSL_CA_CERTS": tls_files["ca"],
+    }
+    made = backup(tls_redis, tmp_path, "--stream", env=env)
+    assert made["source"].startswith("sync:")
+    assert restored_contents(Path(made["path"]))[b"upak:sessions:tls"] == b"1"
+    refused = run_cli(
+        "backup", "--dest", str(tmp_path / "x"), "--stream",
+        env={"REDIS_URL": env["REDIS_URL"]},  # no CA: the server's certificate is unknown
+    )  # fmt: skip
+    assert refused.exit_code == 1 and "certificate verify failed" in refused.stderr
+
+
+def _prom_values(path: Path) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(path.read_text())
+    return {s.name: s.value for family in families for s in family.samples}
+
+
+def test_backup_leaves_a_timestamp_for_the_alert(shared_redis: RedisServer, tmp_path: Path):
+    prom = tmp_path / "textfile" / "upak_redis_backup.prom"
+    prom.parent.mkdir()
+    before = time.time()
+    result = backup(shared_redis, tmp_path / "b", "--metrics-file", str(prom))
+    values = _prom_values(prom)
+    assert before <= values["upak_redis_backup_last_success_timestamp_seconds"] <= time.time()
+    assert values["upak_redis_backup_last_size_bytes"] == result["size"]
+    assert [p.name for p in prom.parent.iterdir()] == [prom.name]  # no temporary file left
+    # A failed run leaves the last success's time in place: that is what the alert watches.
+    stamp = prom.read_text()
+    failed = run_cli(
+        "backup", "--dest", str(tmp_path / "b"), "--metrics-file", str(prom),
+        env={"REDIS_URL": "redis://127.0.0.1:1/0"},
+    )  # fmt: skip
+    assert failed.exit_code == 1 and prom.read_text() == stamp
+
+
+def test_unwritable_metrics_file_is_one_line(shared_redis: RedisServer, tmp_path: Path):
+    prom = tmp_path / "missing-dir" / "upak_redis_backup.prom"
+    result = run_cli(
+        "backup", "--dest", str(tmp_path / "b"), "--metrics-file", str(prom),
+        env={"REDIS_URL": shared_redis.url},
+    )  # fmt: skip
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "the backup" in result.stderr and "metrics file" in result.stderr
+    assert "Traceback" not in result.output
+
+
 # --- RDB verification without redis-check-rdb ----------------------------------------------
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.ops.conftest import APP_PASSWORD, ROOT_PASSWORD, hardened_env, run_cli
-from tests.support.redis_servers import RedisServer, free_port, make_tls_files, redis_server
+from tests.support.redis_servers import RedisServer, free_port, redis_server
 
 
 def one_line_error(result, *fragments: str) -> str:
@@ -19,17 +17,6 @@ def one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_redis(tls_files: dict[str, str]):
-    with redis_server(tls=tls_files) as server:
-        yield server
 
 
 def test_check_passes_and_reports_the_server(shared_redis: RedisServer):

@@ -63,7 +63,9 @@ def running_service(
     workdir = Path(tempfile.mkdtemp(prefix="upak-service-"))
     port = free_port()
     full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "UPAK_", "RATE_"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REDIS_", "UPAK_", "RATE_", "PROMETHEUS_"))
     }
     full_env.update(
         {

@@ -8,6 +8,11 @@ its SHA-256 beside it (`sha256sum -c` format), and keep the N newest. Whatever f
 partial file is left: the temporary file is removed and the final name appears only after
 verification; a failure writing the checksum removes the backup too.
 
+With --metrics-file, a successful backup also (re)writes a Prometheus textfile-collector
+file (node_exporter's `--collector.textfile.directory`) with its time, size and duration:
+the "backup older than a day" alert reads the time, and a failed or missing run leaves it
+unchanged, so the alert fires.
+
 restore: verify a backup and put it in a *stopped* server's data dir, keeping what was there.
 """
 
@@ -33,6 +38,7 @@ from upak.ops.rdb import CHUNK, RdbError, fetch_over_sync, verify_rdb
 from upak.ops.server import Ops, config_get, info, node_clients
 
 NAME_FORMAT = "dump-%Y%m%d-%H%M%S"
+BACKUP_TIMESTAMP = "upak_redis_backup_last_success_timestamp_seconds"
 POLL_SECONDS = 0.1
 
 
@@ -432,3 +438,22 @@ def restore(
             "with appendonly yes, Redis 7 loads the dump and writes a fresh AOF from it",
         )
     return RestoreResult(str(target), previous, aof_moved, verified.by, steps)
+
+
+def write_backup_metrics(path: Path, result: BackupResult, finished: float) -> None:
+    """The textfile-collector file for a successful backup, replaced atomically."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    for name, help_text, value in (
+        (BACKUP_TIMESTAMP, "Unix time the last verified backup finished", finished),
+        ("upak_redis_backup_last_size_bytes", "Size of the last verified backup", result.size),
+        ("upak_redis_backup_last_duration_seconds", "Time the last backup took", result.seconds),
+    ):
+        Gauge(name, help_text, registry=registry).set(value)
+    try:
+        write_to_textfile(str(path), registry)  # a temporary file renamed into place
+    except OSError as exc:
+        raise OpsError(
+            os_error(exc, f"the backup {result.path} is written, but not the metrics file {path}")
+        ) from None

@@ -391,10 +391,19 @@ def backup(
     save_timeout: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for BGSAVE / the transfer.")
     ] = 600.0,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="After a good backup, write its time and size here for Prometheus "
+            "(node_exporter textfile collector, e.g. .../upak_redis_backup.prom)."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """BGSAVE, copy the dump to DIR/dump-YYYYmmdd-HHMMSS.rdb, verify, SHA-256, rotate."""
-    from upak.ops.backup import take_backup
+    import time
+
+    from upak.ops.backup import take_backup, write_backup_metrics
 
     def body(ops: Ops) -> int:
         result = take_backup(
@@ -407,6 +416,8 @@ def backup(
             progress=_RichProgress(enabled=not as_json),
             timeout=save_timeout,
         )
+        if metrics_file is not None:
+            write_backup_metrics(metrics_file, result, time.time())
         if as_json:
             _emit_json({"ok": True, **result.as_dict()})
         else:

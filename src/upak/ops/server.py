@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.exceptions as rex
+import rich.filesize
 
 from upak.config import Settings
 from upak.connect import connection_kwargs, sync_client
@@ -145,11 +146,8 @@ def count_upak_keys(
 
 
 def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value} B"  # pragma: no cover
+    """Sizes as rich shows them (SI units: 1.5 MB); Redis's own `*_human` fields are binary."""
+    return rich.filesize.decimal(int(value))
 
 
 def hit_ratio(stats: dict[str, Any]) -> float | None:

@@ -16,8 +16,10 @@ from upak.domain.db import DatabaseError, redacted, upgrade
 from upak.domain.passwords import Passwords
 from upak.logs import configure_logging
 from upak.store import FailoverStore, Mode, build_store
+from upak.web.client_ip import trusted_proxy_headers
 from upak.web.metrics import Metrics
 from upak.web.middleware.body_limit import BodySizeLimit
+from upak.web.middleware.http_metrics import HttpMetrics
 from upak.web.middleware.origin import OriginCheck
 from upak.web.middleware.ratelimit import build_rate_limiter, install_rate_limiting
 from upak.web.middleware.sessions import SessionMiddleware
@@ -68,9 +70,11 @@ def create_app(
             # promoted, and the full collections they trigger cost 70 ms at p99 otherwise.
             gc.collect()
             gc.freeze()
+        services.metrics.start()
         try:
             yield
         finally:
+            await services.metrics.stop()
             await services.cache.drain()  # background cache refreshes finish before the store goes
             await store.close()
             await services.db_engine.dispose()
@@ -99,6 +103,9 @@ def create_app(
             allow_headers=["Content-Type", "If-None-Match", "If-Match"],
         )
     app.add_middleware(BodySizeLimit)
+    if services.trusted_proxies:  # the client behind them, for everything inside and the log
+        app.add_middleware(trusted_proxy_headers, trusted_proxies=services.trusted_proxies)
+    app.add_middleware(HttpMetrics, metrics=services.metrics)  # outermost: sees every answer
     return app
 
 

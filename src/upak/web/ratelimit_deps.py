@@ -26,7 +26,7 @@ KeyFunction = Callable[[Request], str | None]
 
 def client_key(request: Request) -> str:
     """The client IP, believing X-Forwarded-For only from TRUSTED_PROXIES."""
-    address = client_ip(request.scope, services_of(request).trusted_proxies)
+    address = client_ip(request.scope)
     return identity_token("ip", str(address) if address is not None else "unknown")
 
 

@@ -25,7 +25,7 @@ from upak.features.signatures import SigningKeys
 from upak.features.yookassa import allowed_networks
 from upak.store import FailoverStore, KeySpace
 from upak.web.client_ip import Network
-from upak.web.metrics import CacheCollector, Metrics
+from upak.web.metrics import Metrics
 
 
 @dataclass
@@ -69,7 +69,8 @@ class Services:
         self.cache = Cache(
             self.store, self.keys, default_ttl=self.settings.redis_ttl, clock=self.clock
         )
-        self.metrics.registry.register(CacheCollector(self.cache))
+        self.metrics.watch_cache(self.cache)
+        self.metrics.watch_database(self.db_engine)
         # A payment that changes a subscription drops the user's cached reads (/me) at once.
         self.on_subscription_changed.append(self.cache.invalidate_user)
 

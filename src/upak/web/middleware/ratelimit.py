@@ -148,7 +148,7 @@ class RateLimitMiddleware:
             memo_key += tuple([v for k, v in scope["headers"] if k == b"x-forwarded-for"])
         token = self._identities.get(memo_key)
         if token is None:
-            address = client_ip(scope, self.rules.trusted_proxies)
+            address = client_ip(scope)
             token = identity_token("ip", str(address) if address is not None else "unknown")
             if len(self._identities) >= self.MEMO_MAX:
                 self._identities.clear()

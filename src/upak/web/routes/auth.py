@@ -81,7 +81,7 @@ async def login(
     if previous is not None:
         # A login always gets a new id; the one the browser held ends (no fixation, no leftovers).
         await services.sessions.revoke(previous.user_id, previous.handle)
-    address = client_ip(request.scope, services.trusted_proxies)
+    address = client_ip(request.scope)
     issued = await services.sessions.create(
         user.id,
         ip="" if address is None else str(address),

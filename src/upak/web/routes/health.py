@@ -6,10 +6,10 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from upak.store import Mode
+from upak.web.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["health"])
 
@@ -30,5 +30,5 @@ async def health(request: Request) -> dict[str, Any]:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.services.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    # All workers' values (multiprocess mode) or this process's; never a call to Redis.
+    return Response(request.app.state.services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

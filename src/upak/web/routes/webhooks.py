@@ -66,7 +66,7 @@ async def upak_webhook(request: Request) -> Response:
 @router.post("/webhooks/yookassa")
 async def yookassa_webhook(request: Request) -> Response:
     services = services_of(request)
-    address = client_ip(request.scope, services.trusted_proxies)
+    address = client_ip(request.scope)
     if not is_yookassa(address, services.yookassa_networks):
         log.warning("YooKassa webhook refused: %s is not in YooKassa's networks", address)
         return problem(
