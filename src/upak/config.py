@@ -249,6 +249,7 @@ _ACCEPTS: dict[str, str] = {
     "SESSION_MAX_AGE": "a whole number of seconds, at least 60",
     "TRUSTED_PROXIES": "comma-separated IP addresses or CIDR networks",
     "YOOKASSA_ALLOWED_IPS": "comma-separated IP addresses or CIDR networks",
+    "HEALTH_DETAIL_NETWORKS": "comma-separated IP addresses or CIDR networks",
     "WEBHOOK_SECRET": (
         f"comma-separated secrets of the form whsec_<base64 of at least "
         f"{WEBHOOK_SECRET_MIN_BYTES} random bytes>"
@@ -314,10 +315,10 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./upak.db")
 
     # --- Sessions and accounts ---
-    # Argon2 hashes running at once per process (default: the CPUs) and waiting for a slot;
+    # Argon2 hashes running at once per process (default: half the CPUs) and waiting for a slot;
     # beyond both a login answers 503 with Retry-After at once instead of queueing the CPU.
     password_hash_concurrency: int | None = Field(None, ge=1, le=256)
-    password_hash_queue: int = Field(16, ge=0, le=10_000)
+    password_hash_queue: int = Field(4, ge=0, le=10_000)
     session_idle_timeout: int = Field(86_400, ge=60)
     session_max_age: int = Field(30 * 86_400, ge=60)
     cors_origins: str = ""
@@ -327,6 +328,8 @@ class Settings(BaseSettings):
     webhook_idempotency_ttl: int = Field(72 * 3600, ge=60)
     yookassa_allowed_ips: str | None = None
     trusted_proxies: str = ""
+    # Who may read /health's details (Redis address, worker pid, errors): the host itself.
+    health_detail_networks: str = "127.0.0.0/8,::1/128"
 
     # --- Rate limiting ---
     rate_limit_enabled: bool = True
@@ -365,7 +368,7 @@ class Settings(BaseSettings):
     def _empty_secret_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("trusted_proxies", "yookassa_allowed_ips")
+    @field_validator("trusted_proxies", "yookassa_allowed_ips", "health_detail_networks")
     @classmethod
     def _networks(cls, value: str | None) -> str | None:
         if value is not None:

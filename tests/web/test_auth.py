@@ -475,3 +475,36 @@ async def test_payments_use_the_session(app: FastAPI) -> None:
         await login(client, "pay@example.com")
         response = await client.get("/payments")
     assert response.status_code == 200 and response.json() == []
+
+
+async def test_a_flood_of_password_checks_gets_503_at_once(build: Build) -> None:
+    import threading
+    import time
+
+    from upak.domain.passwords import fast_passwords_for_tests
+
+    app = await build()
+    passwords = fast_passwords_for_tests(max_concurrency=1, max_waiting=0)
+    app.state.services.passwords = passwords
+    release = threading.Event()
+    busy = asyncio.ensure_future(passwords._in_thread(release.wait, 30))
+    try:
+        await asyncio.sleep(0.05)
+        async with client_of(app) as client:
+            started = time.monotonic()
+            refused = await client.post(
+                "/auth/login", json={"email": "flood@example.com", "password": PASSWORD}
+            )
+            assert time.monotonic() - started < 2  # promptly, not after the queue drains
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert refused.headers["content-type"] == "application/problem+json"
+            release.set()
+            await busy
+            assert (
+                await client.post(
+                    "/auth/login", json={"email": "flood@example.com", "password": PASSWORD}
+                )
+            ).status_code == 401
+    finally:
+        release.set()

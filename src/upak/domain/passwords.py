@@ -30,7 +30,7 @@ R = TypeVar("R")
 
 MIN_LENGTH = 15
 MAX_LENGTH = 1024
-DEFAULT_MAX_WAITING = 16
+DEFAULT_MAX_WAITING = 4
 
 
 class PasswordsBusy(Exception):
@@ -107,7 +107,9 @@ class Passwords:
         self.hasher = hasher or PasswordHasher(type=Type.ID)
         if self.hasher.type is not Type.ID:
             raise ValueError("passwords are hashed with Argon2id only")
-        self.max_concurrency = max_concurrency or os.cpu_count() or 2
+        # Default: half the CPUs. Each hash runs `parallelism` threads of its own, and the
+        # event loop needs a core to answer (503s included) while hashes run.
+        self.max_concurrency = max_concurrency or max(1, (os.cpu_count() or 2) // 2)
         self.max_waiting = max_waiting
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._waiting = 0
@@ -118,10 +120,15 @@ class Passwords:
         p = self.hasher
         return f"Passwords(argon2id t={p.time_cost} m={p.memory_cost} p={p.parallelism})"
 
-    async def _in_thread(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    def ensure_room(self) -> None:
+        """PasswordsBusy now if a hash asked for now would be refused: a route calls this
+        first, so a refusal costs no database query either."""
         if self._slots.locked() and self._waiting >= self.max_waiting:
             self.refused += 1
             raise PasswordsBusy
+
+    async def _in_thread(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        self.ensure_room()
         self._waiting += 1
         try:
             await self._slots.acquire()

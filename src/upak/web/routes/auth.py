@@ -83,6 +83,7 @@ async def register(
     db: AsyncSession = Depends(get_db),
     services: Services = Depends(get_services),
 ) -> Any:
+    services.passwords.ensure_room()
     # The same answer whether or not the email was free (see upak.domain.accounts): no id,
     # which a taken email could not give. The account's id comes with the first login.
     await accounts.register(db, services.passwords, body.email, body.password)
@@ -108,6 +109,7 @@ async def login(
     db: AsyncSession = Depends(get_db),
     services: Services = Depends(get_services),
 ) -> Response:
+    services.passwords.ensure_room()
     try:
         user = await accounts.authenticate(db, services.passwords, body.email, body.password)
     except accounts.InvalidCredentials as exc:
@@ -183,6 +185,7 @@ async def change_password(
     db: AsyncSession = Depends(get_db),
     services: Services = Depends(get_services),
 ) -> Response:
+    services.passwords.ensure_room()
     try:
         await accounts.change_password(
             db, services.passwords, session.user_id, body.current_password, body.new_password
