@@ -4,8 +4,10 @@ One `upak serve` (one worker, production Argon2id: t=3, m=64 MiB, p=4) is floode
 for unknown emails (each costs a full hash) by FLOOD concurrent clients, while one user logs
 in with the right password again and again. Two runs, same flood:
 
-* bounded: PASSWORD_HASH_CONCURRENCY=CPUs, PASSWORD_HASH_QUEUE=4 (beyond: 503 + Retry-After);
-* unbounded: the same slots, a queue of 10000 (the most the setting takes) (every login waits its turn, as before).
+* bounded: the defaults, PASSWORD_HASH_CONCURRENCY = half the CPUs, PASSWORD_HASH_QUEUE=4
+  (beyond: 503 + Retry-After);
+* unbounded: the same slots, a queue of 10000 (the most the setting takes): every login
+  waits its turn, as before.
 
 Reported: the user's login latency p50/p99 and how many of their logins succeeded, and the
 flood's answers. Run it alone (it takes the machine's CPUs): .venv/bin/python bench/passwords.py

@@ -75,7 +75,10 @@ async def test_password_length_is_enforced(db, passwords, password: str) -> None
             await accounts.register(s, passwords, "len@example.com", password)
 
 
-@pytest.mark.parametrize("password", ["passwordpassword", "PasswordPassword", "1234567890123456", "qwerty123456789!", "x" * 16])
+@pytest.mark.parametrize(
+    "password",
+    ["passwordpassword", "PasswordPassword", "1234567890123456", "qwerty123456789!", "x" * 16],
+)
 async def test_common_passwords_are_refused(db, passwords, password: str) -> None:
     async with db() as s:
         with pytest.raises(ValueError, match="most common"):

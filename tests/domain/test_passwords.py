@@ -23,7 +23,9 @@ async def test_beyond_the_slots_and_the_queue_calls_are_refused_at_once() -> Non
     release.set()
     await asyncio.wait_for(asyncio.gather(*held), timeout=30)
     assert (await asyncio.wait_for(queued, timeout=30)).startswith("$argon2id$")
-    assert await passwords.verify(await passwords.hash("a later pass phrase"), "a later pass phrase")
+    assert await passwords.verify(
+        await passwords.hash("a later pass phrase"), "a later pass phrase"
+    )
 
 
 async def test_a_cancelled_caller_keeps_its_slot_until_the_hash_ends() -> None:

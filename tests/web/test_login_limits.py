@@ -34,7 +34,9 @@ async def test_a_strangers_failures_never_lock_the_owner_out(client_for):  # noq
         "/auth/register", json={"email": "victim@example.com", "password": PASSWORD}
     )
     assert registered.status_code == 201
-    failures = [await login(client, "victim@example.com", "wrong guess", stranger) for _ in range(6)]
+    failures = [
+        await login(client, "victim@example.com", "wrong guess", stranger) for _ in range(6)
+    ]
     assert failures == [401] * 5 + [429]
     # The owner, from their own network, logs in at once, again and again: successes
     # are not counted, and the stranger's failures count against the stranger's network.

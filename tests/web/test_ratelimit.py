@@ -85,13 +85,9 @@ async def test_a_session_keys_the_default_by_user(client_for):
     client = await client_for(rate_limit_default="4/minute", rate_limit_login_ip="100/minute")
     cookies = []
     for user in ("u1@example.com", "u2@example.com"):
-        registered = await client.post(
-            "/auth/register", json={"email": user, "password": PASSWORD}
-        )
+        registered = await client.post("/auth/register", json={"email": user, "password": PASSWORD})
         assert registered.status_code == 201
-        logged_in = await client.post(
-            "/auth/login", json={"email": user, "password": PASSWORD}
-        )
+        logged_in = await client.post("/auth/login", json={"email": user, "password": PASSWORD})
         assert logged_in.status_code == 200
         cookies.append(logged_in.cookies["upak_session"])
         client.cookies.clear()

@@ -394,7 +394,8 @@ def check_app_user(facts: Facts) -> Finding:
             title,
             "unknown",
             "what the app user may run could not be read: "
-            f"{facts.app_allowed_reason or 'no ACL access'}; pass an ops user (--ops-user) with +acl|dryrun and +command|info, on Redis 7",
+            f"{facts.app_allowed_reason or 'no ACL access'}; pass an ops user (--ops-user) "
+            "with +acl|dryrun and +command|info, on Redis 7",
             fix,
         )
     if facts.keys_outside_prefix != "denied":
