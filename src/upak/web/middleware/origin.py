@@ -4,9 +4,9 @@ A browser names the page's origin in `Origin` on every cross-origin request and 
 POST/PUT/PATCH/DELETE. Such a request is let through when that origin is this server's own
 (scheme, host and port all equal: the request's scheme and `Host`; a page served over http
 is not the https site, and cookies without `Secure` would leak to it) or one of CORS_ORIGINS,
-the front ends allowed to call the API with credentials; any other origin, `null` included (sandboxed frames, some
-redirects), gets 403 before a session is even looked up. A request without `Origin` is not a
-browser's cross-site request (curl, YooKassa's webhooks) and passes.
+the front ends allowed to call the API with credentials; any other origin, `null` included
+(sandboxed frames, some redirects), gets 403 before a session is even looked up. A request
+without `Origin` is not a browser's cross-site request (curl, YooKassa's webhooks) and passes.
 """
 
 from __future__ import annotations
