@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-fast lint format bench clean
+.PHONY: run test test-fast lint format bench audit clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-audit: pyproject.toml $(VENV)/.installed
+	$(PIP) -e '.[audit]'
 	touch $@
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
@@ -44,6 +48,17 @@ bench: $(VENV)/.installed-bench  ## side-by-side figures -> docs/BENCHMARKS.md (
 	  if [ -n "$$missing" ]; then echo "installing$$missing (HTTP load, instruction counts)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(PY) bench/run_all.py
+
+# Known vulnerabilities (PyPA advisory database via PyPI's JSON API) in what we ship:
+# AUDIT_LOCK=<requirements file with pinned versions> audits that exact set; without it, the
+# installed venv. --strict: a package that could not be checked fails the audit, it never
+# passes silently (where only the simple index is reachable, that is every package: see
+# docs/SECURITY.md).
+AUDIT_LOCK ?=
+audit: $(VENV)/.installed-audit
+	@if [ -n "$(AUDIT_LOCK)" ]; then set -- -r "$(AUDIT_LOCK)" --no-deps --disable-pip; \
+	  else set -- --local --skip-editable; fi; \
+	  $(VENV)/bin/pip-audit --strict --progress-spinner off "$$@"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
