@@ -11,7 +11,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 SYNC := $(UV) sync --frozen --quiet --python $(PYTHON)
 
-.PHONY: run test test-fast lint format bench lock lock-upgrade clean
+.PHONY: run test test-fast lint format bench audit lock lock-upgrade clean
 
 $(UV):
 	$(PYTHON) -m venv $(UV_HOME)
@@ -36,6 +36,11 @@ lock: | $(UV)                    ## re-resolve after editing pyproject.toml, kee
 lock-upgrade: | $(UV)            ## move every package to its newest release within the bounds
 	$(UV) lock --upgrade --python $(PYTHON)
 
+# pip-audit comes in beside the dev set (--inexact), never into the locked runtime.
+$(VENV)/.installed-audit: pyproject.toml uv.lock | $(UV)
+	$(SYNC) --inexact --extra audit
+	touch $@
+
 run: $(VENV)/.installed          ## serve on http://127.0.0.1:8000
 	$(VENV)/bin/upak serve
 
@@ -59,6 +64,15 @@ bench: $(VENV)/.installed-bench  ## side-by-side figures -> docs/BENCHMARKS.md (
 	  if [ -n "$$missing" ]; then echo "installing$$missing (HTTP load, instruction counts)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(PY) bench/run_all.py
+
+# Known vulnerabilities (PyPA advisory database via PyPI's JSON API) in what we ship: the
+# exact set of uv.lock, every extra included. --strict: a package that could not be checked fails the audit, it never
+# passes silently (where only the simple index is reachable, that is every package: see
+# docs/SECURITY.md).
+AUDIT_LOCK ?= $(UV_HOME)/audit-requirements.txt
+audit: $(VENV)/.installed-audit
+	$(UV) export --frozen --quiet --no-hashes --no-emit-project --all-extras -o $(AUDIT_LOCK)
+	$(VENV)/bin/pip-audit --strict --progress-spinner off -r "$(AUDIT_LOCK)" --no-deps --disable-pip
 
 clean:
 	rm -rf $(VENV) $(UV_HOME) .pytest_cache .ruff_cache

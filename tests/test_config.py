@@ -108,3 +108,27 @@ def test_settings_are_data_not_globals() -> None:
     a = load_settings(env_file=None, redis_port=7001)
     b = load_settings(env_file=None, redis_port=7002)
     assert isinstance(a, Settings) and a.redis.hosts != b.redis.hosts
+
+
+def test_a_short_webhook_secret_refuses_start_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    from typer.testing import CliRunner
+
+    from upak.cli import app
+
+    one_byte = "whsec_" + base64.b64encode(b"x").decode()
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None, webhook_secret=one_byte)
+    message = str(caught.value)
+    assert message.startswith("WEBHOOK_SECRET is invalid") and "24" in message
+    assert "\n" not in message and one_byte not in message
+    # 23 bytes is still too short; 24 (Standard Webhooks' minimum) starts.
+    with pytest.raises(ConfigError):
+        load_settings(env_file=None, webhook_secret="whsec_" + base64.b64encode(b"k" * 23).decode())
+    load_settings(env_file=None, webhook_secret="whsec_" + base64.b64encode(b"k" * 24).decode())
+
+    monkeypatch.setenv("WEBHOOK_SECRET", one_byte)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "WEBHOOK_SECRET" in result.stderr and "Traceback" not in result.output

@@ -71,6 +71,37 @@ def metrics_dir(workers: int) -> Iterator[None]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def refuse_bad_redis_credentials(settings: Settings) -> None:
+    """In production, Redis refusing our credentials is a configuration error, not an outage:
+    the service would otherwise run degraded (per-process replay protection and sessions)
+    until someone notices. One line on stderr and exit status 2. An unreachable Redis is an
+    outage: the service starts on memory and switches over when Redis answers."""
+    import redis.exceptions as rex
+
+    from upak.connect import sync_client
+
+    client = sync_client(settings, socket_timeout=2.0, connect_timeout=2.0)
+    try:
+        client.ping()
+    except rex.AuthenticationError:
+        refused = True
+    except rex.ResponseError as exc:  # NOAUTH / WRONGPASS on some servers and versions
+        refused = any(word in str(exc).upper() for word in ("NOAUTH", "WRONGPASS", "AUTH"))
+    except (rex.RedisError, OSError):
+        refused = False
+    else:
+        refused = False
+    finally:
+        client.close()
+    if refused:
+        typer.echo(
+            f"upak: configuration error: Redis at {settings.redis.redacted_url()} refused the "
+            "credentials; check REDIS_USERNAME and REDIS_PASSWORD (or the ones in REDIS_URL)",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (UPAK_HOST).")] = None,
@@ -87,6 +118,8 @@ def serve(
     from upak.logs import configure_logging, uvicorn_log_config
 
     settings = settings_or_exit()
+    if settings.production:
+        refuse_bad_redis_credentials(settings)
     host = host or settings.upak_host
     port = port or settings.upak_port
     workers = workers or settings.upak_workers

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from upak.features.ratelimit_policy import POLICY_SYNTAX, parse_policy
 
 REDACTED = "***"
+WEBHOOK_SECRET_MIN_BYTES = 24
 
 RedisKind = Literal["standalone", "unix", "sentinel", "cluster"]
 
@@ -212,8 +213,13 @@ def parse_webhook_secrets(value: str) -> list[bytes]:
             key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise ValueError(f"secret #{position} is not whsec_ followed by base64") from None
-        if not key:
-            raise ValueError(f"secret #{position} is empty")
+        if len(key) < WEBHOOK_SECRET_MIN_BYTES:
+            # Standard Webhooks asks for 24 to 64 random bytes: a short key can be guessed
+            # offline from one signed delivery.
+            raise ValueError(
+                f"secret #{position} decodes to {len(key)} bytes, fewer than "
+                f"{WEBHOOK_SECRET_MIN_BYTES}"
+            )
         keys.append(key)
     if not keys:
         raise ValueError("no secret given")
@@ -243,7 +249,11 @@ _ACCEPTS: dict[str, str] = {
     "SESSION_MAX_AGE": "a whole number of seconds, at least 60",
     "TRUSTED_PROXIES": "comma-separated IP addresses or CIDR networks",
     "YOOKASSA_ALLOWED_IPS": "comma-separated IP addresses or CIDR networks",
-    "WEBHOOK_SECRET": "comma-separated secrets of the form whsec_<base64>",
+    "HEALTH_DETAIL_NETWORKS": "comma-separated IP addresses or CIDR networks",
+    "WEBHOOK_SECRET": (
+        f"comma-separated secrets of the form whsec_<base64 of at least "
+        f"{WEBHOOK_SECRET_MIN_BYTES} random bytes>"
+    ),
     "WEBHOOK_IDEMPOTENCY_TTL": "a whole number of seconds, at least 60",
     "RATE_LIMIT_FALLBACK_DIVISOR": "a whole number from 1 to 1024",
     "DATABASE_URL": "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:pass@host/db",
@@ -251,6 +261,12 @@ _ACCEPTS: dict[str, str] = {
     "RATE_LIMIT_LOGIN": POLICY_SYNTAX,
     "RATE_LIMIT_LOGIN_IP": POLICY_SYNTAX,
     "RATE_LIMIT_WEBHOOKS": POLICY_SYNTAX,
+    "RATE_LIMIT_REGISTER": POLICY_SYNTAX,
+    "RATE_LIMIT_LOGIN_SLOWDOWN": POLICY_SYNTAX,
+    "LOGIN_SLOWDOWN_SECONDS": "seconds, from 0 to 30",
+    "RATE_LIMIT_IPV6_PREFIX": "a prefix length from 32 to 128 (64: one /64 is one client)",
+    "PASSWORD_HASH_CONCURRENCY": "a whole number from 1 to 256",
+    "PASSWORD_HASH_QUEUE": "a whole number from 0 to 10000",
 }
 
 
@@ -299,6 +315,10 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./upak.db")
 
     # --- Sessions and accounts ---
+    # Argon2 hashes running at once per process (default: half the CPUs) and waiting for a slot;
+    # beyond both a login answers 503 with Retry-After at once instead of queueing the CPU.
+    password_hash_concurrency: int | None = Field(None, ge=1, le=256)
+    password_hash_queue: int = Field(4, ge=0, le=10_000)
     session_idle_timeout: int = Field(86_400, ge=60)
     session_max_age: int = Field(30 * 86_400, ge=60)
     cors_origins: str = ""
@@ -308,13 +328,26 @@ class Settings(BaseSettings):
     webhook_idempotency_ttl: int = Field(72 * 3600, ge=60)
     yookassa_allowed_ips: str | None = None
     trusted_proxies: str = ""
+    # Who may read /health's details (Redis address, worker pid, errors): the host itself.
+    health_detail_networks: str = "127.0.0.0/8,::1/128"
 
     # --- Rate limiting ---
     rate_limit_enabled: bool = True
     rate_limit_default: str = "120/minute"
+    # Failed logins (and password changes) per (email, client network): over it, that pair
+    # is refused until the oldest failure ages out; the owner elsewhere is not affected.
     rate_limit_login: str = "5/minute"
+    # Every login and registration attempt per client network.
     rate_limit_login_ip: str = "30/minute"
+    # Registrations per email (their own key: they never count against logins).
+    rate_limit_register: str = "5/minute"
+    # Failed logins per email across all networks: over it, attempts for that email are
+    # slowed by LOGIN_SLOWDOWN_SECONDS, never refused (that would be a lockout again).
+    rate_limit_login_slowdown: str = "100/hour"
+    login_slowdown_seconds: float = Field(2.0, ge=0, le=30)
     rate_limit_webhooks: str = "600/minute"
+    # IPv6 clients are keyed by this prefix (one /64 is one subscriber); IPv4 by address.
+    rate_limit_ipv6_prefix: int = Field(64, ge=32, le=128)
     rate_limit_fallback_divisor: int | None = Field(None, ge=1, le=1024)
 
     @field_validator("redis_key_prefix")
@@ -335,7 +368,7 @@ class Settings(BaseSettings):
     def _empty_secret_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("trusted_proxies", "yookassa_allowed_ips")
+    @field_validator("trusted_proxies", "yookassa_allowed_ips", "health_detail_networks")
     @classmethod
     def _networks(cls, value: str | None) -> str | None:
         if value is not None:
@@ -358,7 +391,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "rate_limit_default", "rate_limit_login", "rate_limit_login_ip", "rate_limit_webhooks"
+        "rate_limit_default",
+        "rate_limit_login",
+        "rate_limit_login_ip",
+        "rate_limit_register",
+        "rate_limit_login_slowdown",
+        "rate_limit_webhooks",
     )
     @classmethod
     def _rate_limit_policy(cls, value: str) -> str:

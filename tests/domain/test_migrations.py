@@ -85,3 +85,27 @@ def test_cli_bad_database_url_is_a_config_error(monkeypatch, tmp_path: Path) -> 
     result = CliRunner().invoke(cli, ["db", "upgrade"])
     assert result.exit_code == 2
     assert "DATABASE_URL is invalid" in result.output and "hunter2secret" not in result.output
+
+
+async def test_0003_gives_existing_rows_their_case_folded_key(db_engine: AsyncEngine) -> None:
+    from sqlalchemy import text
+
+    assert await upgrade(db_engine, "0002_payments") == "0002_payments"
+    async with db_engine.begin() as connection:
+        for email in ("Alice@example.com", "bob@example.com", "alice@example.com"):
+            await connection.execute(
+                text("INSERT INTO users (email, password_hash) VALUES (:e, 'h')"), {"e": email}
+            )
+    assert await upgrade(db_engine) == head_revision()
+    async with db_engine.connect() as connection:
+        rows = (
+            await connection.execute(text("SELECT id, email, email_key FROM users ORDER BY id"))
+        ).all()
+    # The spelling stays; the oldest of two case-twins keeps the key, the later one cannot
+    # log in by email (its key matches no address) until an operator merges it.
+    assert [(r.email, r.email_key) for r in rows[:2]] == [
+        ("Alice@example.com", "alice@example.com"),
+        ("bob@example.com", "bob@example.com"),
+    ]
+    assert rows[2].email == "alice@example.com"
+    assert rows[2].email_key == f" duplicate {rows[2].id} alice@example.com"

@@ -15,14 +15,13 @@ from typer.testing import CliRunner
 
 from tests.support.redis_servers import RedisServer, make_tls_files, redis_server
 from upak.cli import app
+from upak.ops.conf import APP_RULES
 
 ROOT_PASSWORD = "r00t-Secret-9f1c"
 APP_PASSWORD = "app-Secret-4b2d"
 CONFIG_ALIAS = "CONFIG_7f3a9c"
-APP_ACL = (
-    f"upak on >{APP_PASSWORD} resetkeys ~upak:* resetchannels -@all +@read +@write "
-    "+@scripting +@connection +@transaction -@dangerous -@admin +time"
-)
+# The app user `upak redis config` generates (its rules come from APP_COMMANDS).
+APP_ACL = f"upak on >{APP_PASSWORD} resetkeys ~upak:* resetchannels {APP_RULES}"
 
 
 @dataclass

@@ -7,13 +7,14 @@ import json
 
 import pytest
 
-from tests.ops.conftest import ROOT_PASSWORD, hardened_env, run_cli
+from tests.ops.conftest import APP_PASSWORD, ROOT_PASSWORD, hardened_env, run_cli
 from tests.support.redis_servers import RedisServer
 
 EVERY_CHECK = [
     "auth-required",
     "default-user",
     "app-user",
+    "privileged-users",
     "dangerous-commands",
     "bind",
     "protected-mode",
@@ -81,9 +82,10 @@ def test_without_config_the_rest_is_unknown_never_passed(hardened_redis: RedisSe
         "version",
     ):
         assert found[check] == "unknown", (check, found)
-    # What the probes can prove still passes.
-    for check in ("auth-required", "default-user", "app-user", "dangerous-commands"):
+    # What the probes can prove still passes; what only the ACLs show is unknown.
+    for check in ("auth-required", "default-user", "dangerous-commands"):
         assert found[check] == "pass", (check, found)
+    assert found["app-user"] == found["privileged-users"] == "unknown"
 
 
 def test_config_renamed_infers_from_info(hardened_redis: RedisServer):
@@ -111,7 +113,7 @@ def test_table_output_and_exit_status(insecure_redis: RedisServer, hardened_redi
     assert bad.exit_code == 1
     assert "FAIL" in bad.stdout and "fix:" in bad.stdout
     good = run_cli("audit", env=hardened_env(hardened_redis))
-    assert good.exit_code == 0 and "12 pass" in good.stdout
+    assert good.exit_code == 0 and "13 pass" in good.stdout
     assert ROOT_PASSWORD not in good.output + bad.output
 
 
@@ -128,3 +130,94 @@ def test_warnings_fail_unless_allowed(fresh_redis: RedisServer, warn_ok: bool):
     args = ("--allow-warnings",) if warn_ok else ()
     _, report = audit({"REDIS_URL": fresh_redis.url}, *args)
     assert statuses(report)["tcp-keepalive"] == "warn"
+
+
+def _root(server: RedisServer):
+    import redis
+
+    return redis.Redis(port=server.port, password=ROOT_PASSWORD, decode_responses=True)
+
+
+def test_a_dangerous_app_user_fails(hardened_redis: RedisServer):
+    # The review's finding: +@dangerous on the prefix passed "least-privilege" before.
+    root = _root(hardened_redis)
+    root.execute_command(
+        "ACL", "SETUSER", "risky", "on", f">{APP_PASSWORD}", "resetkeys", "~upak:*",
+        "-@all", "+@read", "+@write", "+@scripting", "+@connection", "+@dangerous",
+    )  # fmt: skip
+    try:
+        env = hardened_env(hardened_redis)
+        env["REDIS_URL"] = f"redis://risky:{APP_PASSWORD}@127.0.0.1:{hardened_redis.port}/0"
+        code, report = audit(env)
+    finally:
+        root.execute_command("ACL", "DELUSER", "risky")
+    assert "findings" in report, report
+    by_id = {f["id"]: f for f in report["findings"]}
+    assert code == 1 and by_id["app-user"]["status"] == "fail"
+    reason = by_id["app-user"]["reason"]
+    assert "@admin/@dangerous" in reason and "commands the service never uses" in reason
+    for command in ("ACL", "REPLICAOF", "SAVE", "CLIENT"):
+        assert command in reason, (command, reason)
+
+
+def test_an_app_user_with_one_extra_command_fails(hardened_redis: RedisServer):
+    root = _root(hardened_redis)
+    root.execute_command("ACL", "SETUSER", "upak", "+hgetall")
+    try:
+        _, report = audit(hardened_env(hardened_redis))
+    finally:
+        root.execute_command("ACL", "SETUSER", "upak", "-hgetall")
+    app_user = {f["id"]: f for f in report["findings"]}["app-user"]
+    assert app_user["status"] == "fail" and "HGETALL" in app_user["reason"], app_user
+
+
+def test_another_all_powerful_user_is_flagged(hardened_redis: RedisServer):
+    root = _root(hardened_redis)
+    root.execute_command("ACL", "SETUSER", "legacy", "on", ">legacy-pass-1", "~*", "+@all")
+    root.execute_command("ACL", "SETUSER", "parked", "off", "~*", "+@all")
+    try:
+        _, report = audit(hardened_env(hardened_redis))
+    finally:
+        root.execute_command("ACL", "DELUSER", "legacy", "parked")
+    found = {f["id"]: f for f in report["findings"]}["privileged-users"]
+    assert found["status"] == "fail" and "legacy" in found["reason"]
+    assert "parked" not in found["reason"]  # disabled users cannot log in
+    assert "default" not in found["reason"]  # the ops user here
+
+
+def test_the_generated_acl_passes(tmp_path):
+    from tests.support.redis_servers import redis_server
+    from upak.ops.conf import ConfOptions, generate
+
+    generated = generate(ConfOptions(app_password=APP_PASSWORD, ops_password=ROOT_PASSWORD))
+    acl = tmp_path / "users.acl"
+    acl.write_text(generated.acl)
+    with redis_server(config={"aclfile": str(acl), "maxmemory": "64mb"}) as server:
+        env = {
+            "REDIS_URL": f"redis://upak:{APP_PASSWORD}@127.0.0.1:{server.port}/0",
+            "UPAK_OPS_USERNAME": "upak-ops",
+            "UPAK_OPS_PASSWORD": ROOT_PASSWORD,
+        }
+        _, report = audit(env)
+    found = statuses(report)
+    for check in ("auth-required", "default-user", "app-user", "privileged-users"):
+        assert found[check] == "pass", (check, report)
+    assert found["dangerous-commands"] == "pass", report
+
+
+def test_every_script_command_is_in_app_commands():
+    # The generated ACL allows APP_COMMANDS and nothing else, and scripts run with the
+    # caller's ACL: a script calling anything more would fail only in production.
+    import re
+    from pathlib import Path
+
+    from upak.ops.conf import APP_COMMANDS
+
+    source = Path(__file__).resolve().parents[2] / "src" / "upak"
+    called = set()
+    for path in source.rglob("*.py"):
+        called |= {
+            m.lower()
+            for m in re.findall(r"redis\.p?call\(\s*['\"]([A-Za-z]+)['\"]", path.read_text())
+        }
+    assert called and called <= set(APP_COMMANDS), called - set(APP_COMMANDS)

@@ -31,6 +31,41 @@ def test_systemd_units_verify(tmp_path: Path):
     assert result.returncode == 0 and not ours, result.stderr
 
 
+SECURITY_SCORE_MAX = 2.5  # `systemd-analyze security`: 0 is best, 10 worst; <= 2.5 is "OK"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_systemd_unit_is_hardened(tmp_path: Path):
+    unit = tmp_path / "upak.service"
+    unit.write_text((DEPLOY / "systemd" / "upak.service").read_text())
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if "--offline" in result.stderr and "unrecognized" in result.stderr:
+        pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
+    match = re.search(r"Overall exposure level for upak.service: ([\d.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= SECURITY_SCORE_MAX, result.stdout
+    for setting in (
+        "CapabilityBoundingSet=",
+        "SystemCallFilter=",
+        "SystemCallArchitectures=",
+        "MemoryDenyWriteExecute=",
+        "RestrictSUIDSGID=",
+        "RestrictRealtime=",
+        "ProtectClock=",
+        "ProtectKernelLogs=",
+        "ProtectHostname=",
+        "PrivateMounts=",
+        "RemoveIPC=",
+        "UMask=",
+    ):
+        assert re.search(f"^{setting}", unit.read_text(), re.MULTILINE), setting
+
+
 def test_compose_runs_the_service_and_hardened_redis(tmp_path: Path):
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     redis = compose["services"]["redis"]

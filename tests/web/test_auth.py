@@ -19,6 +19,7 @@ from upak.domain.passwords import fast_passwords_for_tests
 from upak.web.app import create_app
 
 PASSWORD = "correct horse battery"
+NEW_PASSWORD = "a new pass phrase 1"
 
 
 @pytest.fixture
@@ -67,10 +68,9 @@ def client_with(app: FastAPI, cookie: str | None) -> httpx.AsyncClient:
     return client
 
 
-async def register(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> int:
+async def register(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> None:
     response = await client.post("/auth/register", json={"email": email, "password": password})
     assert response.status_code == 201, response.text
-    return int(response.json()["id"])
 
 
 async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> httpx.Response:
@@ -88,8 +88,10 @@ def session_cookie(client: httpx.AsyncClient, name: str = "upak_session") -> str
 
 async def test_register_login_me_list_revoke(app: FastAPI) -> None:
     async with client_of(app, headers={"User-Agent": "journey/1"}) as client:
-        user_id = await register(client, "Ann@Example.com")
-        response = await login(client, "ann@example.com".replace("ann", "Ann"))
+        await register(client, "Ann@Example.com")
+        # Identity case-folds the whole address; the display keeps the user's spelling.
+        response = await login(client, "ANN@example.COM")
+        user_id = response.json()["id"]
         assert response.json() == {"id": user_id, "email": "Ann@example.com"}
         me = await client.get("/me")
         assert me.status_code == 200
@@ -147,22 +149,29 @@ async def test_password_change_revokes_the_other_sessions(app: FastAPI) -> None:
         await login(mine, "pw@example.com")
         await login(stolen, "pw@example.com")
         wrong = await mine.post(
-            "/auth/password", json={"current_password": "nope nope", "new_password": "new pass 1"}
+            "/auth/password", json={"current_password": "nope nope", "new_password": NEW_PASSWORD}
         )
         assert wrong.status_code == 403
         assert (await stolen.get("/me")).status_code == 200
+        before = session_cookie(mine)
         changed = await mine.post(
-            "/auth/password", json={"current_password": PASSWORD, "new_password": "new pass 1"}
+            "/auth/password", json={"current_password": PASSWORD, "new_password": NEW_PASSWORD}
         )
         assert changed.status_code == 204
+        # The session id rotates, as at login: a new cookie, and the old one is dead.
+        assert "upak_session=" in changed.headers["set-cookie"]
+        assert session_cookie(mine) != before
         assert (await mine.get("/me")).status_code == 200
+        assert len((await mine.get("/auth/sessions")).json()) == 1
         assert (await stolen.get("/me")).status_code == 401
+    async with client_with(app, before) as old:
+        assert (await old.get("/me")).status_code == 401
     async with client_of(app) as fresh:
         bad = await fresh.post(
             "/auth/login", json={"email": "pw@example.com", "password": PASSWORD}
         )
         assert bad.status_code == 401
-        await login(fresh, "pw@example.com", "new pass 1")
+        await login(fresh, "pw@example.com", NEW_PASSWORD)
 
 
 async def test_logout(app: FastAPI) -> None:
@@ -221,7 +230,8 @@ async def test_login_issues_a_new_id_and_ends_the_old_one(app: FastAPI) -> None:
 
 async def test_an_id_the_server_did_not_issue_is_never_adopted(app: FastAPI) -> None:
     async with client_of(app) as setup:
-        user_id = await register(setup, "adopt@example.com")
+        await register(setup, "adopt@example.com")
+        user_id = (await login(setup, "adopt@example.com")).json()["id"]
     planted = f"{user_id}.{secrets.token_urlsafe(32)}"
     async with client_with(app, planted) as client:
         refused = await client.get("/me")
@@ -288,13 +298,25 @@ async def test_register_refuses_bad_input(app: FastAPI, body: Any, status: int, 
     assert PASSWORD not in response.text
 
 
-async def test_register_twice_is_409(app: FastAPI) -> None:
+async def test_registering_a_taken_email_answers_as_a_free_one(app: FastAPI) -> None:
     async with client_of(app) as client:
         await register(client, "dup@example.com")
-        response = await client.post(
-            "/auth/register", json={"email": "dup@EXAMPLE.COM", "password": PASSWORD}
+        taken = await client.post(
+            "/auth/register", json={"email": "Dup@EXAMPLE.COM", "password": "someone else's 1"}
         )
-    assert response.status_code == 409
+        free = await client.post(
+            "/auth/register", json={"email": "Fresh@EXAMPLE.COM", "password": "someone else's 1"}
+        )
+        assert taken.status_code == free.status_code == 201
+        assert set(taken.json()) == set(free.json()) == {"email", "detail"}
+        assert taken.json()["detail"] == free.json()["detail"]
+        assert taken.json()["email"] == "Dup@example.com"  # the domain is lower-cased
+        # Nothing changed for the owner: the old password works, the new one does not.
+        await login(client, "dup@example.com")
+        stranger = await client.post(
+            "/auth/login", json={"email": "dup@example.com", "password": "someone else's 1"}
+        )
+        assert stranger.status_code == 401
 
 
 @pytest.mark.parametrize("path", ["/auth/register", "/auth/login", "/auth/password"])
@@ -437,8 +459,8 @@ async def test_me_after_the_account_is_gone_is_401(app: FastAPI) -> None:
     from upak.domain.models import User
 
     async with client_of(app) as client:
-        user_id = await register(client, "gone@example.com")
-        await login(client, "gone@example.com")
+        await register(client, "gone@example.com")
+        user_id = (await login(client, "gone@example.com")).json()["id"]
         async with app.state.services.db() as db:
             await db.delete(await db.get(User, user_id))
             await db.commit()
@@ -453,3 +475,36 @@ async def test_payments_use_the_session(app: FastAPI) -> None:
         await login(client, "pay@example.com")
         response = await client.get("/payments")
     assert response.status_code == 200 and response.json() == []
+
+
+async def test_a_flood_of_password_checks_gets_503_at_once(build: Build) -> None:
+    import threading
+    import time
+
+    from upak.domain.passwords import fast_passwords_for_tests
+
+    app = await build()
+    passwords = fast_passwords_for_tests(max_concurrency=1, max_waiting=0)
+    app.state.services.passwords = passwords
+    release = threading.Event()
+    busy = asyncio.ensure_future(passwords._in_thread(release.wait, 30))
+    try:
+        await asyncio.sleep(0.05)
+        async with client_of(app) as client:
+            started = time.monotonic()
+            refused = await client.post(
+                "/auth/login", json={"email": "flood@example.com", "password": PASSWORD}
+            )
+            assert time.monotonic() - started < 2  # promptly, not after the queue drains
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert refused.headers["content-type"] == "application/problem+json"
+            release.set()
+            await busy
+            assert (
+                await client.post(
+                    "/auth/login", json={"email": "flood@example.com", "password": PASSWORD}
+                )
+            ).status_code == 401
+    finally:
+        release.set()

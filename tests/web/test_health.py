@@ -107,3 +107,50 @@ async def test_serving_freezes_the_start_up_heap_and_tests_do_not(shared_redis: 
             assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+async def test_strangers_get_the_status_and_the_store_only(shared_redis: RedisServer):
+    app = create_app(make_settings(redis_url=shared_redis.url))
+    async with app.router.lifespan_context(app):
+        outside = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
+        async with httpx.AsyncClient(transport=outside, base_url="http://t") as client:
+            anonymous = (await client.get("/health")).json()
+        assert anonymous == {"status": "ok", "store": "redis"}
+        local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=local, base_url="http://t") as client:
+            details = (await client.get("/health")).json()
+            # Relayed by a proxy on this host: loopback, but not the host asking.
+            relayed = (
+                await client.get("/health", headers={"X-Forwarded-For": "203.0.113.9"})
+            ).json()
+        assert details["worker"] > 0 and details["redis"].startswith("redis://")
+        assert "last_error" in details
+        assert relayed == anonymous
+
+
+async def test_detail_networks_are_a_setting(shared_redis: RedisServer):
+    app = create_app(
+        make_settings(redis_url=shared_redis.url, health_detail_networks="10.1.0.0/16")
+    )
+    async with app.router.lifespan_context(app):
+        for peer, detailed in ((("10.1.2.3", 1), True), (("127.0.0.1", 1), False)):
+            transport = httpx.ASGITransport(app=app, client=peer)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                body = (await client.get("/health")).json()
+            assert ("worker" in body) is detailed, peer
+
+
+def test_production_with_refused_redis_credentials_exits_in_one_line(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from tests.support.redis_servers import redis_server
+    from upak.cli import app
+
+    with redis_server(password="the-right-one-5e1f") as server:
+        monkeypatch.setenv("UPAK_ENV", "production")
+        monkeypatch.setenv("REDIS_URL", f"redis://:wrong-guess-77@127.0.0.1:{server.port}/0")
+        result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "refused the credentials" in result.stderr
+    assert "REDIS_PASSWORD" in result.stderr
+    assert "wrong-guess-77" not in result.output and "Traceback" not in result.output

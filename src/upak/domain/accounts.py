@@ -1,8 +1,16 @@
 """Accounts: register, log in (authenticate), change the password.
 
-Emails are compared in one normalised form (`upak.domain.emails.normalize_email`, shared with
-the login rate limit). A failed login says the same thing, and costs the same Argon2 work,
-whether the email is unknown or the password is wrong.
+An account is found by its email key (`upak.domain.emails.email_key`, the case-folded address,
+shared with the login rate limit); the user's own spelling is kept for display.
+
+Neither login nor registration tells a stranger whether an email has an account:
+
+* a failed login says the same thing, and costs the same Argon2 work, whether the email is
+  unknown or the password is wrong;
+* registering an email that is taken answers exactly what registering a free one answers, after
+  the same Argon2 work, and changes nothing: the owner's account and password stay as they
+  were. Whoever registered learns whether the account is theirs only by logging in with the
+  password they chose, which tells them no more than any login does.
 """
 
 from __future__ import annotations
@@ -12,20 +20,27 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from upak.domain.emails import normalize_email
+from upak.domain.emails import display_email, email_key
 from upak.domain.models import User
-from upak.domain.passwords import MAX_LENGTH, MIN_LENGTH, Passwords
+from upak.domain.passwords import Passwords, check_password
 
 BAD_CREDENTIALS = "Incorrect email or password."
+
+__all__ = [
+    "AccountError",
+    "InvalidCredentials",
+    "WrongPassword",
+    "authenticate",
+    "change_password",
+    "check_password",
+    "checked_email",
+    "get_user",
+    "register",
+]
 
 
 class AccountError(Exception):
     """A request the accounts service refuses; the message is safe to show the client."""
-
-
-class EmailTaken(AccountError):
-    def __init__(self) -> None:
-        super().__init__("An account with this email already exists; log in instead.")
 
 
 class InvalidCredentials(AccountError):
@@ -39,45 +54,43 @@ class WrongPassword(AccountError):
 
 
 def checked_email(email: str) -> str:
-    """The normalised form of a new account's email; ValueError saying what is wrong."""
+    """A new account's email as the user spelled it (trimmed); ValueError saying what is wrong."""
     try:
         validate_email(email.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
-    return normalize_email(email)
-
-
-def check_password(password: str) -> str:
-    """ValueError unless the password's length is within the policy."""
-    if not MIN_LENGTH <= len(password) <= MAX_LENGTH:
-        raise ValueError(f"a password has {MIN_LENGTH} to {MAX_LENGTH} characters")
-    return password
+    return display_email(email)
 
 
 async def get_user(db: AsyncSession, user_id: int) -> User | None:
     return await db.get(User, user_id)
 
 
-async def register(db: AsyncSession, passwords: Passwords, email: str, password: str) -> User:
-    """Create an account. EmailTaken when the normalised email already has one."""
+async def register(
+    db: AsyncSession, passwords: Passwords, email: str, password: str
+) -> User | None:
+    """Create an account; None when the email (its key) has one already, after the same
+    hashing work, so neither the answer nor its timing tells the two apart."""
     email = checked_email(email)
     check_password(password)
-    if await _by_email(db, email) is not None:
-        raise EmailTaken
-    user = User(email=email, password_hash=await passwords.hash(password))
+    password_hash = await passwords.hash(password)
+    key = email_key(email)
+    if await _by_email_key(db, key) is not None:
+        return None
+    user = User(email=email, email_key=key, password_hash=password_hash)
     db.add(user)
     try:
         await db.commit()
     except IntegrityError:  # a concurrent registration of the same email won the race
         await db.rollback()
-        raise EmailTaken from None
+        return None
     return user
 
 
 async def authenticate(db: AsyncSession, passwords: Passwords, email: str, password: str) -> User:
     """The user these credentials belong to, or InvalidCredentials (one message for all)."""
     try:
-        user = await _by_email(db, normalize_email(email))
+        user = await _by_email_key(db, email_key(email))
     except ValueError:
         user = None
     if user is None:
@@ -106,5 +119,5 @@ async def change_password(
     return user
 
 
-async def _by_email(db: AsyncSession, email: str) -> User | None:
-    return (await db.execute(select(User).where(User.email == email))).scalar_one_or_none()
+async def _by_email_key(db: AsyncSession, key: str) -> User | None:
+    return (await db.execute(select(User).where(User.email_key == key))).scalar_one_or_none()

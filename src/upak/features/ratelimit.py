@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import math
 import time
 from collections import OrderedDict, deque
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from upak.store.memory import MemoryData
 
 FEATURE = "ratelimit"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _ALGORITHM_CODE = {"window": "l", "gcra": "g"}
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +49,9 @@ _ALGORITHM_CODE = {"window": "l", "gcra": "g"}
 # One call decides a batch of decisions, in order; each decision is atomic (all of its limits
 # admit and record, or none records) and sees the ones before it in the batch.
 # ARGV, per decision: n, then per limit three values: algorithm (l|g), amount, window in ms.
+#   An upper-case algorithm (L|G) only asks: "would this key admit now?", and records nothing
+#   even when the decision admits (failed-login limits are checked before the password and
+#   recorded only when it proves wrong).
 # KEYS: one per limit, in the same order.
 # Reply, per decision: allowed, then per limit: remaining, next_ms, retry_ms
 #   remaining  how many more this key may do now (after this request, if admitted)
@@ -72,7 +77,8 @@ while a <= #ARGV do
     local limit = tonumber(ARGV[a + 2 + i * 3])
     local window = tonumber(ARGV[a + 3 + i * 3]) * 1000
     local remaining, nxt, retry
-    if ARGV[a + 1 + i * 3] == 'l' then
+    local algorithm = ARGV[a + 1 + i * 3]
+    if algorithm == 'l' or algorithm == 'L' then
       local last = redis.call('LINDEX', key, -1)
       while last and tonumber(last) <= now - window do
         redis.call('RPOP', key)
@@ -80,7 +86,8 @@ while a <= #ARGV do
       end
       local count = redis.call('LLEN', key)
       if count < limit then
-        remaining, retry = limit - count - 1, 0
+        remaining, retry = limit - count, 0
+        if algorithm == 'l' then remaining = remaining - 1 end
         nxt = (last and tonumber(last) or now) + window - now
       else
         retry = tonumber(redis.call('LINDEX', key, limit - 1)) + window - now
@@ -110,10 +117,11 @@ while a <= #ARGV do
   if reply[verdict] == 1 then
     for i = 0, n - 1 do
       local key = KEYS[k + i]
-      if ARGV[a + 1 + i * 3] == 'l' then
+      local algorithm = ARGV[a + 1 + i * 3]
+      if algorithm == 'l' then
         redis.call('LPUSH', key, now_text)
         redis.call('PEXPIRE', key, ARGV[a + 3 + i * 3])
-      else
+      elseif algorithm == 'g' then
         local ttl = math.ceil((admit[i] - now) / 1000)
         redis.call('SET', key, string.format('%d', admit[i]), 'PX', ttl)
       end
@@ -143,7 +151,8 @@ def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -
         for i in range(n):
             key = keys[k + i]
             limit, window = int(args[a + 2 + i * 3]), int(args[a + 3 + i * 3]) * 1000
-            if args[a + 1 + i * 3] == "l":
+            algorithm = args[a + 1 + i * 3]
+            if algorithm in ("l", "L"):
                 log = data.entry(key, _Log)
                 while log and log[0] <= now - window:
                     log.popleft()
@@ -151,7 +160,7 @@ def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -
                     data.delete(key)
                 count = len(log) if log else 0
                 if count < limit:
-                    remaining, retry = limit - count - 1, 0.0
+                    remaining, retry = limit - count - (algorithm == "l"), 0.0
                     nxt = (log[0] if log else now) + window - now
                 else:
                     assert log is not None
@@ -176,13 +185,14 @@ def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -
         if reply[verdict] == 1:
             for i in range(n):
                 key, window_ms = keys[k + i], int(args[a + 3 + i * 3])
-                if args[a + 1 + i * 3] == "l":
+                algorithm = args[a + 1 + i * 3]
+                if algorithm == "l":
                     log = data.entry(key, _Log)
                     if log is None:
                         log = _Log()
                     log.append(now)
                     data.put(key, log, now_ms + window_ms)
-                else:
+                elif algorithm == "g":
                     data.set(key, str(admit[i]), px=math.ceil((admit[i] - now) / 1000))
         a += 1 + n * 3
         k += n
@@ -229,6 +239,7 @@ class NamedLimit:
     name: str
     limit: Limit
     key_suffix: str
+    peek: bool = False  # ask only: admit or refuse, record nothing (see `peeking`)
     args: tuple[str, int, int] = field(init=False)  # the script's: algorithm, amount, window
     # Rendered once: every response carries them (`"name";q=N;w=S`, `"name";r=%d;t=%d`).
     policy_member: bytes = field(init=False, repr=False)
@@ -236,9 +247,15 @@ class NamedLimit:
 
     def __post_init__(self) -> None:
         code = _ALGORITHM_CODE[self.limit.algorithm]
+        if self.peek:
+            code = code.upper()
         object.__setattr__(self, "args", (code, self.limit.amount, self.limit.window_ms))
         object.__setattr__(self, "policy_member", self.policy_item.encode())
         object.__setattr__(self, "state_template", f'"{self.name}";r=%d;t=%d'.encode())
+
+    def peeking(self) -> NamedLimit:
+        """The same limit on the same key, asked without recording anything."""
+        return NamedLimit(self.name, self.limit, self.key_suffix, peek=True)
 
     @property
     def policy_item(self) -> str:
@@ -302,6 +319,28 @@ def identity_token(kind: str, value: str) -> str:
         return f"ip:{value}"
     digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
     return f"{kind}:{digest}"
+
+
+def client_network(address: IPAddress | str | None, ipv6_prefix: int = 64) -> str:
+    """The client identity a limit counts: an IPv4 address, or the IPv6 network of
+    `ipv6_prefix` bits around the address.
+
+    One IPv6 subscriber gets a whole /64 (RFC 6177 suggests /48 to /64 per site), so keying on
+    the full address hands everyone 2^64 fresh quotas. IPv4-mapped IPv6 (`::ffff:1.2.3.4`,
+    what a dual-stack socket reports) counts as the IPv4 address.
+    """
+    if address is None:
+        return "unknown"
+    if isinstance(address, str):
+        try:
+            address = ipaddress.ip_address(address)
+        except ValueError:
+            return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+    return str(address)
 
 
 class RateLimiter:

@@ -8,7 +8,16 @@ with the *app's* credentials, because what matters is what the service's user ca
 - a fresh connection without credentials (does it get NOAUTH?);
 - FLUSHALL/FLUSHDB/DEBUG/CONFIG in forms that cannot change anything (`FLUSHALL <junk>` is a
   syntax error when allowed, NOPERM when an ACL denies it, "unknown command" when renamed);
-- EXISTS on a key outside REDIS_KEY_PREFIX (NOPERM when the user's key pattern is the prefix).
+- GET on a key outside REDIS_KEY_PREFIX (NOPERM when the user's key pattern is the prefix).
+
+What the app user may run is read from the server, not guessed from four probes: ACL DRYRUN
+(Redis 7) asks, for every command and subcommand in the server's command table, whether the
+app user could run it, without running it. The app user passes only if nothing @admin or
+@dangerous is allowed and nothing outside `upak.ops.conf.APP_COMMANDS`, the one list of
+commands the service runs (the generated ACL is built from it). Without DRYRUN (Redis 6, or an
+inspecting user that may not run it) the check is unknown unless a probe proves a failure.
+ACL LIST shows every other user: an enabled one with `+@all` or `~*` that is not the ops user
+fails `privileged-users`.
 
 When CONFIG is unavailable, what INFO cannot show is reported as unknown, never as passed.
 """
@@ -26,6 +35,7 @@ from redis.retry import Retry
 from rich.console import Console
 from rich.table import Table
 
+from upak.ops.conf import APP_COMMANDS
 from upak.ops.diagnose import OpsError, close_quietly, explain, is_disabled
 from upak.ops.server import Ops, config_get, info, node_clients, plain_connection_kwargs
 
@@ -67,6 +77,11 @@ class Facts:
     keys_outside_prefix: str = "unknown"  # "allowed" | "denied" | a reason
     connection_tls: bool = False
     config_command: str = "CONFIG"
+    ops_user: str | None = None  # the inspecting user, when it is not the app's
+    # ACL DRYRUN over the command table: command (`name` or `name|sub`) -> its ACL categories,
+    # for every command the app user may run; None when DRYRUN could not be asked.
+    app_allowed: dict[str, frozenset[str]] | None = None
+    app_allowed_reason: str = ""  # why app_allowed is None
 
 
 @dataclass
@@ -102,6 +117,9 @@ def gather(ops: Ops) -> Facts:
         app_user=ops.settings.redis.username or "default",
         connection_tls=ops.settings.redis.tls,
         config_command=ops.config_command,
+        ops_user=(ops.ops_username or ops.settings.redis.username or "default")
+        if ops.ops_username or ops.ops_password
+        else None,
     )
     with ops.connected(ops=False) as app:
         inspect = ops.ops_client() if ops.ops_username or ops.ops_password else app
@@ -114,6 +132,9 @@ def gather(ops: Ops) -> Facts:
                     raise
             facts.config = config_get(node, "*", ops.config_command)
             facts.acl = _acl_list(node)
+            facts.app_allowed, facts.app_allowed_reason = _allowed_commands(
+                node, facts.app_user, ops.settings.redis_key_prefix
+            )
             facts.unauthenticated = _unauthenticated(ops, node)
             facts.commands = {name: _probe(app, name) for name in DANGEROUS}
             if ops.config_command.upper() != "CONFIG":
@@ -141,6 +162,66 @@ def _acl_list(node: Any) -> dict[str, str] | None:
         if len(parts) >= 2 and parts[0] == "user":
             users[parts[1]] = line
     return users
+
+
+def _allowed_commands(
+    node: Any, user: str, prefix: str
+) -> tuple[dict[str, frozenset[str]] | None, str]:
+    """Every command and subcommand `user` may run, with its ACL categories (ACL DRYRUN)."""
+    try:
+        # One argument: redis-py parses a plain COMMAND reply into a dict we do not want.
+        table = node.execute_command("COMMAND INFO")
+    except rex.ResponseError as exc:
+        return None, f"COMMAND INFO is denied to the inspecting user ({exc})"
+    entries: list[tuple[str, list[str], frozenset[str]]] = []
+    for command in table or ():
+        if not command or "no_auth" in {_text(f) for f in command[2]}:
+            continue  # AUTH, HELLO, QUIT, RESET: every connection may run them, ACL or not
+        name = _text(command[0]).lower()
+        entries.append(
+            (name, _dry_run_args(name.split("|"), int(command[1]), prefix), _cats(command))
+        )
+        for sub in command[9] if len(command) > 9 and command[9] else ():
+            sub_name = _text(sub[0]).lower()  # "client|list"
+            entries.append(
+                (sub_name, _dry_run_args(sub_name.split("|"), int(sub[1]), prefix), _cats(sub))
+            )
+    pipe = node.pipeline(transaction=False)
+    for _, args, _ in entries:
+        pipe.execute_command("ACL", "DRYRUN", user, *args)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except rex.ResponseError as exc:
+        return None, f"ACL DRYRUN could not be asked ({exc})"
+    allowed: dict[str, frozenset[str]] = {}
+    for (name, _, categories), reply in zip(entries, replies, strict=True):
+        if isinstance(reply, Exception):
+            text = str(reply).lower()
+            if "unknown subcommand" in text or "unknown command" in text:
+                return None, "ACL DRYRUN needs Redis 7 (and +acl|dryrun for the ops user)"
+            if "no permissions" in text or "noperm" in text:
+                return None, "ACL DRYRUN is denied to the inspecting user (+acl|dryrun)"
+            continue  # e.g. an arity this table describes differently: not decided here
+        answer = _text(reply)
+        # OK, or a denial of a key or channel: the command itself is allowed.
+        if answer == "OK" or "to run the" not in answer:
+            allowed[name] = categories
+    return allowed, ""
+
+
+def _cats(command: Any) -> frozenset[str]:
+    return frozenset(_text(c).lstrip("@").lower() for c in (command[6] if len(command) > 6 else ()))
+
+
+def _dry_run_args(name: list[str], arity: int, prefix: str) -> list[str]:
+    """The command's name and enough placeholder arguments for its arity; the placeholders
+    are keys under the prefix, so a key-pattern denial cannot hide the command's answer."""
+    wanted = max(abs(arity), len(name))
+    return [*name, *[f"{prefix}upak-audit-probe"] * (wanted - len(name))]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _unauthenticated(ops: Ops, node: Any) -> str:
@@ -193,9 +274,12 @@ def _probe_outside_key(app: Any, prefix: str) -> str:
     if key.startswith(prefix):
         key = "~upak-audit-probe~"
     try:
-        app.exists(key)
+        app.get(key)  # GET: a command the app user has (APP_COMMANDS), harmless on any key
     except rex.ResponseError as exc:
-        return "denied" if "no permissions" in str(exc).lower() else f"error: {exc}"
+        text = str(exc).lower()
+        if "no permissions" in text and "key" in text:
+            return "denied"
+        return f"error: {exc}"
     return "allowed"
 
 
@@ -284,19 +368,36 @@ def check_app_user(facts: Facts) -> Finding:
         problems.append(
             "it can read keys outside REDIS_KEY_PREFIX (its key pattern is not the prefix)"
         )
-    allowed = [n for n, state in facts.commands.items() if state.startswith("allowed")]
-    if allowed:
-        problems.append(f"it can run {', '.join(allowed)}")
-    rules = (facts.acl or {}).get(facts.app_user, "")
-    if "+@all" in rules.split() or "allcommands" in rules.split():
+    probed = [n for n, state in facts.commands.items() if state.startswith("allowed")]
+    if probed:
+        problems.append(f"it can run {', '.join(probed)}")
+    rules = (facts.acl or {}).get(facts.app_user, "").split()
+    if "+@all" in rules or "allcommands" in rules:
         problems.append("its ACL grants +@all")
+    if facts.app_allowed is not None:
+        risky = sorted(n for n, cats in facts.app_allowed.items() if cats & {"admin", "dangerous"})
+        if risky:
+            # Every one named: each is a way to take the server over.
+            problems.append(f"it may run @admin/@dangerous commands: {_some(risky, len(risky))}")
+        outside = sorted(n for n in facts.app_allowed if not _needed(n) and n not in risky)
+        if outside:
+            problems.append(f"it may run commands the service never uses: {_some(outside)}")
     fix = (
-        "create an ACL user limited to the prefix and the commands the app uses "
-        "(`upak redis config` writes one: ~<prefix>* -@all +@read +@write +@scripting …)"
+        "give the app user exactly the service's commands on the prefix: `upak redis config` "
+        "writes it (~<prefix>* -@all +evalsha +eval … from upak.ops.conf.APP_COMMANDS)"
     )
     if problems:
-        status: Status = "fail"
-        return Finding("app-user", title, status, "; ".join(problems), fix)
+        return Finding("app-user", title, "fail", "; ".join(problems), fix)
+    if facts.app_allowed is None:
+        return Finding(
+            "app-user",
+            title,
+            "unknown",
+            "what the app user may run could not be read: "
+            f"{facts.app_allowed_reason or 'no ACL access'}; pass an ops user (--ops-user) "
+            "with +acl|dryrun and +command|info, on Redis 7",
+            fix,
+        )
     if facts.keys_outside_prefix != "denied":
         return Finding(
             "app-user",
@@ -309,7 +410,54 @@ def check_app_user(facts: Facts) -> Finding:
         "app-user",
         title,
         "pass",
-        "keys outside the prefix are denied and no dangerous command is allowed",
+        f"keys outside the prefix are denied; ACL DRYRUN allows {len(facts.app_allowed)} "
+        "commands, all of them the service's own, none @admin or @dangerous",
+    )
+
+
+def _needed(command: str) -> bool:
+    return command in APP_COMMANDS or command.split("|", 1)[0] in APP_COMMANDS
+
+
+def _some(names: list[str], shown: int = 8) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(n.upper().replace("|", " ") for n in names[:shown]) + more
+
+
+def check_privileged_users(facts: Facts) -> Finding:
+    title = "No other user with +@all or ~*"
+    if facts.acl is None:
+        return Finding(
+            "privileged-users",
+            title,
+            "unknown",
+            "ACL LIST is denied to the inspecting user: pass an ops user (--ops-user)",
+        )
+    flagged = []
+    for user, line in facts.acl.items():
+        rules = line.split()[2:]
+        if user == facts.ops_user or "on" not in rules:
+            continue
+        broad = [r for r in rules if r in ("+@all", "allcommands", "~*", "allkeys")]
+        if broad:
+            flagged.append(f"{user} ({' '.join(broad)})")
+    if flagged:
+        return Finding(
+            "privileged-users",
+            title,
+            "fail",
+            f"enabled users that can do anything: {', '.join(flagged)}; whoever holds their "
+            "password owns every key and the server",
+            "turn them off (`ACL SETUSER name off`) or limit them; the operator's own user "
+            "is the ops user (UPAK_OPS_USERNAME), checked separately",
+        )
+    others = [u for u in facts.acl if u not in (facts.ops_user, facts.app_user)]
+    return Finding(
+        "privileged-users",
+        title,
+        "pass",
+        f"{len(others)} other user(s), none enabled with +@all or ~*"
+        + (f" (the ops user {facts.ops_user!r} is not counted)" if facts.ops_user else ""),
     )
 
 
@@ -555,6 +703,7 @@ CHECKS = (
     check_auth_required,
     check_default_user,
     check_app_user,
+    check_privileged_users,
     check_dangerous_commands,
     check_bind,
     check_protected_mode,

@@ -5,9 +5,9 @@ starting a throwaway redis-server on it (Redis 7 has no `--test-config`).
 Corrections to the seed, each explained in a comment of the generated file:
 - `maxmemory-policy noeviction` instead of `allkeys-lru` (evicting replay claims or sessions
   is a security failure; every UPAK key has a TTL, so volatile-* policies are no better);
-- an ACL file (`user default off`, an app user limited to REDIS_KEY_PREFIX and the command
-  categories the service uses, an ops user for INFO and backups) instead of one shared
-  `requirepass` with `~* +@all`;
+- an ACL file (`user default off`, an app user limited to REDIS_KEY_PREFIX and the commands
+  the service runs, `APP_COMMANDS`, an ops user for INFO, backups and the audit) instead of
+  one shared `requirepass` with `~* +@all`;
 - `bind 127.0.0.1 -::1`, `protected-mode yes`, `enable-debug-command no` stated explicitly;
 - with `--production`: TLS only (`port 0`, `tls-port 6380`), AOF, and the seed's
   rename-command lines, CONFIG renamed to a secret name rather than removed so that the ops
@@ -31,19 +31,56 @@ from pathlib import Path
 
 from upak.ops.diagnose import OpsError
 
-APP_CATEGORIES = (
-    # What the service runs: EVALSHA/EVAL/SCRIPT LOAD (@scripting), PING, HELLO, AUTH,
-    # CLIENT SETNAME (@connection), MULTI/EXEC for pipelines (@transaction), and inside its
-    # scripts GET/SET/DEL/EXPIRE/PEXPIRE/HSET/HGETALL/SADD/ZADD/ZRANGEBYSCORE/INCRBY …
-    # (@read, @write) and TIME. Scripts run with the caller's ACL, so the same rules apply.
-    "-@all +@read +@write +@scripting +@connection +@transaction -@dangerous -@admin +time"
+# The commands the service runs as its app user: one list, read by the generated ACL (below)
+# and by `upak redis audit`, which fails an app user that may run anything else. `name` allows
+# every subcommand, `name|sub` one; every name must exist on Redis 6.2 (an ACL file naming an
+# unknown command does not load). Scripts run with the caller's ACL, so the commands inside
+# them are here too; a feature whose script calls a new command adds it here
+# (tests/ops/test_audit.py fails on a script command missing from it).
+APP_COMMANDS: tuple[str, ...] = (
+    # connection set-up and the heartbeat (upak.store.wire; redis-py for Cluster)
+    "auth",
+    "select",
+    "ping",
+    "client|setname",  # not CLIENT SETINFO: Redis < 7.2 refuses an ACL naming it; redis-py
+    # ignores its refusal
+    # every state operation is a script (upak.store.operation): EVALSHA, EVAL on NOSCRIPT,
+    # SCRIPT LOAD on Cluster nodes
+    "evalsha",
+    "eval",
+    "script|load",
+    # inside the scripts (features/*.py, store/primitives.py), and `upak redis check`
+    "get",
+    "set",
+    "del",
+    "pexpire",
+    "pttl",
+    "hmget",
+    "hset",
+    "lindex",
+    "llen",
+    "lpush",
+    "rpop",
+    "zadd",
+    "zcard",
+    "zrange",
+    "zrem",
+    "time",
+    # Redis Cluster: redis-py reads the slot map and the command table, follows ASK
+    "cluster|slots",  # what redis-py reads (CLUSTER SHARDS is 7.0+, so not named)
+    "command",
+    "asking",
 )
+APP_RULES = "-@all " + " ".join(f"+{command}" for command in APP_COMMANDS)
+
 OPS_COMMANDS = (
     # INFO and SCAN for info/monitor; BGSAVE, LASTSAVE and CONFIG GET dir/dbfilename for
     # backups (ACL rules name commands by their original names, even when renamed);
-    # SYNC/PSYNC/REPLCONF for `backup --stream`; ACL LIST and COMMAND INFO for audit.
+    # SYNC/PSYNC/REPLCONF for `backup --stream`; ACL LIST/GETUSER/DRYRUN and COMMAND INFO for
+    # audit (DRYRUN asks what the app user may run without running it).
     "+info +scan +dbsize +bgsave +lastsave +config|get +sync +psync +replconf "
-    "+acl|list +acl|whoami +command|info +slowlog|get +latency|latest +time"
+    "+acl|list +acl|getuser +acl|dryrun +acl|whoami +command|info +slowlog|get "
+    "+latency|latest +time"
 )
 
 
@@ -153,9 +190,9 @@ def _redis_conf(opts: ConfOptions, alias: str) -> str:
         "maxmemory-policy noeviction",
         "",
         "# Users live in the ACL file (replaces the seed's single requirepass with ~* +@all):",
-        "# the default user is off; the app user may touch only REDIS_KEY_PREFIX keys with the",
-        "# command categories the service uses and nothing @dangerous or @admin; the ops user",
-        "# reads INFO, takes backups (BGSAVE, SYNC) and reads CONFIG, nothing else.",
+        "# the default user is off; the app user may touch only REDIS_KEY_PREFIX keys, with the",
+        "# commands the service runs (nothing @dangerous or @admin); the ops user reads INFO,",
+        "# takes backups (BGSAVE, SYNC), reads CONFIG and the ACLs for the audit, nothing else.",
         f"aclfile {opts.acl_file}",
         "enable-debug-command no",
         "enable-module-command no",
@@ -181,7 +218,7 @@ def _acl(opts: ConfOptions, app_password: str, ops_password: str) -> str:
     return (
         "user default off\n"
         f"user {opts.app_user} on #{_sha256(app_password)} resetkeys ~{prefix}* "
-        f"resetchannels {APP_CATEGORIES}\n"
+        f"resetchannels {APP_RULES}\n"
         f"user {opts.ops_user} on #{_sha256(ops_password)} resetkeys %R~{prefix}* "
         f"resetchannels -@all +@connection -@dangerous {OPS_COMMANDS}\n"
     )

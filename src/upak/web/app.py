@@ -13,7 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from upak.config import Settings, load_settings
 from upak.domain.db import DatabaseError, redacted, upgrade
-from upak.domain.passwords import Passwords
+from upak.domain.passwords import Passwords, PasswordsBusy, passwords_from_settings
 from upak.logs import configure_logging
 from upak.store import FailoverStore, Mode, build_store
 from upak.web.client_ip import trusted_proxy_headers
@@ -45,7 +45,9 @@ def create_app(
     """
     store = store or build_store(settings, clock=clock)
     services = Services(settings=settings, store=store, metrics=Metrics(store), clock=clock)
-    services.passwords = passwords or services.passwords
+    services.passwords = passwords or passwords_from_settings(
+        settings.password_hash_concurrency, settings.password_hash_queue
+    )
     services.ratelimit = build_rate_limiter(settings, store, services.keys, clock=clock)
 
     @asynccontextmanager
@@ -82,6 +84,7 @@ def create_app(
     app = FastAPI(title="UPAK Backend", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     install_problem_handlers(app)
+    app.add_exception_handler(PasswordsBusy, auth.passwords_busy)
     app.include_router(health.router)
     app.include_router(plans.router)
     app.include_router(payments.router)

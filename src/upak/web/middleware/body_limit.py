@@ -1,12 +1,20 @@
-"""Refuse request bodies over a size limit with 413, before anything reads them whole."""
+"""Refuse request bodies over a size limit with 413, before anything reads them whole.
+
+Being the outermost reader of bodies, this is also where a client that hangs up mid-body ends
+quietly: there is nobody left to answer, so Starlette's ClientDisconnect is one debug line,
+not the "Exception in ASGI application" traceback the server would log.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_LIMIT = 64 * 1024
+log = logging.getLogger("upak.web")
 
 
 class _TooLarge(Exception):
@@ -49,6 +57,8 @@ class BodySizeLimit:
         except _TooLarge:
             if not started:
                 await self._refuse(send, 413)
+        except ClientDisconnect:
+            log.debug("client went away mid-request: %s %s", scope["method"], scope["path"])
 
     async def _refuse(self, send: Send, status: int) -> None:
         title = "Request body too large" if status == 413 else "Invalid Content-Length"

@@ -2,10 +2,11 @@
 
 A browser names the page's origin in `Origin` on every cross-origin request and on same-origin
 POST/PUT/PATCH/DELETE. Such a request is let through when that origin is this server's own
-(its host and port are the request's `Host`) or one of CORS_ORIGINS, the front ends allowed to
-call the API with credentials; any other origin, `null` included (sandboxed frames, some
-redirects), gets 403 before a session is even looked up. A request without `Origin` is not a
-browser's cross-site request (curl, YooKassa's webhooks) and passes.
+(scheme, host and port all equal: the request's scheme and `Host`; a page served over http
+is not the https site, and cookies without `Secure` would leak to it) or one of CORS_ORIGINS,
+the front ends allowed to call the API with credentials; any other origin, `null` included
+(sandboxed frames, some redirects), gets 403 before a session is even looked up. A request
+without `Origin` is not a browser's cross-site request (curl, YooKassa's webhooks) and passes.
 """
 
 from __future__ import annotations
@@ -35,17 +36,13 @@ def normalize_origin(origin: str) -> str | None:
     return f"{parts.scheme}://{host}"
 
 
-def _host_of(origin: str) -> str:
-    return origin.split("://", 1)[1]
-
-
-def _request_host(scope: Scope) -> str | None:
+def _request_origin(scope: Scope) -> str | None:
+    """This request's own origin: its scheme (behind a TLS proxy, what the proxy headers
+    middleware set) and its `Host`, normalised like any origin."""
+    scheme = scope.get("scheme", "http")
     for name, value in scope.get("headers", ()):
         if name == b"host":
-            host = value.decode("latin-1").strip().lower()
-            for port in (":80", ":443"):
-                host = host.removesuffix(port)
-            return host
+            return normalize_origin(f"{scheme}://{value.decode('latin-1').strip()}")
     return None
 
 
@@ -65,7 +62,7 @@ class OriginCheck:
         origin = normalize_origin(origins[0].decode("latin-1"))
         if origin is None:
             return False  # "null", or not an origin at all
-        return origin in self.allowed or _host_of(origin) == _request_host(scope)
+        return origin in self.allowed or origin == _request_origin(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.allows(scope):

@@ -4,17 +4,26 @@ Which limits apply is decided by path, before routing, so that every limit of a 
 into the same decision:
 
 * `/health` and `/metrics`: never limited (probes must see an overloaded service);
-* `/webhooks/…`: RATE_LIMIT_WEBHOOKS by source IP (instead of the default);
-* `POST /auth/login` and `POST /auth/register`: the default, plus RATE_LIMIT_LOGIN by the
-  normalised email of the JSON body and RATE_LIMIT_LOGIN_IP by client IP;
-* everything else: RATE_LIMIT_DEFAULT by user id when a session is present, else client IP.
+* `/webhooks/…`: RATE_LIMIT_WEBHOOKS by source network (instead of the default);
+* `POST /auth/login`: the default, RATE_LIMIT_LOGIN_IP by client network, and "is this
+  (email, network) under RATE_LIMIT_LOGIN failures?", asked without recording; the route
+  records a failure (`record_failed_attempt`) only when the password proves wrong. So a
+  stranger's failures block the stranger's network for that email, never the owner's own.
+  Over RATE_LIMIT_LOGIN_SLOWDOWN failures for the email from all networks together, each
+  attempt for it waits LOGIN_SLOWDOWN_SECONDS first: slowed, never refused;
+* `POST /auth/register`: the default, RATE_LIMIT_LOGIN_IP, and RATE_LIMIT_REGISTER by email,
+  a key of its own (registrations never count against logins);
+* `POST /auth/password`: the default, and RATE_LIMIT_LOGIN failures by user;
+* everything else: RATE_LIMIT_DEFAULT by user id when a session is present, else the client.
 
+The client is its IPv4 address or its IPv6 /RATE_LIMIT_IPV6_PREFIX network (`client_network`).
 Every limited response, admitted or refused, carries `RateLimit-Policy` and `RateLimit` (IETF
 httpapi ratelimit-headers draft); a refusal is 429 with `Retry-After` and problem+json.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -23,12 +32,13 @@ from dataclasses import dataclass, field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from upak.config import Settings, parse_networks
-from upak.domain.emails import normalize_email
+from upak.domain.emails import email_key
 from upak.features.ratelimit import (
     Check,
     Decision,
     NamedLimit,
     RateLimiter,
+    client_network,
     identity_token,
     named_limits,
 )
@@ -37,6 +47,7 @@ from upak.web.client_ip import Network, client_ip
 from upak.web.problems import problem
 
 SESSION_SCOPE_KEY = "upak.session"  # where the session middleware leaves the session
+FAILED_ATTEMPT_SCOPE_KEY = "upak.ratelimit.failed_attempt"  # what a failure should record
 _MAX_EMAIL = 320
 
 
@@ -45,11 +56,18 @@ class RateLimitRules:
     """Which limits apply where (the paths are the service's; the limits are the settings')."""
 
     default: tuple[NamedLimit, ...]
-    login_email: tuple[NamedLimit, ...]
+    login_failures: tuple[NamedLimit, ...]  # per (email, network), recorded on failure
     login_ip: tuple[NamedLimit, ...]
     webhooks: tuple[NamedLimit, ...]
+    register: tuple[NamedLimit, ...] = ()
+    login_slowdown: tuple[NamedLimit, ...] = ()  # per email, recorded on failure
+    password_failures: tuple[NamedLimit, ...] = ()  # per user, recorded on failure
+    slowdown_seconds: float = 0.0
+    ipv6_prefix: int = 64
     exempt_paths: frozenset[str] = frozenset({"/health", "/metrics"})
-    login_paths: frozenset[str] = frozenset({"/auth/login", "/auth/register"})
+    login_path: str = "/auth/login"
+    register_path: str = "/auth/register"
+    password_path: str = "/auth/password"
     webhook_prefix: str = "/webhooks/"
     trusted_proxies: tuple[Network, ...] = field(default=())
 
@@ -57,11 +75,37 @@ class RateLimitRules:
     def from_settings(cls, settings: Settings) -> RateLimitRules:
         return cls(
             default=named_limits("default", settings.rate_limit_default),
-            login_email=named_limits("login", settings.rate_limit_login),
+            login_failures=named_limits("login", settings.rate_limit_login),
             login_ip=named_limits("login-ip", settings.rate_limit_login_ip),
             webhooks=named_limits("webhooks", settings.rate_limit_webhooks),
+            register=named_limits("register", settings.rate_limit_register),
+            login_slowdown=named_limits("login-slowdown", settings.rate_limit_login_slowdown),
+            password_failures=named_limits("password", settings.rate_limit_login),
+            slowdown_seconds=settings.login_slowdown_seconds,
+            ipv6_prefix=settings.rate_limit_ipv6_prefix,
             trusted_proxies=parse_networks(settings.trusted_proxies),
         )
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    """What a wrong password on this request counts against (left in the scope for the
+    route, which alone knows the outcome)."""
+
+    limiter: RateLimiter
+    checks: tuple[Check, ...]
+
+    async def record(self) -> None:
+        # One decision per key: all-or-nothing would skip the per-email count whenever the
+        # (email, network) count is full, and vice versa.
+        await asyncio.gather(*(self.limiter.decide([check]) for check in self.checks))
+
+
+async def record_failed_attempt(scope: Scope) -> None:
+    """Count a failed login or password change (no-op when rate limiting is off)."""
+    attempt: FailedAttempt | None = scope.get(FAILED_ATTEMPT_SCOPE_KEY)
+    if attempt is not None:
+        await attempt.record()
 
 
 _policy_fields: dict[tuple[NamedLimit, ...], bytes] = {}
@@ -123,11 +167,25 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in self.rules.exempt_paths:
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and scope["path"] in self.rules.login_paths:
-            checks, receive = await self._login_checks(scope, receive)
+        slow_down = None
+        if scope["method"] != "POST":
+            checks = self._checks(scope)
+        elif scope["path"] == self.rules.login_path:
+            checks, slow_down, receive = await self._login_checks(scope, receive)
+        elif scope["path"] == self.rules.register_path:
+            checks, receive = await self._register_checks(scope, receive)
+        elif scope["path"] == self.rules.password_path:
+            checks = self._password_checks(scope)
         else:
             checks = self._checks(scope)
-        decision = await self.limiter.decide(checks)
+        if slow_down is None:
+            decision = await self.limiter.decide(checks)
+        else:  # both asked in one loop step: one script call
+            decision, ceiling = await asyncio.gather(
+                self.limiter.decide(checks), self.limiter.decide(slow_down)
+            )
+            if decision.allowed and not ceiling.allowed and self.rules.slowdown_seconds:
+                await asyncio.sleep(self.rules.slowdown_seconds)
         if not decision.allowed:
             await refuse(decision, scope, receive, send)
             return
@@ -149,7 +207,7 @@ class RateLimitMiddleware:
         token = self._identities.get(memo_key)
         if token is None:
             address = client_ip(scope)
-            token = identity_token("ip", str(address) if address is not None else "unknown")
+            token = identity_token("ip", client_network(address, self.rules.ipv6_prefix))
             if len(self._identities) >= self.MEMO_MAX:
                 self._identities.clear()
             self._identities[memo_key] = token
@@ -173,15 +231,49 @@ class RateLimitMiddleware:
         who = self._client(scope) if user_id is None else identity_token("user", str(user_id))
         return self._checks_for(self.rules.default, who)
 
-    async def _login_checks(self, scope: Scope, receive: Receive) -> tuple[list[Check], Receive]:
-        """A login or registration: also limited by client IP and by the body's email."""
+    async def _login_checks(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[list[Check], list[Check] | None, Receive]:
+        """A login: the default and the network's attempts, and, for the body's email, "is
+        this (email, network) under its failure limit?" plus the per-email slow-down ceiling,
+        both asked without recording; failures are recorded by the route."""
+        body, receive = await _read_body(receive)
+        client = self._client(scope)
+        checks = self._checks(scope) + self._checks_for(self.rules.login_ip, client)
+        email = _email_of(body)
+        if email is None:
+            return checks, None, receive
+        pair = identity_token("login", f"{email}\n{client}")
+        failures = [self.limiter.check_for(limit, pair) for limit in self.rules.login_failures]
+        who = identity_token("email", email)
+        ceiling = [self.limiter.check_for(limit, who) for limit in self.rules.login_slowdown]
+        scope[FAILED_ATTEMPT_SCOPE_KEY] = FailedAttempt(self.limiter, (*failures, *ceiling))
+        checks += [check._replace(limit=check.limit.peeking()) for check in failures]
+        slow_down = [check._replace(limit=check.limit.peeking()) for check in ceiling]
+        return checks, slow_down or None, receive
+
+    async def _register_checks(self, scope: Scope, receive: Receive) -> tuple[list[Check], Receive]:
+        """A registration: the default, the network's attempts, and registrations per email."""
         body, receive = await _read_body(receive)
         checks = self._checks(scope) + self._checks_for(self.rules.login_ip, self._client(scope))
         email = _email_of(body)
         if email is not None:
-            who = identity_token("email", email)
-            checks += [self.limiter.check_for(limit, who) for limit in self.rules.login_email]
+            who = identity_token("register", email)
+            checks += [self.limiter.check_for(limit, who) for limit in self.rules.register]
         return checks, receive
+
+    def _password_checks(self, scope: Scope) -> list[Check]:
+        """A password change: the default, and "is this user under its failure limit?"."""
+        checks = self._checks(scope)
+        user_id = getattr(scope.get(SESSION_SCOPE_KEY), "user_id", None)
+        if user_id is None:
+            return checks  # the route answers 401
+        who = identity_token("password", str(user_id))
+        failures = tuple(
+            self.limiter.check_for(limit, who) for limit in self.rules.password_failures
+        )
+        scope[FAILED_ATTEMPT_SCOPE_KEY] = FailedAttempt(self.limiter, failures)
+        return checks + [check._replace(limit=check.limit.peeking()) for check in failures]
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
@@ -214,7 +306,7 @@ def _email_of(body: bytes) -> str | None:
     if not isinstance(email, str) or len(email) > _MAX_EMAIL:
         return None
     try:
-        return normalize_email(email)
+        return email_key(email)
     except ValueError:
         return None
 
@@ -248,5 +340,6 @@ __all__: Sequence[str] = (
     "build_rate_limiter",
     "decision_headers",
     "install_rate_limiting",
+    "record_failed_attempt",
     "refuse",
 )

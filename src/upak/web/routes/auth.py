@@ -11,10 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse, Response
 
 from upak.domain import accounts
-from upak.domain.passwords import MAX_LENGTH, MIN_LENGTH
-from upak.features.sessions import LoginSession
+from upak.domain.passwords import MAX_LENGTH, MIN_LENGTH, PasswordsBusy
+from upak.features.sessions import IssuedSession, LoginSession
 from upak.web.client_ip import client_ip
 from upak.web.dependencies import get_db, require_session
+from upak.web.middleware.ratelimit import record_failed_attempt
 from upak.web.middleware.sessions import SESSION, clear_cookie_header, set_cookie_header
 from upak.web.problems import problem
 from upak.web.services import Services, get_services
@@ -33,6 +34,11 @@ class Registration(BaseModel):
     def _email(cls, value: str) -> str:
         return accounts.checked_email(value)
 
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        return accounts.check_password(value)
+
 
 class Credentials(BaseModel):
     # No format rules here: a login says one thing for every failure (see accounts).
@@ -43,6 +49,24 @@ class Credentials(BaseModel):
 class PasswordChange(BaseModel):
     current_password: str = Field(max_length=MAX_LENGTH)
     new_password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
+
+    @field_validator("new_password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        return accounts.check_password(value)
+
+
+async def passwords_busy(request: Request, exc: Exception) -> Response:
+    """Every Argon2 slot and queue place is taken (PASSWORD_HASH_CONCURRENCY and _QUEUE):
+    503 at once, rather than queueing more CPU behind a flood."""
+    retry = PasswordsBusy.retry_after
+    return problem(
+        503,
+        "Too many password checks at once",
+        f"Retry in {retry} s.",
+        headers={**NO_STORE, "Retry-After": str(retry)},
+        retry_after=retry,
+    )
 
 
 def _account(user: Any) -> dict[str, Any]:
@@ -59,11 +83,23 @@ async def register(
     db: AsyncSession = Depends(get_db),
     services: Services = Depends(get_services),
 ) -> Any:
-    try:
-        user = await accounts.register(db, services.passwords, body.email, body.password)
-    except accounts.EmailTaken as exc:
-        return problem(409, "Email already registered", str(exc))
-    return _account(user)
+    services.passwords.ensure_room()
+    # The same answer whether or not the email was free (see upak.domain.accounts): no id,
+    # which a taken email could not give. The account's id comes with the first login.
+    await accounts.register(db, services.passwords, body.email, body.password)
+    return {
+        "email": body.email,
+        "detail": "Registered, unless this email has an account already: log in to continue.",
+    }
+
+
+async def _new_session(request: Request, services: Services, user_id: int) -> IssuedSession:
+    address = client_ip(request.scope)
+    return await services.sessions.create(
+        user_id,
+        ip="" if address is None else str(address),
+        user_agent=request.headers.get("user-agent", ""),
+    )
 
 
 @router.post("/login")
@@ -73,20 +109,17 @@ async def login(
     db: AsyncSession = Depends(get_db),
     services: Services = Depends(get_services),
 ) -> Response:
+    services.passwords.ensure_room()
     try:
         user = await accounts.authenticate(db, services.passwords, body.email, body.password)
     except accounts.InvalidCredentials as exc:
+        await record_failed_attempt(request.scope)
         return problem(401, "Login failed", str(exc), headers=dict(NO_STORE))
     previous: LoginSession | None = request.scope.get(SESSION)
     if previous is not None:
         # A login always gets a new id; the one the browser held ends (no fixation, no leftovers).
         await services.sessions.revoke(previous.user_id, previous.handle)
-    address = client_ip(request.scope)
-    issued = await services.sessions.create(
-        user.id,
-        ip="" if address is None else str(address),
-        user_agent=request.headers.get("user-agent", ""),
-    )
+    issued = await _new_session(request, services, user.id)
     response = JSONResponse(_account(user), headers=NO_STORE)
     response.headers["Set-Cookie"] = set_cookie_header(services.settings, issued.cookie_value)
     return response
@@ -147,16 +180,22 @@ async def revoke_other_sessions(
 @router.post("/password", status_code=204)
 async def change_password(
     body: PasswordChange,
+    request: Request,
     session: LoginSession = Depends(require_session),
     db: AsyncSession = Depends(get_db),
     services: Services = Depends(get_services),
 ) -> Response:
+    services.passwords.ensure_room()
     try:
         await accounts.change_password(
             db, services.passwords, session.user_id, body.current_password, body.new_password
         )
     except accounts.AccountError as exc:
+        await record_failed_attempt(request.scope)
         return problem(403, "Password not changed", str(exc))
-    # Whoever else held a session (perhaps the reason for the change) is logged out.
-    await services.sessions.revoke_others(session.user_id, session.handle)
-    return Response(status_code=204)
+    # A new session id, as a login gives (whoever learnt the old cookie, perhaps the reason
+    # for the change, holds nothing now); every other session is logged out with it.
+    issued = await _new_session(request, services, session.user_id)
+    await services.sessions.revoke_others(session.user_id, issued.session.handle)
+    headers = {**NO_STORE, "Set-Cookie": set_cookie_header(services.settings, issued.cookie_value)}
+    return Response(status_code=204, headers=headers)

@@ -1,24 +1,40 @@
-"""`GET /health` and `GET /metrics`: read from memory, so they answer while Redis hangs."""
+"""`GET /health` and `GET /metrics`: read from memory, so they answer while Redis hangs.
+
+`/health` says two things to anyone: `status` and `store` (a load balancer needs no more).
+The details (where Redis is, the worker pid, the store's last error and counters) are for
+the host itself: a caller whose address is in HEALTH_DETAIL_NETWORKS (default: loopback)
+and whose request came straight to us (no X-Forwarded-For or Forwarded header: behind a
+reverse proxy on the same host every request comes from loopback, but carries one of those).
+`upak redis monitor`, the suite and the benches ask from the host. `health_details` builds the
+full answer; `public_health` keeps the anonymous part; a new field goes into the first and is
+shown to strangers only if it is named in PUBLIC_FIELDS.
+"""
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import Scope
 
+from upak.config import parse_networks
 from upak.store import Mode
+from upak.web.client_ip import Network, client_ip
 from upak.web.metrics import CONTENT_TYPE_LATEST
+from upak.web.services import Services
 
 router = APIRouter(tags=["health"])
 
+PUBLIC_FIELDS = ("status", "store")
+_FORWARDING_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 
-@router.get("/health")
-async def health(request: Request) -> dict[str, Any]:
-    services = request.app.state.services
+
+def health_details(services: Services) -> dict[str, Any]:
+    """Everything /health knows (from memory: the heartbeat keeps `stats` current)."""
     stats = services.store.stats
-    # The heartbeat keeps `stats` current without traffic; reading it never touches Redis.
     return {
         "status": "ok" if stats.mode is Mode.REDIS else "degraded",
         "store": str(stats.mode),
@@ -26,6 +42,32 @@ async def health(request: Request) -> dict[str, Any]:
         "worker": os.getpid(),  # which worker process answered (multi-worker checks)
         **{k: v for k, v in stats.as_dict().items() if k != "mode"},
     }
+
+
+def public_health(details: dict[str, Any]) -> dict[str, Any]:
+    """What anyone may read: the status and the store mode, nothing about the internals."""
+    return {name: details[name] for name in PUBLIC_FIELDS if name in details}
+
+
+def is_internal(scope: Scope, services: Services) -> bool:
+    """A direct call from the host (or HEALTH_DETAIL_NETWORKS), not one relayed by a proxy."""
+    if any(name in _FORWARDING_HEADERS for name, _ in scope.get("headers", ())):
+        return False
+    address = client_ip(scope)
+    networks = _networks(services.settings.health_detail_networks)
+    return address is not None and any(address in network for network in networks)
+
+
+@lru_cache(maxsize=8)
+def _networks(text: str) -> tuple[Network, ...]:
+    return parse_networks(text)
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    services: Services = request.app.state.services
+    details = health_details(services)
+    return details if is_internal(request.scope, services) else public_health(details)
 
 
 @router.get("/metrics", include_in_schema=False)
