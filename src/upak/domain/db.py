@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.engine import Connection, ExceptionContext, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -53,6 +53,10 @@ class DatabaseUnavailable(DatabaseError):
     Nothing of the call took effect that was not committed before it. The message is one
     line and names no URL or password; retrying later is the right answer.
     """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the database is unavailable: {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ def unavailable_reason(exc: BaseException) -> str | None:
     (a constraint, a bad statement: the request's or the code's fault, not the server's)."""
     for cause in _causes(exc):
         if isinstance(cause, DatabaseUnavailable):
-            return str(cause)
+            return cause.reason
         if isinstance(cause, TimeoutError):
             return "no answer within the deadline"
         if isinstance(cause, OSError):  # refused, reset, unreachable: the socket, not SQL
@@ -196,7 +200,7 @@ def _reporter(
     def unavailable(reason: str) -> DatabaseUnavailable:
         if on_unavailable is not None:
             on_unavailable(reason)
-        return DatabaseUnavailable(f"the database is unavailable: {reason}")
+        return DatabaseUnavailable(reason)
 
     return unavailable
 
@@ -273,8 +277,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+class _GuardedSessionmaker(async_sessionmaker[AsyncSession]):
+    """An `async_sessionmaker` that asks `admit()` before each new session."""
+
+    def __init__(self, engine: AsyncEngine, admit: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(engine, **kwargs)
+        self.admit = admit
+
+    def __call__(self, **local_kw: Any) -> AsyncSession:
+        self.admit()  # raises (DatabaseUnavailable) to refuse at once
+        return super().__call__(**local_kw)
+
+
+def make_sessionmaker(
+    engine: AsyncEngine, admit: Callable[[], None] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `engine`; `admit` (the availability breaker) may refuse each one."""
+    if admit is None:
+        return async_sessionmaker(engine, expire_on_commit=False)
+    return _GuardedSessionmaker(engine, admit, expire_on_commit=False)
 
 
 def _open_lock_file(database: Path) -> BinaryIO:
@@ -333,6 +354,10 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
             await connection.run_sync(migrate, revision)
         async with engine.connect() as connection:
             return await connection.run_sync(_current_on)
+    except DatabaseUnavailable as exc:
+        raise DatabaseError(
+            f"the database at {redacted(str(engine.url))} could not be reached: {exc.reason}"
+        ) from None
     except OSError as exc:
         raise DatabaseError(
             f"the database at {redacted(str(engine.url))} could not be reached: {exc}"

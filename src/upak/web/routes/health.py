@@ -18,9 +18,11 @@ router = APIRouter(tags=["health"])
 async def health(request: Request) -> dict[str, Any]:
     services = request.app.state.services
     stats = services.store.stats
+    database = services.db_availability  # kept current by its own background check
     # The heartbeat keeps `stats` current without traffic; reading it never touches Redis.
     return {
-        "status": "ok" if stats.mode is Mode.REDIS else "degraded",
+        "status": "ok" if stats.mode is Mode.REDIS and not database.down else "degraded",
+        **database.as_dict(),
         "store": str(stats.mode),
         "redis": services.settings.redis.redacted_url(),
         "worker": os.getpid(),  # which worker process answered (multi-worker checks)
