@@ -73,6 +73,10 @@ class Deadlines:
         return self.checkout + self.connect + 2 * self.statement
 
 
+# `upak db upgrade` and Alembic's own runs: a migration may rewrite a big table, which no
+# request deadline should cut short. Connecting is still bounded.
+MIGRATION_DEADLINES = Deadlines(connect=10.0, checkout=10.0, statement=3600.0)
+
 # SQLSTATE classes that mean "the server cannot serve now", not "this statement is wrong":
 # 08 connection exception, 53 insufficient resources, 57 operator intervention (shutdown,
 # starting up, a cancelled statement), 58 system error.
