@@ -75,7 +75,8 @@ def _client(url: str) -> httpx.Client:
     return httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
 
 
-def _reader(url, accounts, answers: Answers, started: float, stop: threading.Event) -> None:
+def _loop(kind: str, pause: float, url, accounts, answers: Answers, started, stop) -> None:
+    """One kind of traffic, round-robin over `accounts`, until `stop`."""
     i = 0
     with _client(url) as client:
         while not stop.is_set():
@@ -83,25 +84,15 @@ def _reader(url, accounts, answers: Answers, started: float, stop: threading.Eve
             i += 1
             began = time.monotonic()
             with contextlib.suppress(httpx.HTTPError):
-                response = client.get("/me", headers={"Cookie": account.cookie})
-                answers.add(began - started, "me", response, time.monotonic() - began)
-            time.sleep(0.02)
-
-
-def _logins(url, accounts, answers: Answers, started: float, stop: threading.Event) -> None:
-    i = 0
-    with _client(url) as client:
-        while not stop.is_set():
-            account = accounts[i % len(accounts)]
-            i += 1
-            began = time.monotonic()
-            with contextlib.suppress(httpx.HTTPError):
-                response = client.post(
-                    "/auth/login", json={"email": account.email, "password": PASSWORD}
-                )
-                answers.add(began - started, "login", response, time.monotonic() - began)
-            client.cookies.clear()
-            time.sleep(0.1)
+                if kind == "me":
+                    response = client.get("/me", headers={"Cookie": account.cookie})
+                else:  # a fresh login, no cookie held: the sessions before it stay valid
+                    response = client.post(
+                        "/auth/login", json={"email": account.email, "password": PASSWORD}
+                    )
+                    client.cookies.clear()
+                answers.add(began - started, kind, response, time.monotonic() - began)
+            time.sleep(pause)
 
 
 def _sender(url, deliveries, answers: Answers, acked: list[str], started, stop) -> None:
@@ -187,9 +178,9 @@ def database_faults(result: Result) -> None:
             started = time.monotonic()
             run = (started, stop)
             jobs = [
-                (_reader, (service.url, accounts, answers, *run)),
-                (_reader, (service.url, accounts[::-1], answers, *run)),
-                (_logins, (service.url, accounts, answers, *run)),
+                (_loop, ("me", 0.02, service.url, accounts, answers, *run)),
+                (_loop, ("me", 0.02, service.url, accounts[::-1], answers, *run)),
+                (_loop, ("login", 0.1, service.url, accounts, answers, *run)),
                 (_sender, (service.url, deliveries, answers, acked, *run)),
                 (_poll_health, (service.url, health, *run)),
             ]
