@@ -28,7 +28,8 @@ from upak.domain.db import (
     unavailable_reason,
 )
 
-pytestmark = pytest.mark.slow  # a PostgreSQL cluster of its own, and real deadlines
+# Against a PostgreSQL cluster of its own, with real deadlines.
+slow = pytest.mark.slow
 
 # Short deadlines so the suite stays quick; generous slack for a loaded machine.
 DEADLINES = Deadlines(connect=1.0, checkout=1.0, statement=1.0)
@@ -66,6 +67,7 @@ async def timed_failure(engine: AsyncEngine, sql: str = "SELECT 1") -> float:
     return time.monotonic() - started
 
 
+@slow
 async def test_a_stopped_server_is_unavailable_at_once_and_serves_again_when_back(
     pg: PostgresServer, engine_and_trips: tuple[AsyncEngine, list[str]]
 ) -> None:
@@ -78,6 +80,7 @@ async def test_a_stopped_server_is_unavailable_at_once_and_serves_again_when_bac
     assert await select_one(engine) == 1  # the same engine, no restart
 
 
+@slow
 async def test_a_hung_server_costs_one_deadline_on_a_pooled_connection(
     pg: PostgresServer, engine_and_trips: tuple[AsyncEngine, list[str]]
 ) -> None:
@@ -97,6 +100,7 @@ async def test_a_hung_server_costs_one_deadline_on_a_pooled_connection(
     assert [await select_one(engine) for _ in range(5)] == [1] * 5
 
 
+@slow
 async def test_a_server_that_hangs_mid_statement_answers_within_the_deadline(
     pg: PostgresServer, engine_and_trips: tuple[AsyncEngine, list[str]]
 ) -> None:
@@ -123,6 +127,7 @@ async def test_a_server_that_hangs_mid_statement_answers_within_the_deadline(
     assert await select_one(engine) == 1
 
 
+@slow
 async def test_constraint_errors_are_not_unavailability(
     engine_and_trips: tuple[AsyncEngine, list[str]],
 ) -> None:
@@ -136,6 +141,7 @@ async def test_constraint_errors_are_not_unavailability(
     assert trips == []
 
 
+@slow
 async def test_the_breaker_opens_without_traffic_and_closes_by_itself(
     pg: PostgresServer, engine_and_trips: tuple[AsyncEngine, list[str]]
 ) -> None:
@@ -165,6 +171,7 @@ async def until(condition, within: float = 10.0) -> None:  # type: ignore[no-unt
         await asyncio.sleep(0.05)
 
 
+@slow
 async def test_sqlite_lock_wait_is_bounded_by_the_statement_deadline(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/locked.db"
     holder = make_engine(url)
