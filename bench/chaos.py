@@ -7,7 +7,8 @@ SIGCONT at 13; kill -9 and restart EMPTY at 17; the load ends at 24. Redis runs 
 Counted: 5xx responses (goal 0), duplicate webhook effects (goal 0: a subscription extended
 more times than payments were recorded), sessions lost (goal 0 for sessions created before or
 during the outages while Redis kept its data), time for each worker to switch to memory and
-back, and p99 per kind of traffic over the whole run.
+back, and p99 per kind of traffic over the whole run. Then the database faults (stopped,
+hung) on a PostgreSQL of the run's own: see bench/chaos_database.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from chaos_database import database_faults
 from common import ROOT, Result, Row, redis_server
 from load import PASSWORD, build_traffic, make_accounts, new_webhook_secret, run_mix, service_env
 from tests.support.service import running_service
@@ -253,6 +255,7 @@ def main() -> None:
         "discards it on purpose); the count is reported, not hidden."
     )
     result.extra["events"] = events
+    database_faults(result)  # the database stopped and hung, on a PostgreSQL of its own
     result.write()
 
 

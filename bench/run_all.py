@@ -22,7 +22,7 @@ SCRIPTS = [
     ("sessions", 90),
     ("memory", 60),
     ("load", 120),
-    ("chaos", 120),
+    ("chaos", 200),  # Redis faults, then the database faults on a PostgreSQL of its own
 ]
 
 

@@ -113,3 +113,16 @@ async def failover_store(fresh_redis: RedisServer) -> AsyncIterator[FailoverStor
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture(scope="session")
+def throwaway_postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster of the suite's own (initdb on a free port), for tests that stop
+    or hang the database; each test takes a fresh database with `new_database()`."""
+    from tests.support.postgres import INSTALL_HINT as PG_HINT
+    from tests.support.postgres import postgres_bin, postgres_server
+
+    if postgres_bin() is None:
+        pytest.skip(PG_HINT)
+    with postgres_server() as server:
+        yield server

@@ -257,6 +257,10 @@ _ACCEPTS: dict[str, str] = {
     "WEBHOOK_IDEMPOTENCY_TTL": "a whole number of seconds, at least 60",
     "RATE_LIMIT_FALLBACK_DIVISOR": "a whole number from 1 to 1024",
     "DATABASE_URL": "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:pass@host/db",
+    "DATABASE_CONNECT_TIMEOUT": "seconds, more than 0 and at most 60",
+    "DATABASE_POOL_TIMEOUT": "seconds, more than 0 and at most 60",
+    "DATABASE_STATEMENT_TIMEOUT": "seconds, more than 0 and at most 300",
+    "DATABASE_HEALTH_INTERVAL": "seconds, from 0.1 to 60",
     "RATE_LIMIT_DEFAULT": POLICY_SYNTAX,
     "RATE_LIMIT_LOGIN": POLICY_SYNTAX,
     "RATE_LIMIT_LOGIN_IP": POLICY_SYNTAX,
@@ -313,6 +317,11 @@ class Settings(BaseSettings):
     upak_workers: int = Field(1, ge=1, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./upak.db")
+    # Deadlines of every database call, and how often a background check asks it (seconds).
+    database_connect_timeout: float = Field(3.0, gt=0, le=60)
+    database_pool_timeout: float = Field(3.0, gt=0, le=60)
+    database_statement_timeout: float = Field(5.0, gt=0, le=300)
+    database_health_interval: float = Field(1.0, ge=0.1, le=60)
 
     # --- Sessions and accounts ---
     # Argon2 hashes running at once per process (default: half the CPUs) and waiting for a slot;

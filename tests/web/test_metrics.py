@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
 
 from tests.conftest import make_settings
 from tests.support.metrics import sample
@@ -50,7 +49,9 @@ async def test_requests_are_counted_by_route_template_and_status_class(app_clien
     assert "/nowhere" not in text
 
 
-async def test_database_gauge_follows_failing_calls(tmp_path: Path):
+async def test_database_gauge_follows_the_breaker(tmp_path: Path):
+    """The gauge is the breaker's state: a real failing call trips it, a passing check
+    (the breaker's own background check, run here by hand) brings it back."""
     (tmp_path / "db").mkdir()
     settings = make_settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
@@ -58,24 +59,30 @@ async def test_database_gauge_follows_failing_calls(tmp_path: Path):
     )
     app = create_app(settings)
     services = app.state.services
+    engine = services.db_engine
+
+    async def ping() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             before = (await client.get("/metrics")).text
             assert sample(before, "upak_database_up") == 1.0  # the start-up migrations succeeded
+            assert sample(before, "upak_database_outages_total") == 0.0
             # The database goes away: the next connection cannot open it.
-            await services.db_engine.dispose()
+            await engine.dispose()
             shutil.rmtree(tmp_path / "db")
-            with pytest.raises(OperationalError, match="unable to open"):
-                async with services.db_engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
+            assert not await services.db_availability.check(ping)
             after = (await client.get("/metrics")).text
             assert sample(after, "upak_database_up") == 0.0
-            assert sample(after, "upak_database_errors_total") == 1.0
-            (tmp_path / "db").mkdir()  # back: the next call that succeeds says so
-            async with services.db_engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            assert sample((await client.get("/metrics")).text, "upak_database_up") == 1.0
+            assert sample(after, "upak_database_outages_total") == 1.0
+            (tmp_path / "db").mkdir()  # back: the next passing check says so
+            assert await services.db_availability.check(ping)
+            back = (await client.get("/metrics")).text
+            assert sample(back, "upak_database_up") == 1.0
+            assert sample(back, "upak_database_outages_total") == 1.0
 
 
 def test_a_dead_workers_gauges_leave_but_its_counts_stay(tmp_path, monkeypatch):

@@ -18,14 +18,14 @@ def upgrade(
 ) -> None:
     """Apply the migrations to DATABASE_URL (the service also does this at start-up)."""
     from upak.cli import settings_or_exit
-    from upak.domain.db import DatabaseError, make_engine, redacted
+    from upak.domain.db import MIGRATION_DEADLINES, DatabaseError, make_engine, redacted
     from upak.domain.db import upgrade as run_upgrade
 
     settings = settings_or_exit()
     url = settings.database_url.get_secret_value()
 
     async def main() -> str | None:
-        engine = make_engine(url)
+        engine = make_engine(url, MIGRATION_DEADLINES)
         try:
             return await run_upgrade(engine, revision)
         finally:

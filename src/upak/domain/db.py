@@ -1,5 +1,11 @@
 """The relational database: SQLAlchemy 2 async, SQLite by default, PostgreSQL via DATABASE_URL.
 
+Every call has a deadline (`Deadlines`): connecting, waiting for a pooled connection, and each
+statement. A call that misses one, or finds the server gone, raises `DatabaseUnavailable`
+(the web layer answers 503 with Retry-After) and its connection is thrown away, so a hung or
+restarted server never leaves a broken connection in the pool. `on_unavailable` hears of
+each such failure (the availability breaker, `upak.domain.availability`).
+
 Schema changes go through the Alembic migrations in `upak/domain/migrations/`; `upgrade()` runs
 them to head, at start-up (the app's lifespan) or from `upak db upgrade`. Several worker
 processes may start at once, so the upgrade holds a lock: PostgreSQL's advisory lock, or a
@@ -11,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -37,6 +45,81 @@ class Base(DeclarativeBase):
 
 class DatabaseError(Exception):
     """The database could not be reached or migrated. The message is one line."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot serve now: down, hung past a deadline, or shutting down.
+
+    Nothing of the call took effect that was not committed before it. The message is one
+    line and names no URL or password; retrying later is the right answer.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the database is unavailable: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long one database call may wait, in seconds, at each step."""
+
+    connect: float = 3.0  # a new connection (TCP, TLS, authentication)
+    checkout: float = 3.0  # a pooled connection, when all are in use
+    statement: float = 5.0  # one statement (PostgreSQL), or a lock wait (SQLite)
+
+    @property
+    def call(self) -> float:
+        """The longest a call that respects every deadline can take, for outer bounds."""
+        return self.checkout + self.connect + 2 * self.statement
+
+
+# `upak db upgrade` and Alembic's own runs: a migration may rewrite a big table, which no
+# request deadline should cut short. Connecting is still bounded.
+MIGRATION_DEADLINES = Deadlines(connect=10.0, checkout=10.0, statement=3600.0)
+
+# SQLSTATE classes that mean "the server cannot serve now", not "this statement is wrong":
+# 08 connection exception, 53 insufficient resources, 57 operator intervention (shutdown,
+# starting up, a cancelled statement), 58 system error.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+# SQLite says the same in words: a lock held past the busy timeout, a file it cannot open.
+_UNAVAILABLE_SQLITE = ("database is locked", "unable to open database file", "disk i/o error")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, the driver error SQLAlchemy wrapped, and what caused each."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack += [getattr(current, "orig", None), current.__cause__, current.__context__]
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why `exc` means the database cannot serve now, in a few words; None when it does not
+    (a constraint, a bad statement: the request's or the code's fault, not the server's)."""
+    for cause in _causes(exc):
+        if isinstance(cause, DatabaseUnavailable):
+            return cause.reason
+        if isinstance(cause, TimeoutError):
+            return "no answer within the deadline"
+        if isinstance(cause, OSError):  # refused, reset, unreachable: the socket, not SQL
+            return f"cannot connect ({type(cause).__name__})"
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
+            return f"the server refused to serve (SQLSTATE {sqlstate})"
+        name = type(cause).__name__
+        if name in ("ConnectionDoesNotExistError", "InterfaceError") and "closed" in str(cause):
+            return "the connection was closed"
+        if type(cause).__module__.startswith("sqlite3"):
+            said = str(cause).lower()
+            for words in _UNAVAILABLE_SQLITE:
+                if words in said:
+                    return words
+    return None
 
 
 def redacted(url: str) -> str:
@@ -75,19 +158,119 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An engine for DATABASE_URL. `sqlite+aiosqlite://` is one in-memory database per engine."""
+def make_engine(
+    url: str,
+    deadlines: Deadlines | None = None,
+    on_unavailable: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> AsyncEngine:
+    """An engine for DATABASE_URL. `sqlite+aiosqlite://` is one in-memory database per engine.
+
+    Every call is bounded by `deadlines`; a call that finds the database unavailable raises
+    `DatabaseUnavailable` and tells `on_unavailable` why.
+    """
+    deadlines = deadlines or Deadlines()
     url = async_url(url)
     parsed = make_url(url)
+    connect_args = kwargs.setdefault("connect_args", {})
     if parsed.get_backend_name() == "sqlite":
         if _sqlite_file(url) is None:
             # One shared connection, or each connection would see its own empty database.
             kwargs.setdefault("poolclass", StaticPool)
-        kwargs.setdefault("connect_args", {}).setdefault("timeout", 15)
+        else:
+            kwargs.setdefault("pool_timeout", deadlines.checkout)
+        # SQLite's busy timeout: how long a statement waits for another process's lock.
+        connect_args.setdefault("timeout", deadlines.statement)
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_async_engine(url, pool_pre_ping=True, **kwargs)
+    else:
+        # asyncpg's own deadlines: `timeout` for connecting, `command_timeout` for each
+        # statement (the checkout ping included), so a hung server costs one bounded wait.
+        connect_args.setdefault("timeout", deadlines.connect)
+        connect_args.setdefault("command_timeout", deadlines.statement)
+        kwargs.setdefault("pool_timeout", deadlines.checkout)
+        engine = create_async_engine(url, **kwargs)
+        event.listen(engine.sync_engine.pool, "invalidate", _abort_invalidated)
+    unavailable = _reporter(on_unavailable)
+    _guard(engine, unavailable)
+    if parsed.get_backend_name() != "sqlite":
+        _ping_on_checkout(engine, unavailable)
+    return engine
+
+
+def _reporter(
+    on_unavailable: Callable[[str], None] | None,
+) -> Callable[[str], DatabaseUnavailable]:
+    def unavailable(reason: str) -> DatabaseUnavailable:
+        if on_unavailable is not None:
+            on_unavailable(reason)
+        return DatabaseUnavailable(reason)
+
+    return unavailable
+
+
+def _ping_on_checkout(engine: AsyncEngine, unavailable: Callable[[str], Exception]) -> None:
+    """SQLAlchemy's `pool_pre_ping`, with the difference that matters here.
+
+    A pooled connection may be dead (the server restarted: reconnect, the caller never
+    knows) or hung (the server stopped answering: reconnecting would only wait again).
+    `pool_pre_ping` lets the driver's timeout escape as a bare TimeoutError; this answers
+    DatabaseUnavailable for a hung server and a fresh connection for a dead one.
+    """
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "connect")
+    def _fresh(_dbapi_connection: Any, record: Any) -> None:
+        record.info["fresh"] = True
+
+    @event.listens_for(pool, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.pop("fresh", False):
+            return  # it has just answered the connection handshake
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            if any(isinstance(cause, TimeoutError) for cause in _causes(exc)):
+                raise unavailable("no answer within the deadline") from None
+            # Dead: the pool drops it and connects anew (do_connect bounds that).
+            raise DisconnectionError("the pooled connection is dead") from None
+
+
+def _guard(engine: AsyncEngine, unavailable: Callable[[str], Exception]) -> None:
+    """Turn the failures that mean "the database cannot serve now" into DatabaseUnavailable.
+
+    A statement's failure passes `handle_error`; marking it a disconnect makes SQLAlchemy
+    drop the connection and every pooled connection older than it, so the first call after
+    a restart or a hang gets a fresh connection instead of a dead one. Connecting fails
+    outside that hook (the pool raises the driver's error as it is), so connecting goes
+    through `do_connect` (SQLAlchemy's documented way to make the connection ourselves).
+    """
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> BaseException | None:
+        reason = unavailable_reason(context.original_exception)
+        if reason is None:
+            return None
+        context.is_disconnect = True
+        return unavailable(reason)
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            reason = unavailable_reason(exc)
+            if reason is None:
+                raise
+            raise unavailable(reason) from None
+
+
+def _abort_invalidated(dbapi_connection: Any, _record: Any, _exc: BaseException | None) -> None:
+    # SQLAlchemy closes an invalidated asyncpg connection politely, waiting up to 2 s for a
+    # server that may be hung; a connection we are throwing away needs no goodbye.
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and not driver.is_closed():
+        driver.terminate()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -98,8 +281,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+class _GuardedSessionmaker(async_sessionmaker[AsyncSession]):
+    """An `async_sessionmaker` that asks `admit()` before each new session."""
+
+    def __init__(self, engine: AsyncEngine, admit: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(engine, **kwargs)
+        self.admit = admit
+
+    def __call__(self, **local_kw: Any) -> AsyncSession:
+        self.admit()  # raises (DatabaseUnavailable) to refuse at once
+        return super().__call__(**local_kw)
+
+
+def make_sessionmaker(
+    engine: AsyncEngine, admit: Callable[[], None] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `engine`; `admit` (the availability breaker) may refuse each one."""
+    if admit is None:
+        return async_sessionmaker(engine, expire_on_commit=False)
+    return _GuardedSessionmaker(engine, admit, expire_on_commit=False)
 
 
 def _open_lock_file(database: Path) -> BinaryIO:
@@ -158,6 +358,10 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
             await connection.run_sync(migrate, revision)
         async with engine.connect() as connection:
             return await connection.run_sync(_current_on)
+    except DatabaseUnavailable as exc:
+        raise DatabaseError(
+            f"the database at {redacted(str(engine.url))} could not be reached: {exc.reason}"
+        ) from None
     except OSError as exc:
         raise DatabaseError(
             f"the database at {redacted(str(engine.url))} could not be reached: {exc}"

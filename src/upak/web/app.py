@@ -58,6 +58,7 @@ def create_app(
             log.error("cannot start: %s", exc)
             raise
         log.info("database %s at revision %s", redacted(str(services.db_engine.url)), revision)
+        services.db_availability.start(services.db_engine)
         await store.start()
         if store.mode is Mode.MEMORY and settings.production:
             log.error(
@@ -79,6 +80,7 @@ def create_app(
             await services.metrics.stop()
             await services.cache.drain()  # background cache refreshes finish before the store goes
             await store.close()
+            await services.db_availability.close()
             await services.db_engine.dispose()
 
     app = FastAPI(title="UPAK Backend", version="0.1.0", lifespan=lifespan)

@@ -26,6 +26,8 @@ _WHY = {
 
 
 async def get_db(services: Services = Depends(get_services)) -> AsyncIterator[AsyncSession]:
+    # While the database is known to be away this raises DatabaseUnavailable at once (503 +
+    # Retry-After, see upak.web.problems) instead of waiting out a deadline per request.
     async with services.db() as db:
         yield db
 

@@ -29,10 +29,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy import event
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from upak.domain.availability import DatabaseAvailability
 from upak.features.cache import Cache
 from upak.store import FailoverStore, Mode
 
@@ -116,18 +114,6 @@ class Metrics:
         ):
             self._count(read, Counter(f"upak_store_{name}", help_text, registry=r))
 
-        self.database_up = Gauge(
-            "upak_database_up",
-            "1 while the last database call succeeded, 0 after a failed one (min over workers)",
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.database_errors = Counter(
-            "upak_database_errors",
-            "Database calls that failed for want of a database (unreachable, connection lost)",
-            registry=r,
-        )
-
     # --- what the features count --------------------------------------------------------
 
     def _count(self, read: Callable[[], float], counter: Any) -> None:
@@ -158,32 +144,22 @@ class Metrics:
         self._count(lambda: stats.local_waits, waits.labels("process"))
         self._count(lambda: stats.lease_waits, waits.labels("lease"))
 
-    def watch_database(self, engine: AsyncEngine) -> None:
-        """`upak_database_up` follows the outcome of the engine's calls: what the app knows
-        without asking the database anything (a probe would be a wait of its own)."""
-        up = self.database_up
-        state = {"up": False}
-
-        def succeeded(*_: Any) -> None:
-            if not state["up"]:  # a gauge write per state change, not per statement
-                state["up"] = True
-                up.set(1)
-
-        def failed(context: Any) -> None:
-            unreachable = (
-                context.is_disconnect
-                or context.connection is None  # the connect itself failed
-                or isinstance(context.sqlalchemy_exception, OperationalError | InterfaceError)
-            )
-            if not unreachable:  # a constraint or a bad statement: the database answered
-                return
-            self.database_errors.inc()
-            if state["up"]:
-                state["up"] = False
-                up.set(0)
-
-        event.listen(engine.sync_engine, "after_cursor_execute", succeeded)
-        event.listen(engine.sync_engine, "handle_error", failed)
+    def watch_database(self, availability: DatabaseAvailability) -> None:
+        """`upak_database_up` follows the database breaker (upak.domain.availability), which
+        real calls trip and its own background check closes: never a query of its own."""
+        up = Gauge(
+            "upak_database_up",
+            "1 while the database answers, 0 while it is down or hung (min over workers)",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self._gauge(lambda: 0.0 if availability.down else 1.0, up)
+        outages = Counter(
+            "upak_database_outages",
+            "Times the database was found down or hung (each answered 503 until it returned)",
+            registry=self.registry,
+        )
+        self._count(lambda: availability.outages, outages)
 
     def sync(self) -> None:
         """Copy the features' counters into the metrics (counters only ever grow)."""

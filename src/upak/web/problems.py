@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
+from upak.domain.db import DatabaseUnavailable
 from upak.store import StoreError
 
 log = logging.getLogger("upak.web")
@@ -62,3 +65,16 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         log.error("store error on %s %s: %s", request.method, request.url.path, exc)
         return problem(503, "Service temporarily unavailable", "Please retry shortly.")
+
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(PoolTimeout)  # every pooled connection busy past the deadline
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # The message names the reason only (never the URL); the breaker logs the outage.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        interval = request.app.state.services.settings.database_health_interval
+        return problem(
+            503,
+            "Database temporarily unavailable",
+            "Nothing was changed; retry shortly.",
+            headers={"Retry-After": str(math.ceil(interval) + 1)},
+        )

@@ -14,8 +14,9 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from upak.config import Settings, parse_networks
+from upak.domain.availability import DatabaseAvailability
 from upak.domain.billing import SubscriptionHook
-from upak.domain.db import make_engine, make_sessionmaker
+from upak.domain.db import Deadlines, make_engine, make_sessionmaker
 from upak.domain.passwords import Passwords
 from upak.features.cache import Cache
 from upak.features.ratelimit import RateLimiter
@@ -49,11 +50,25 @@ class Services:
     db_engine: AsyncEngine = field(init=False)
     passwords: Passwords = field(default_factory=Passwords)
     sessions: SessionManager = field(init=False)
+    # Whether the database answers: /health reads it; while down, sessions are refused at once.
+    db_availability: DatabaseAvailability = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = KeySpace(self.settings.redis_key_prefix)
-        self.db_engine = make_engine(self.settings.database_url.get_secret_value())
-        self.db = make_sessionmaker(self.db_engine)
+        deadlines = Deadlines(
+            connect=self.settings.database_connect_timeout,
+            checkout=self.settings.database_pool_timeout,
+            statement=self.settings.database_statement_timeout,
+        )
+        self.db_availability = DatabaseAvailability(
+            interval=self.settings.database_health_interval, deadline=deadlines.call
+        )
+        self.db_engine = make_engine(
+            self.settings.database_url.get_secret_value(),
+            deadlines,
+            on_unavailable=self.db_availability.trip,
+        )
+        self.db = make_sessionmaker(self.db_engine, self.db_availability.refuse_while_down)
         self.sessions = SessionManager(
             self.store,
             self.keys,
@@ -70,7 +85,7 @@ class Services:
             self.store, self.keys, default_ttl=self.settings.redis_ttl, clock=self.clock
         )
         self.metrics.watch_cache(self.cache)
-        self.metrics.watch_database(self.db_engine)
+        self.metrics.watch_database(self.db_availability)
         # A payment that changes a subscription drops the user's cached reads (/me) at once.
         self.on_subscription_changed.append(self.cache.invalidate_user)
 

@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from upak.domain import import_models
-from upak.domain.db import Base, make_engine
+from upak.domain.db import MIGRATION_DEADLINES, Base, make_engine
 
 import_models()  # every table of every domain module, so autogenerate sees them all
 target_metadata = Base.metadata
@@ -29,7 +29,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_own_connection(url: str) -> None:
-    engine = make_engine(url)
+    engine = make_engine(url, MIGRATION_DEADLINES)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_run)

@@ -35,8 +35,10 @@ _FORWARDING_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"}
 def health_details(services: Services) -> dict[str, Any]:
     """Everything /health knows (from memory: the heartbeat keeps `stats` current)."""
     stats = services.store.stats
+    database = services.db_availability  # kept current by its own background check
     return {
-        "status": "ok" if stats.mode is Mode.REDIS else "degraded",
+        "status": "ok" if stats.mode is Mode.REDIS and not database.down else "degraded",
+        **database.as_dict(),
         "store": str(stats.mode),
         "redis": services.settings.redis.redacted_url(),
         "worker": os.getpid(),  # which worker process answered (multi-worker checks)

@@ -1,7 +1,9 @@
 """`GET /me`: the caller's account, served from the cache with a private ETag.
 
 The session middleware already knows who is calling, so a cache hit costs no database read;
-a payment that changes the subscription drops the entry (`Cache.invalidate_user`).
+a payment that changes the subscription drops the entry (`Cache.invalidate_user`). While the
+database is away a cached document is still served: it cannot be stale from a payment, since
+none can land meanwhile; a miss answers 503 (see `upak.web.problems`).
 """
 
 from __future__ import annotations
