@@ -307,6 +307,8 @@ RESOLVE: Operation[list | None] = Operation(
     lua=_RESOLVE_LUA,
     memory=_resolve_memory,
     remember=_remember_resolved,
+    # A session this process has no copy of may be in a Redis that refuses only writes.
+    read_through=lambda reply: reply is None,
 )
 
 

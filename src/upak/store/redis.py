@@ -21,16 +21,15 @@ import redis.exceptions as rex
 from upak.config import Settings
 from upak.connect import WireTarget, async_client, wire_target
 from upak.store.base import Store
+from upak.store.conditions import condition_of
 from upak.store.operation import Arg, Mode, Operation, StoreError
 from upak.store.wire import Wire, open_wire
 
 T = TypeVar("T")
 
-# Errors that mean "Redis is not serving us right now", as opposed to "Redis answered no".
-# A server that is loading its dataset, a replica that was demoted under us (Sentinel
-# failover) and a cluster that lost a slot are all outages from the caller's point of view.
-# A script whose keys span slots is not: that is a bug in one operation, and treating it as an
-# outage would switch every feature to memory (so RedisClusterException as such is left out).
+# Exception classes that always mean "Redis is not serving us right now". Error replies that
+# do (OOM, BUSY, MISCONF, …) are told apart by `upak.store.conditions.condition_of`, which
+# is what decides; a script whose keys span slots is a bug in one operation, not an outage.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     rex.ConnectionError,  # also AuthenticationError, BusyLoadingError, MaxConnectionsError
     rex.TimeoutError,
@@ -218,7 +217,7 @@ class RedisStore(Store):
             try:
                 replies = [await self.client.evalsha(self._sha(op), len(keys), *keys, *args)]
             except rex.ResponseError as exc:
-                if isinstance(exc, UNAVAILABLE):
+                if condition_of(exc) is not None:
                     raise
                 replies = [exc]
         else:
@@ -229,7 +228,7 @@ class RedisStore(Store):
                 pipe.execute_command("EVALSHA", self._sha(op), len(keys), *keys, *args)
             replies = list(await pipe.execute(raise_on_error=False))
         for reply in replies:
-            if isinstance(reply, UNAVAILABLE):
+            if isinstance(reply, BaseException) and condition_of(reply) is not None:
                 raise reply
         return replies
 
@@ -286,8 +285,9 @@ class RedisStore(Store):
 
 
 def _as_store_error(exc: BaseException) -> BaseException:
-    """Outage errors pass through for the failover; anything else Redis said is a StoreError."""
-    if isinstance(exc, (*UNAVAILABLE, StoreError)):
+    """Server conditions pass through for the failover; anything else Redis said is a
+    StoreError (a programming error: the web layer answers 503)."""
+    if isinstance(exc, StoreError) or condition_of(exc) is not None:
         return exc
     if isinstance(exc, rex.RedisError | rex.RedisClusterException):
         return StoreError(f"Redis refused the operation: {exc}")

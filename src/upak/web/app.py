@@ -21,6 +21,7 @@ from upak.web.middleware.body_limit import BodySizeLimit
 from upak.web.middleware.origin import OriginCheck
 from upak.web.middleware.ratelimit import build_rate_limiter, install_rate_limiting
 from upak.web.middleware.sessions import SessionMiddleware
+from upak.web.middleware.store_errors import StoreErrorGuard
 from upak.web.problems import install_problem_handlers
 from upak.web.routes import auth, health, me, payments, plans, webhooks
 from upak.web.services import Services
@@ -99,6 +100,8 @@ def create_app(
             allow_headers=["Content-Type", "If-None-Match", "If-Match"],
         )
     app.add_middleware(BodySizeLimit)
+    # Outermost: a StoreError from any middleware inside is a 503 problem, never a 500.
+    app.add_middleware(StoreErrorGuard)
     return app
 
 
