@@ -29,13 +29,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from upak.store.base import Store
 from upak.store.conditions import Condition, condition_of, refuses_writes_only
-from upak.store.memory import MemoryStore
+from upak.store.memory import MemoryData, MemoryStore
 from upak.store.operation import Arg, Fallback, Mode, Operation
 from upak.store.primitives import WRITE_PROBE
 from upak.store.redis import RedisStore
@@ -140,13 +140,19 @@ class FailoverStore(Store):
         self._monotonic = monotonic
         self._journal: deque[_Journaled] = deque()
         self._compact_at = journal_max
+        self._writing_back = False
         self._watcher: asyncio.Task[None] | None = None
+        self._recovery_callbacks: list[Callable[[MemoryData], Awaitable[None]]] = []
+        self._recovery_task: asyncio.Task[None] | None = None
         self.stats = FailoverStats(mode=Mode.REDIS if redis else Mode.MEMORY)
         self._mode = self.stats.mode
 
     @property
     def mode(self) -> Mode:
         return self._mode
+
+    def on_recovery(self, callback: Callable[[MemoryData], Awaitable[None]]) -> None:
+        self._recovery_callbacks.append(callback)
 
     # --- the hot path ---
 
@@ -202,7 +208,8 @@ class FailoverStore(Store):
         return reply
 
     def _journal_call(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> None:
-        if len(self._journal) >= self._compact_at:
+        if len(self._journal) >= self._compact_at and not self._writing_back:
+            # (Not while a write-back walks the journal: it pops the entries it replayed.)
             self._compact_journal()
         self._journal.append(_Journaled(op, tuple(keys), tuple(args), self._now_ms()))
         self.stats.pending_writeback = len(self._journal)
@@ -288,18 +295,43 @@ class FailoverStore(Store):
             self.target,
             self.stats.written_back,
         )
+        if self._recovery_callbacks and self._recovery_task is None:
+            self._recovery_task = asyncio.get_running_loop().create_task(
+                self._after_recovery(), name="upak-redis-recovered"
+            )
+
+    async def _after_recovery(self) -> None:
+        try:
+            for callback in self._recovery_callbacks:
+                try:
+                    await callback(self.memory.data)
+                except Exception:  # one feature's check must not stop the others
+                    log.exception("a check after Redis recovered failed")
+        finally:
+            self._recovery_task = None
 
     async def _write_back(self) -> None:
         """Replay the journal against Redis in order; raises if Redis fails again."""
         assert self.redis is not None
+        self._writing_back = True
+        try:
+            await self._replay_journal()
+        finally:
+            self._writing_back = False
+            if not self._journal:
+                self._compact_at = self.journal_max
+
+    async def _replay_journal(self) -> None:
+        assert self.redis is not None
         while self._journal:
             batch = [self._journal[i] for i in range(min(self.writeback_batch, len(self._journal)))]
             now = self._now_ms()
-            calls = []
+            calls, replayed = [], []
             for entry in batch:
                 args = entry.args
                 if entry.op.replay_args is not None:
                     args = entry.op.replay_args(args, now - entry.at_ms)
+                replayed.append(args)
                 calls.append(
                     None if args is None else self.redis.run_raw(entry.op, entry.keys, args)
                 )
@@ -307,7 +339,7 @@ class FailoverStore(Store):
                 *(c for c in calls if c is not None), return_exceptions=True
             )
             outcomes = iter(results)
-            for entry, call in zip(batch, calls, strict=True):
+            for entry, call, args in zip(batch, calls, replayed, strict=True):
                 outcome = None if call is None else next(outcomes)
                 if isinstance(outcome, Exception) and condition_of(outcome) is not None:
                     self.stats.pending_writeback = len(self._journal)
@@ -318,6 +350,10 @@ class FailoverStore(Store):
                     log.error("write-back of %s failed and was dropped: %s", entry.op.name, outcome)
                 elif call is not None:
                     self.stats.written_back += 1
+                    if entry.op.remember is not None:
+                        # Redis's answer to the replay is the truth memory keeps: a session
+                        # whose create was refused (revoked elsewhere) is forgotten here.
+                        entry.op.remember(self.memory.data, entry.keys, args or (), outcome)
             self.stats.pending_writeback = len(self._journal)
 
     # --- background: heartbeat while up, probe while down ---
@@ -374,6 +410,10 @@ class FailoverStore(Store):
         return None
 
     async def close(self) -> None:
+        if self._recovery_task is not None:
+            self._recovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery_task
         if self._watcher is not None:
             # One cancel is not always enough: a cancellation that lands while a probe's own
             # deadline fires, or inside redis-py's disconnect, can be absorbed, and the loop
