@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,15 @@ from fastapi import FastAPI
 from tests.conftest import make_settings
 from tests.features.test_sessions import Clock
 from tests.support.redis_servers import RedisServer
-from tests.web.test_auth import client_of, client_with, login, register, session_cookie
+from tests.support.webhooks import SECRET, create_database, notification, read_state, signed_headers
+from tests.web.test_auth import (
+    PASSWORD,
+    client_of,
+    client_with,
+    login,
+    register,
+    session_cookie,
+)
 from upak.domain.passwords import fast_passwords_for_tests
 from upak.features.sessions import handle_of
 from upak.store import Mode
@@ -82,3 +91,62 @@ async def test_a_session_unknown_here_while_degraded_keeps_its_cookie(
         await asyncio.sleep(0.05)
     async with client_with(other, cookie) as client:
         assert (await client.get("/me")).status_code == 200  # back: the cookie still works
+
+
+async def test_redis_full_serves_every_route_and_comes_back(
+    fresh_redis: RedisServer, tmp_path
+) -> None:
+    """Redis over maxmemory under noeviction (what `upak redis config` recommends)."""
+    db_path = str(tmp_path / "full.db")
+    settings = make_settings(
+        redis_url=fresh_redis.url,
+        redis_socket_timeout=0.3,
+        redis_connect_timeout=0.3,
+        redis_health_interval=0.1,
+        redis_probe_backoff_max=0.2,
+        database_url=create_database(db_path, users=1),
+        webhook_secret=SECRET,
+    )
+    app = create_app(settings, passwords=fast_passwords_for_tests())
+    context = app.router.lifespan_context(app)
+    await context.__aenter__()
+    admin = fresh_redis.client()
+    try:
+        async with client_of(app) as client:
+            await register(client, "full@example.com")
+            await login(client, "full@example.com")
+            before = session_cookie(client)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+        try:
+            async with client_of(app) as client:
+                during_login = await client.post(
+                    "/auth/login", json={"email": "full@example.com", "password": PASSWORD}
+                )
+                assert during_login.status_code == 200, during_login.text
+                during = session_cookie(client)
+                assert (await client.get("/me")).status_code == 200
+                assert (await client.get("/plans")).status_code == 200
+                body = notification(user_id=1)
+                headers = signed_headers(body, at=time.time())
+                paid = await client.post("/webhooks/upak", content=body, headers=headers)
+                assert paid.status_code == 200, paid.text
+                health = (await client.get("/health")).json()
+                assert health["status"] != "ok" and health["condition"] == "oom"
+            async with client_with(app, before) as client:
+                assert (await client.get("/me")).status_code == 200
+        finally:
+            admin.config_set("maxmemory", "0")
+        for _ in range(100):  # back within seconds
+            if app.state.services.store.mode is Mode.REDIS:
+                break
+            await asyncio.sleep(0.05)
+        assert app.state.services.store.mode is Mode.REDIS
+        async with client_of(app) as client:
+            replay = await client.post("/webhooks/upak", content=body, headers=headers)
+            assert (replay.status_code, replay.json()) == (200, {"status": "duplicate"})
+        assert read_state(db_path)[0] == 1  # applied once
+        async with client_with(app, during) as client:
+            assert (await client.get("/me")).status_code == 200  # made while full, still works
+    finally:
+        await context.__aexit__(None, None, None)
