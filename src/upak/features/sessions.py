@@ -273,6 +273,7 @@ CREATE: Operation[bool] = Operation(
     memory=_create_memory,
     parse=bool,
     writeback=True,
+    durable=True,
     replay_args=_ms_later(4),
     remember=_remember_created,
 )
@@ -409,6 +410,7 @@ REVOKE: Operation[bool] = Operation(
     parse=bool,
     writeback=True,
     precious=True,  # a dropped revocation is a logged-out session back on Redis
+    durable=True,
     replay_args=_revoke_replayed,
     # Revoked on Redis: this process's mirrored copy must go too.
     remember=lambda data, keys, args, reply: _revoke_memory(data, keys, args),
@@ -481,6 +483,7 @@ REVOKE_OTHERS: Operation[int] = Operation(
     parse=int,
     writeback=True,
     precious=True,
+    durable=True,
     replay_args=_floor_ttl_left,
     remember=lambda data, keys, args, reply: _revoke_others_memory(data, keys, args),
 )

@@ -365,6 +365,7 @@ class FailoverStore(Store):
                     "No Redis configured: serving from process memory; %s", DEGRADED_MEANING
                 )
             return
+        await self.redis.start()
         try:
             self.stats.latency = await self.redis.ping()
             log.info("Store: Redis at %s (%.1f ms)", self.target, self.stats.latency * 1000)

@@ -78,6 +78,10 @@ class Operation(Generic[T]):
     # Never dropped from the journal, whatever its size: a revocation that is lost would
     # bring a logged-out session back.
     precious: bool = False
+    # Must survive a failover (logins, revocations, replay done-markers): with
+    # REDIS_WAIT_REPLICAS set, answered only once replicas acknowledged it (WAIT), or after
+    # it was repeated on the master Sentinel names now. Such a call must be idempotent.
+    durable: bool = False
     # Rewrites a call's args for its replay, given the milliseconds since it ran (so a TTL
     # written back is the remaining TTL, not a fresh one). Returning None drops the call.
     replay_args: Callable[[Sequence[Arg], int], Sequence[Arg] | None] | None = None
