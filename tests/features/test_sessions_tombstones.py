@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tests.conftest import make_settings
 from tests.features.test_sessions import Clock, cookie
-from tests.store.test_failover import wait_for_mode
+from tests.store.test_failover import quick_failover_settings, wait_for_mode
 from tests.support.redis_servers import RedisServer
 from upak.features.sessions import SessionManager
 from upak.store import FailoverStore, KeySpace, Mode, build_store
@@ -26,13 +25,7 @@ Worker = tuple[FailoverStore, SessionManager]
 @pytest.fixture
 async def start_worker(fresh_redis: RedisServer) -> AsyncIterator[Callable[..., Worker]]:
     stores: list[FailoverStore] = []
-    settings = make_settings(
-        redis_url=fresh_redis.url,
-        redis_socket_timeout=0.2,
-        redis_connect_timeout=0.2,
-        redis_health_interval=0.1,
-        redis_probe_backoff_max=0.2,
-    )
+    settings = quick_failover_settings(fresh_redis.url)
 
     def start(clock: Clock, comes_back_after: float) -> Worker:
         store = build_store(settings, clock=clock)

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from tests.conftest import make_settings
 from tests.features.test_sessions import Clock
+from tests.store.test_failover import quick_failover_settings
 from tests.support.redis_servers import RedisServer
 from tests.support.webhooks import SECRET, create_database, notification, read_state, signed_headers
 from tests.web.test_auth import (
@@ -98,12 +99,10 @@ async def test_redis_full_serves_every_route_and_comes_back(
 ) -> None:
     """Redis over maxmemory under noeviction (what `upak redis config` recommends)."""
     db_path = str(tmp_path / "full.db")
-    settings = make_settings(
-        redis_url=fresh_redis.url,
+    settings = quick_failover_settings(
+        fresh_redis.url,
         redis_socket_timeout=0.3,
         redis_connect_timeout=0.3,
-        redis_health_interval=0.1,
-        redis_probe_backoff_max=0.2,
         database_url=create_database(db_path, users=1),
         webhook_secret=SECRET,
     )
