@@ -7,8 +7,14 @@ SIGCONT at 13; kill -9 and restart EMPTY at 17; the load ends at 24. Redis runs 
 Counted: 5xx responses (goal 0), duplicate webhook effects (goal 0: a subscription extended
 more times than payments were recorded), sessions lost (goal 0 for sessions created before or
 during the outages while Redis kept its data), time for each worker to switch to memory and
-back, and p99 per kind of traffic over the whole run. Then the database faults (stopped,
-hung) on a PostgreSQL of the run's own: see bench/chaos_database.py.
+back, and p99 per kind of traffic over the whole run.
+
+Then a Redis that is there but sick (`redis_sick_faults`), on a service of its own: full
+(maxmemory under noeviction), BUSY (a script past busy-reply-threshold) and flapping
+(every connection killed each 0.2 s), a few seconds each under logged-in reads and signed
+payments (each sent 3 times). Per fault: 5xx, valid users answered 401, payments lost or
+doubled. Last, the database faults (stopped, hung) on a PostgreSQL of the run's own: see
+bench/chaos_database.py.
 """
 
 from __future__ import annotations
@@ -29,7 +35,17 @@ import httpx
 
 from chaos_database import database_faults
 from common import ROOT, Result, Row, redis_server
-from load import PASSWORD, build_traffic, make_accounts, new_webhook_secret, run_mix, service_env
+from load import (
+    PASSWORD,
+    build_traffic,
+    make_accounts,
+    new_webhook_secret,
+    plan_prices,
+    run_mix,
+    service_env,
+    signed_deliveries,
+)
+from tests.support.scripts import BUSY_LUA
 from tests.support.service import running_service
 
 LOAD_SECONDS = 24
@@ -256,7 +272,149 @@ def main() -> None:
     )
     result.extra["events"] = events
     database_faults(result)  # the database stopped and hung, on a PostgreSQL of its own
+    for row in redis_sick_faults():
+        result.add(row)
     result.write()
+
+
+# --- a Redis that is there but sick: full, busy, flapping ---
+
+SICK_SECONDS = {"Redis full (maxmemory, noeviction)": 3.0, "Redis BUSY (script)": 3.0}
+FLAP_SECONDS = 5.0
+SICK_PAYMENTS = 30  # per fault, each delivered 3 times
+
+
+@dataclass
+class SickTally:
+    """What users saw during one fault."""
+
+    server_errors: int = 0
+    logged_out: int = 0  # 401 for a session that is valid
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, status: int) -> None:
+        with self.lock:
+            self.requests += 1
+            self.server_errors += status >= 500
+            self.logged_out += status == 401
+
+
+def _sick_load(url: str, cookies: list[str], deliveries, tally: SickTally, seconds: float):
+    """Logged-in /me reads on 4 threads and every delivery 3 times, for `seconds`."""
+    deadline = time.monotonic() + seconds
+    pending = [d for d in deliveries for _ in range(3)]
+
+    def reader(index: int) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            i = index
+            while time.monotonic() < deadline:
+                cookie = cookies[i % len(cookies)]
+                i += 1
+                with contextlib.suppress(httpx.HTTPError):
+                    tally.count(client.get("/me", headers={"Cookie": cookie}).status_code)
+
+    def sender() -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while pending and time.monotonic() < deadline + 5:
+                _, headers, body = pending.pop()
+                with contextlib.suppress(httpx.HTTPError):
+                    status = client.post(
+                        "/webhooks/upak", content=body, headers=headers
+                    ).status_code
+                    tally.count(status)
+                    if status == 409:  # in flight on the other worker: the sender retries
+                        pending.insert(0, (_, headers, body))
+                time.sleep(seconds / (SICK_PAYMENTS * 3))
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    threads.append(threading.Thread(target=sender))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _payments_off(db_path: Path, deliveries) -> int:
+    """Deliveries recorded other than exactly once (lost or doubled)."""
+    ids = [json_id for json_id in (_payment_id(body) for _, _, body in deliveries)]
+    with sqlite3.connect(db_path) as db:
+        counts = dict(
+            db.execute(
+                "SELECT provider_payment_id, COUNT(*) FROM payments GROUP BY provider_payment_id"
+            ).fetchall()
+        )
+    return sum(counts.get(payment_id, 0) != 1 for payment_id in ids)
+
+
+def _payment_id(body: bytes) -> str:
+    import json
+
+    return json.loads(body)["object"]["id"]
+
+
+def _flap(redis, seconds: float) -> None:
+    admin = redis.client()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            admin.client_kill_filter(_type="normal")
+        time.sleep(0.2)
+
+
+def redis_sick_faults() -> list[Row]:
+    """Full, BUSY and flapping, one after the other, on a service of their own."""
+    secret = new_webhook_secret()
+    rows: list[Row] = []
+    with (
+        redis_server() as redis,
+        running_service(service_env(redis.url, secret)) as service,
+    ):
+        accounts = make_accounts(service.url, 8, tag="sick" + secrets.token_hex(3))
+        cookies = [a.cookie for a in accounts]
+        prices = plan_prices(service.url)
+        admin = redis.client()
+        faults = [*SICK_SECONDS, "Redis flapping (connections killed every 0.2 s)"]
+        for fault in faults:
+            deliveries = signed_deliveries(secret, accounts, prices, SICK_PAYMENTS)
+            tally = SickTally()
+            seconds = SICK_SECONDS.get(fault, FLAP_SECONDS)
+            load = threading.Thread(
+                target=_sick_load, args=(service.url, cookies, deliveries, tally, seconds + 1)
+            )
+            load.start()
+            time.sleep(0.5)
+            if fault.startswith("Redis full"):
+                admin.config_set("maxmemory-policy", "noeviction")
+                admin.config_set("maxmemory", "1")
+                time.sleep(seconds)
+                admin.config_set("maxmemory", "0")
+            elif fault.startswith("Redis BUSY"):
+                admin.config_set("busy-reply-threshold", "100")
+                with contextlib.suppress(Exception):
+                    redis.client().eval(BUSY_LUA, 0, int(seconds * 1000))
+            else:
+                _flap(redis, seconds)
+            load.join()
+            time.sleep(2.0)  # both workers write back before the payments are counted
+            off = _payments_off(service.workdir / "upak.db", deliveries)
+            rows += [
+                Row(f"{fault}: 5xx", tally.server_errors, unit="count", higher_is_better=False),
+                Row(
+                    f"{fault}: valid sessions answered 401",
+                    tally.logged_out,
+                    unit="count",
+                    higher_is_better=False,
+                ),
+                Row(
+                    f"{fault}: payments lost or doubled (of {len(deliveries)})",
+                    off,
+                    unit="count",
+                    higher_is_better=False,
+                ),
+                Row(f"{fault}: requests", tally.requests, unit="count"),
+            ]
+    return rows
 
 
 if __name__ == "__main__":

@@ -309,6 +309,10 @@ class Settings(BaseSettings):
     redis_health_interval: float = Field(0.5, ge=0.05, le=10)
     redis_probe_backoff_max: float = Field(0.5, ge=0.05, le=60)
     redis_max_connections: int = Field(64, ge=1, le=10000)
+    # Writes that must survive a failover (logins, revocations, replay done-markers) wait for
+    # this many replicas to acknowledge them (WAIT), at most REDIS_WAIT_TIMEOUT s; 0 = off.
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_timeout: float = Field(0.1, gt=0, le=5)
     memory_max_keys: int = Field(200_000, ge=100, le=100_000_000)
 
     # --- Service ---

@@ -8,8 +8,11 @@ hung request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +145,12 @@ class WireTarget:
     # Sentinel: asked for the master's (host, port) on every connect, so a reconnect after a
     # failover finds the new master.
     locate: Callable[[], Awaitable[tuple[str, int]]] | None = field(default=None, repr=False)
+    # Sentinel: the new master's (host, port) each time a sentinel announces +switch-master.
+    announcements: Callable[[], AsyncIterator[tuple[str, int]]] | None = field(
+        default=None, repr=False
+    )
+    # Sentinel: whether a failover of the master is under way right now.
+    failing_over: Callable[[], Awaitable[bool]] | None = field(default=None, repr=False)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -163,7 +172,9 @@ def wire_target(settings: Settings, client: Any) -> WireTarget | None:
     target = settings.redis
     if target.kind == "cluster":
         return None
-    locate = client.connection_pool.get_master_address if target.kind == "sentinel" else None
+    sentinel = target.kind == "sentinel"
+    name = target.service_name or ""
+    locate = client.connection_pool.get_master_address if sentinel else None
     host, port = target.hosts[0] if target.hosts else ("localhost", 6379)
     return WireTarget(
         host=host,
@@ -176,7 +187,56 @@ def wire_target(settings: Settings, client: Any) -> WireTarget | None:
         socket_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
         locate=locate,
+        announcements=_switch_announcements(name, client) if sentinel else None,
+        failing_over=_failing_over(name, client) if sentinel else None,
     )
+
+
+def _failing_over(service_name: str, client: Any) -> Callable[[], Awaitable[bool]]:
+    """Whether a sentinel reports a failover of `service_name` under way."""
+
+    async def ask() -> bool:
+        for sentinel in client.connection_pool.sentinel_manager.sentinels:
+            try:
+                state = await sentinel.sentinel_master(service_name)
+            except (redis.RedisError, OSError):
+                continue  # the next sentinel may answer
+            flags = state.get("flags", "")
+            return "failover_in_progress" in (flags if isinstance(flags, str) else ",".join(flags))
+        return False
+
+    return ask
+
+
+def _switch_announcements(
+    service_name: str, client: Any
+) -> Callable[[], AsyncIterator[tuple[str, int]]]:
+    """Sentinel's `+switch-master` for `service_name`, from whichever sentinel answers.
+
+    Every wait is bounded: a sentinel that stops answering is left after `get_message`'s
+    one-second poll fails, and the next one in the list is tried half a second later."""
+
+    async def announcements() -> AsyncIterator[tuple[str, int]]:
+        sentinels = client.connection_pool.sentinel_manager.sentinels
+        for sentinel in itertools.cycle(sentinels):
+            pubsub = sentinel.pubsub()
+            try:
+                await pubsub.subscribe("+switch-master")
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None:
+                        continue
+                    data = message["data"]
+                    parts = (data.decode() if isinstance(data, bytes) else str(data)).split()
+                    if len(parts) == 5 and parts[0] == service_name:
+                        yield parts[3], int(parts[4])
+            except (redis.RedisError, OSError):
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    return announcements
 
 
 def describe(target: RedisTarget) -> str:

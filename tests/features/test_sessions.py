@@ -218,12 +218,52 @@ async def test_a_create_replayed_after_log_out_everywhere_is_refused(
     clock.advance(10)
     await manager.revoke_others(14, current.session.handle)
     handle = handle_of(secrets.token_urlsafe(32))
-    keys = [manager._session_key(14, handle), manager._index_key(14), manager._floor_key(14)]
+    keys = [
+        manager._session_key(14, handle),
+        manager._index_key(14),
+        manager._floor_key(14),
+        manager._tomb_key(14, handle),
+    ]
     now = int(clock() * 1000)
     late = [handle, created_ms, created_ms + 300_000, 60_000, now, "", "", 5]
     assert await any_store.run(CREATE, keys, late) is False
     fresh = [handle, now, now + 300_000, 60_000, now, "", "", 5]
     assert await any_store.run(CREATE, keys, fresh) is True
+
+
+async def test_a_create_replayed_after_its_logout_is_refused(
+    manager: SessionManager, any_store: Store, clock: Clock, key_prefix: str
+) -> None:
+    """A login written back by one worker after another wrote back its logout (the logout's
+    worker never saw the session): the tombstone wins over the order of replay."""
+    handle = handle_of(secrets.token_urlsafe(32))
+    assert await manager.revoke(16, handle) is False  # nothing to end here, yet a tombstone
+    keys = [
+        manager._session_key(16, handle),
+        manager._index_key(16),
+        manager._floor_key(16),
+        manager._tomb_key(16, handle),
+    ]
+    now = int(clock() * 1000)
+    created = [handle, now - 5_000, now - 5_000 + 300_000, 60_000, now, "", "", 5]
+    assert await any_store.run(CREATE, keys, created) is False
+    assert not [k for k in await stored_items(any_store, key_prefix) if ":s:" in k]
+
+
+async def test_a_tombstone_lives_as_long_as_its_session_could(
+    manager: SessionManager, any_store: Store, clock: Clock, key_prefix: str
+) -> None:
+    issued = await manager.create(17)
+    clock.advance(30)
+    assert await manager.revoke(17, issued.session.handle)
+    tomb = manager._tomb_key(17, issued.session.handle)
+    if isinstance(any_store, MemoryStore):
+        ttl = any_store.data.pttl(tomb)
+    else:
+        assert isinstance(any_store, FailoverStore) and any_store.redis is not None
+        ttl = await any_store.redis.client.pttl(tomb)
+    # To the session's absolute end (max age after login, 30 s ago), not a fresh max age.
+    assert manager.max_age_ms - 31_000 <= ttl <= manager.max_age_ms - 29_000
 
 
 async def test_the_store_never_holds_the_token(

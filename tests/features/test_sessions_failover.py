@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tests.conftest import make_settings
 from tests.features.test_sessions import Clock, cookie
-from tests.store.test_failover import wait_for_mode
+from tests.store.test_failover import quick_failover_settings, wait_for_mode
 from tests.support.redis_servers import RedisServer
 from upak.features import sessions as feature
 from upak.features.sessions import SessionManager
@@ -31,13 +30,7 @@ def clock() -> Clock:
 @pytest.fixture
 async def workers(fresh_redis: RedisServer, clock: Clock) -> AsyncIterator[Callable[[], Worker]]:
     stores: list[FailoverStore] = []
-    settings = make_settings(
-        redis_url=fresh_redis.url,
-        redis_socket_timeout=0.2,
-        redis_connect_timeout=0.2,
-        redis_health_interval=0.1,
-        redis_probe_backoff_max=0.2,
-    )
+    settings = quick_failover_settings(fresh_redis.url)
 
     def start() -> Worker:
         store = build_store(settings, clock=clock)

@@ -13,11 +13,13 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer
+from upak.config import Settings
 from upak.store import FailoverStore, Mode, build_store
 
 
@@ -56,6 +58,17 @@ async def streaming(store: FailoverStore) -> AsyncIterator[CallStream]:
     finally:
         stop.set()
         await task
+
+
+def quick_failover_settings(redis_url: str, **overrides: Any) -> Settings:
+    """Settings that notice an outage and a recovery within a fraction of a second."""
+    fast = {
+        "redis_socket_timeout": 0.2,
+        "redis_connect_timeout": 0.2,
+        "redis_health_interval": 0.1,
+        "redis_probe_backoff_max": 0.2,
+    }
+    return make_settings(redis_url=redis_url, **{**fast, **overrides})
 
 
 async def wait_for_mode(store: FailoverStore, mode: Mode, within: float) -> float:

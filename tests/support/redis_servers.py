@@ -316,9 +316,13 @@ class SentinelSet:
 def start_sentinel_set() -> SentinelSet:
     servers: list[RedisServer] = []
     try:
-        master = RedisServer().start()
+        # No 5 s wait for more replicas before a diskless full sync (Redis 7's default).
+        quick_sync = {"repl-diskless-sync-delay": "0"}
+        master = RedisServer(config=dict(quick_sync)).start()
         servers.append(master)
-        replica = RedisServer(config={"replicaof": f"127.0.0.1 {master.port}"}).start()
+        replica = RedisServer(
+            config={**quick_sync, "replicaof": f"127.0.0.1 {master.port}"}
+        ).start()
         servers.append(replica)
         sentinel = RedisServer()
         conf = sentinel.workdir / "sentinel.conf"

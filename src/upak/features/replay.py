@@ -104,6 +104,7 @@ FINISH: Operation[bool] = Operation(
     memory=_finish_memory,
     parse=bool,
     writeback=True,
+    durable=True,  # a done-marker lost in a failover lets a replay through
     replay_args=_remaining_ttl_last,
 )
 

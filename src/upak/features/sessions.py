@@ -13,6 +13,7 @@ Keys of user 42 (`KeySpace.tagged`, tag `u42`):
     sessions:{u42}:index       zset  handle -> created ms (listing, revoke-all, per-user cap)
     sessions:{u42}:floor       hash  t=ms, k=handle: sessions created before t, except k,
                                      were revoked ("log out everywhere else")
+    sessions:{u42}:t:<handle>  str   tombstone of a revoked session, for its remaining life
 
 Time is the app's clock, passed to every script (`now`), so expiry is decided the same way on
 Redis and on memory and tests move time instead of sleeping; Redis TTLs only collect garbage.
@@ -20,15 +21,20 @@ Redis and on memory and tests move time instead of sleeping; Redis TTLs only col
 Outage (the seed's fallback: sessions from process memory). Creating, touching and revoking
 are journaled (`writeback`) and replayed on Redis at recovery, with TTLs recomputed for the
 time that passed, so a login made during the outage works on every worker afterwards and a
-logout made during it stays a logout. Touches only ever change a session that still exists,
-and a create replayed after a "log out everywhere else" is refused by the floor, so nothing
-is brought back. A session read from Redis is mirrored into this process's memory (bounded:
-see MIRROR_TTL_MS / MIRROR_MAX_SESSIONS) so a user active just before an outage stays
-logged in on the worker that served them.
+logout made during it stays a logout. Nothing is brought back, in whatever order workers
+(or services sharing the Redis) write back: touches only ever change a session that still
+exists, a create replayed after a "log out everywhere else" is refused by the floor, and one
+replayed after its own logout by the session's tombstone (written by every revoke, on Redis
+and on memory, for as long as the session could have lived). A session read from Redis is
+mirrored into this process's memory (bounded: see MIRROR_TTL_MS / MIRROR_MAX_SESSIONS) so a
+user active just before an outage stays logged in on the worker that served them. The mirror
+outlives a recovery (two outages in a row log nobody out); after each recovery every mirrored
+session Redis no longer has is dropped (`SessionManager.confirm_mirror`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -191,8 +197,10 @@ def _ms_later(position: int) -> Callable[[Sequence[Arg], int], Sequence[Arg] | N
     return shift
 
 
-# CREATE  KEYS: session, index, floor  ARGV: handle, created, absolute end, idle, now, ip, ua, cap
+# CREATE  KEYS: session, index, floor, tombstone
+#         ARGV: handle, created, absolute end, idle, now, ip, ua, cap
 _CREATE_LUA = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 local created = tonumber(ARGV[2])
 local abs = tonumber(ARGV[3])
 local now = tonumber(ARGV[5])
@@ -216,7 +224,9 @@ return 1
 
 
 def _create_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    session_key, index_key, floor_key = keys
+    session_key, index_key, floor_key, tomb_key = keys
+    if data.exists(tomb_key):
+        return 0
     handle, created, abs_end, idle, now = (
         str(args[0]),
         int(args[1]),
@@ -251,6 +261,10 @@ def _remember_created(
         values = (args[1], args[1], args[2], args[5], args[6])
         fields = {name: to_bytes(value) for name, value in zip(_FIELDS, values, strict=True)}
         _mirror(data, keys, str(args[0]), fields, int(args[3]), int(args[4]))
+    else:
+        # Redis refused a create written back after an outage (its logout or a "log out
+        # everywhere else" came first): the copy memory kept from the outage goes too.
+        _forget(data, keys[0], keys[1], str(args[0]))
 
 
 CREATE: Operation[bool] = Operation(
@@ -259,6 +273,7 @@ CREATE: Operation[bool] = Operation(
     memory=_create_memory,
     parse=bool,
     writeback=True,
+    durable=True,
     replay_args=_ms_later(4),
     remember=_remember_created,
 )
@@ -307,6 +322,8 @@ RESOLVE: Operation[list | None] = Operation(
     lua=_RESOLVE_LUA,
     memory=_resolve_memory,
     remember=_remember_resolved,
+    # A session this process has no copy of may be in a Redis that refuses only writes.
+    read_through=lambda reply: reply is None,
 )
 
 
@@ -346,22 +363,44 @@ TOUCH: Operation[bool] = Operation(
     memory=_touch_memory,
     parse=bool,
     writeback=True,
+    expendable=True,  # a lost touch only brings an idle timeout nearer
     replay_args=_ms_later(2),
 )
 
 
-# REVOKE  KEYS: session, index  ARGV: handle  ->  1 when it existed
+# REVOKE  KEYS: session, index, tombstone  ARGV: handle, now, max age  ->  1 when it existed
+# The tombstone lives as long as the session could: to its absolute end when it is known here,
+# else for a whole max age (it was created at most that long ago).
 _REVOKE_LUA = """
+local ttl = tonumber(ARGV[3])
+local abs = redis.call('HGET', KEYS[1], 'a')
+if abs then ttl = tonumber(abs) - tonumber(ARGV[2]) end
 local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if ttl > 0 and redis.call('PTTL', KEYS[3]) < ttl then
+  redis.call('SET', KEYS[3], '1', 'PX', math.floor(ttl))
+end
 return n
 """
 
 
 def _revoke_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    existed = data.exists(keys[0])
-    _forget(data, keys[0], keys[1], str(args[0]))
+    session_key, index_key, tomb_key = keys
+    ttl = int(args[2])
+    abs_end = data.hget(session_key, "a")
+    if abs_end is not None:
+        ttl = int(abs_end) - int(args[1])
+    existed = data.exists(session_key)
+    _forget(data, session_key, index_key, str(args[0]))
+    if ttl > 0 and data.pttl(tomb_key) < ttl:
+        data.set(tomb_key, "1", px=ttl)
     return existed
+
+
+def _revoke_replayed(args: Sequence[Arg], elapsed_ms: int) -> Sequence[Arg] | None:
+    handle, now, max_age = args
+    left = int(max_age) - elapsed_ms
+    return (handle, int(now) + elapsed_ms, left) if left > 0 else None
 
 
 REVOKE: Operation[bool] = Operation(
@@ -370,9 +409,36 @@ REVOKE: Operation[bool] = Operation(
     memory=_revoke_memory,
     parse=bool,
     writeback=True,
+    precious=True,  # a dropped revocation is a logged-out session back on Redis
+    durable=True,
+    replay_args=_revoke_replayed,
     # Revoked on Redis: this process's mirrored copy must go too.
     remember=lambda data, keys, args, reply: _revoke_memory(data, keys, args),
 )
+
+
+# CONFIRM  KEYS: session, index  ARGV: handle  ->  1 while Redis still has the session. Run
+# for every mirrored session after a recovery: one revoked on another worker during the
+# outage must not be served from this mirror in the next one. Renews nothing.
+def _confirm_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
+    return data.exists(keys[0])
+
+
+def _remember_confirmed(
+    data: MemoryData, keys: Sequence[str], args: Sequence[Arg], reply: Any
+) -> None:
+    if reply == 0:
+        _forget(data, keys[0], keys[1], str(args[0]))
+
+
+CONFIRM: Operation[bool] = Operation(
+    name="sessions.confirm",
+    lua="return redis.call('EXISTS', KEYS[1])",
+    memory=_confirm_memory,
+    parse=bool,
+    remember=_remember_confirmed,
+)
+CONFIRM_BATCH = 256
 
 
 # REVOKE_OTHERS  KEYS: index, floor  ARGV: keep handle, now, floor ttl  ->  how many ended
@@ -416,6 +482,8 @@ REVOKE_OTHERS: Operation[int] = Operation(
     memory=_revoke_others_memory,
     parse=int,
     writeback=True,
+    precious=True,
+    durable=True,
     replay_args=_floor_ttl_left,
     remember=lambda data, keys, args, reply: _revoke_others_memory(data, keys, args),
 )
@@ -488,6 +556,7 @@ class SessionManager:
         # Renewing on every request would be a write per request; renewing at most this
         # often keeps the idle timeout exact to within it.
         self.touch_every_ms = min(60_000, self.idle_ms // 10)
+        store.on_recovery(self.confirm_mirror)
 
     def __repr__(self) -> str:
         return f"SessionManager(idle={self.idle_ms // 1000}s, max_age={self.max_age_ms // 1000}s)"
@@ -507,6 +576,26 @@ class SessionManager:
     def _floor_key(self, user_id: int) -> str:
         return self.keys.tagged(FEATURE, self._tag(user_id), "floor")
 
+    def _tomb_key(self, user_id: int, handle: str) -> str:
+        return self.keys.tagged(FEATURE, self._tag(user_id), "t", handle)
+
+    async def confirm_mirror(self, memory: MemoryData) -> None:
+        """After an outage: drop every mirrored session Redis no longer has (revoked on
+        another worker or service meanwhile), so the next outage cannot serve it here."""
+        registry = memory.entry(self.keys.key(FEATURE, "mirror"), _MirrorRegistry)
+        if not registry:
+            return
+        mirrored = list(registry.items())
+        for start in range(0, len(mirrored), CONFIRM_BATCH):
+            await asyncio.gather(
+                *(
+                    self.store.run(
+                        CONFIRM, [session_key, index_key], [session_key.rsplit(":", 1)[1]]
+                    )
+                    for session_key, index_key in mirrored[start : start + CONFIRM_BATCH]
+                )
+            )
+
     async def create(self, user_id: int, ip: str = "", user_agent: str = "") -> IssuedSession:
         """A new session with a fresh token (never one the client offered)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -518,6 +607,7 @@ class SessionManager:
             self._session_key(user_id, handle),
             self._index_key(user_id),
             self._floor_key(user_id),
+            self._tomb_key(user_id, handle),
         ]
         created = await self.store.run(
             CREATE,
@@ -578,9 +668,12 @@ class SessionManager:
         """End one of this user's sessions. False when the user has no session `handle`."""
         if not is_handle(handle):
             return False
-        return await self.store.run(
-            REVOKE, [self._session_key(user_id, handle), self._index_key(user_id)], [handle]
-        )
+        keys = [
+            self._session_key(user_id, handle),
+            self._index_key(user_id),
+            self._tomb_key(user_id, handle),
+        ]
+        return await self.store.run(REVOKE, keys, [handle, self._now_ms(), self.max_age_ms])
 
     async def revoke_others(self, user_id: int, keep_handle: str) -> int:
         """End every session of the user except `keep_handle`; returns how many ended."""

@@ -53,8 +53,10 @@ APP_COMMANDS: tuple[str, ...] = (
     "get",
     "set",
     "del",
+    "exists",
     "pexpire",
     "pttl",
+    "hget",
     "hmget",
     "hset",
     "lindex",
@@ -66,6 +68,9 @@ APP_COMMANDS: tuple[str, ...] = (
     "zrange",
     "zrem",
     "time",
+    # durable writes: a WAIT for the replicas behind them (REDIS_WAIT_REPLICAS); ROLE, which
+    # would tell a lagging replica from a missing one, is @admin and stays refused
+    "wait",
     # Redis Cluster: redis-py reads the slot map and the command table, follows ASK
     "cluster|slots",  # what redis-py reads (CLUSTER SHARDS is 7.0+, so not named)
     "command",

@@ -41,5 +41,6 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> F
         secrets=[target.password or ""],
         health_interval=settings.redis_health_interval,
         backoff_max=settings.redis_probe_backoff_max,
+        probe_key=KeySpace(settings.redis_key_prefix).key("store", "probe"),
         clock=clock,
     )

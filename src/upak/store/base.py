@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from upak.store.operation import Arg, Mode, Operation
 from upak.store.primitives import CLAIM_ONCE, DELETE, GET, SET
+
+if TYPE_CHECKING:
+    from upak.store.memory import MemoryData
 
 T = TypeVar("T")
 
@@ -26,6 +29,11 @@ class Store(ABC):
     @abstractmethod
     async def ping(self) -> float | None:
         """Round-trip latency to Redis in seconds; None when Redis is not in use."""
+
+    def on_recovery(self, callback: Callable[[MemoryData], Awaitable[None]]) -> None:
+        """Have `callback` run, given the fallback's memory, each time the store is back on
+        Redis after an outage (a feature checks what it kept for the next one). A store
+        without a fallback never recovers, so by default this does nothing."""
 
     async def start(self) -> None:
         """Begin background work (health checks). Idempotent."""

@@ -2,16 +2,24 @@
 
 The one failover mechanism for every feature (ARCHITECTURE.md, principle 1):
 
-* A connection error or timeout on a call serves that same call from the fallback, so the
-  caller never sees the outage. The breaker opens at once: later calls go straight to memory
-  and nobody waits on a dead or hung Redis.
+* A server condition on a call (a connection error, a timeout, or a reply such as OOM, BUSY,
+  LOADING or READONLY: `upak.store.conditions`) serves that same call from the fallback, so
+  the caller never sees it. The breaker opens at once: later calls go straight to memory and
+  nobody waits on a dead, hung or full Redis. Under a condition that refuses only writes
+  (OOM, MISCONF, NOREPLICAS), a read that memory misses (`Operation.read_through`) still asks
+  Redis. A programming error (WRONGTYPE, cross-slot) is no outage: it stays a StoreError.
 * What the fallback does is the operation's own declaration (`Operation.fallback`): the seed's
   replay protection, sessions and rate limits run on the memory twin; caching is bypassed.
-* A heartbeat notices an outage even with no traffic; while Redis is away one probe retries
-  with capped backoff.
+* A heartbeat notices an outage even with no traffic; while Redis is away one probe (a PING
+  and a write, so a full Redis is not taken for a healthy one) retries with capped backoff.
+  Hysteresis: a store that tripped again soon after its last recovery stays on memory for a
+  hold that doubles with each such flap, so a Redis that answers, fails and answers again
+  cannot switch the service dozens of times a second.
 * Calls the memory twin accepted that must outlive the outage (`Operation.writeback`) are
   journaled and replayed against Redis, in order, before the mode switches back, so a webhook
   claimed during the outage is still a replay afterwards and nobody is logged out by recovery.
+* Memory is kept across a recovery: the session mirror and the outage's own state are what
+  the next outage needs (two short outages in a row must not log anybody out).
 """
 
 from __future__ import annotations
@@ -21,14 +29,16 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from upak.store.base import Store
-from upak.store.memory import MemoryStore
-from upak.store.operation import Arg, Fallback, Mode, Operation, StoreError
-from upak.store.redis import UNAVAILABLE, RedisStore
+from upak.store.conditions import Condition, condition_of, refuses_writes_only
+from upak.store.memory import MemoryData, MemoryStore
+from upak.store.operation import Arg, Fallback, Mode, Operation
+from upak.store.primitives import WRITE_PROBE
+from upak.store.redis import RedisStore
 
 T = TypeVar("T")
 log = logging.getLogger("upak.store")
@@ -45,6 +55,8 @@ class FailoverStats:
 
     mode: Mode = Mode.REDIS
     since: float = field(default_factory=time.time)
+    # Why the store is on memory (a `Condition`), None while on Redis.
+    condition: str | None = None
     last_error: str | None = None
     latency: float | None = None
     fallback_calls: int = 0
@@ -54,11 +66,14 @@ class FailoverStats:
     written_back: int = 0
     writeback_dropped: int = 0
     pending_writeback: int = 0
+    read_through_calls: int = 0
+    hold_seconds: float = 0.0  # the hysteresis hold of the current outage
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "mode": str(self.mode),
             "since": self.since,
+            "condition": self.condition,
             "last_error": self.last_error,
             "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
             "fallback_calls": self.fallback_calls,
@@ -68,6 +83,8 @@ class FailoverStats:
             "written_back": self.written_back,
             "writeback_dropped": self.writeback_dropped,
             "pending_writeback": self.pending_writeback,
+            "read_through_calls": self.read_through_calls,
+            "hold_seconds": self.hold_seconds,
         }
 
 
@@ -94,7 +111,12 @@ class FailoverStore(Store):
         backoff_max: float = 1.0,
         journal_max: int = 1_000_000,
         writeback_batch: int = 256,
+        probe_key: str = "upak:store:probe",
+        flap_window: float = 10.0,
+        hold_min: float = 0.5,
+        hold_max: float = 8.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
         self.memory = memory
@@ -105,9 +127,23 @@ class FailoverStore(Store):
         self.backoff_max = backoff_max
         self.journal_max = journal_max
         self.writeback_batch = writeback_batch
+        self.probe_key = probe_key
+        # Hysteresis: a trip within `flap_window` s of the last recovery is a flap; each flap
+        # in a row doubles the time spent on memory before the probe may switch back.
+        self.flap_window = flap_window
+        self.hold_min = hold_min
+        self.hold_max = hold_max
+        self._flaps = 0
+        self._tripped_at = 0.0
+        self._recovered_at: float | None = None
         self._clock = clock
+        self._monotonic = monotonic
         self._journal: deque[_Journaled] = deque()
+        self._compact_at = journal_max
+        self._writing_back = False
         self._watcher: asyncio.Task[None] | None = None
+        self._recovery_callbacks: list[Callable[[MemoryData], Awaitable[None]]] = []
+        self._recovery_task: asyncio.Task[None] | None = None
         self.stats = FailoverStats(mode=Mode.REDIS if redis else Mode.MEMORY)
         self._mode = self.stats.mode
 
@@ -115,21 +151,29 @@ class FailoverStore(Store):
     def mode(self) -> Mode:
         return self._mode
 
+    def on_recovery(self, callback: Callable[[MemoryData], Awaitable[None]]) -> None:
+        self._recovery_callbacks.append(callback)
+
     # --- the hot path ---
 
     async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
         if self._mode is Mode.REDIS and self.redis is not None:
             try:
                 reply = await self.redis.run_raw(op, keys, args)
-            except UNAVAILABLE as exc:
-                self._trip(exc)
+            except Exception as exc:
+                condition = condition_of(exc)
+                if condition is None:
+                    raise  # a programming error (StoreError): no outage, no fallback
+                self._trip(exc, condition)
             else:
                 if op.remember is not None:
                     op.remember(self.memory.data, keys, args, reply)
                 return op.parse(reply)
-        return self._serve_from_fallback(op, keys, args)
+        return await self._serve_from_fallback(op, keys, args)
 
-    def _serve_from_fallback(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg]) -> T:
+    async def _serve_from_fallback(
+        self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg]
+    ) -> T:
         self.stats.fallback_calls += 1
         if op.fallback is Fallback.BYPASS:
             self.stats.bypassed_calls += 1
@@ -137,17 +181,64 @@ class FailoverStore(Store):
             return op.bypass(args)
         memory_args = op.fallback_args(args) if op.fallback_args is not None else args
         reply = self.memory.execute(op, keys, memory_args)
+        if op.read_through is not None and op.read_through(reply) and self._reads_served():
+            reply = await self._read_through(op, keys, args, reply)
         if op.writeback:
             self._journal_call(op, keys, args)
         return op.parse(reply)
 
+    def _reads_served(self) -> bool:
+        return self.redis is not None and refuses_writes_only(self.stats.condition)
+
+    async def _read_through(
+        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], missed: Any
+    ) -> Any:
+        """A memory miss asked of a Redis that refuses only writes; memory's answer stands
+        if Redis cannot give one either."""
+        assert self.redis is not None
+        try:
+            reply = await self.redis.run_raw(op, keys, args)
+        except Exception as exc:
+            if condition_of(exc) is None:
+                raise
+            return missed
+        self.stats.read_through_calls += 1
+        if op.remember is not None:
+            op.remember(self.memory.data, keys, args, reply)
+        return reply
+
     def _journal_call(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> None:
-        if len(self._journal) >= self.journal_max:
-            # Past the cap the oldest entry goes: a bounded process beats an OOM kill.
-            self._journal.popleft()
-            self.stats.writeback_dropped += 1
+        if len(self._journal) >= self._compact_at and not self._writing_back:
+            # (Not while a write-back walks the journal: it pops the entries it replayed.)
+            self._compact_journal()
         self._journal.append(_Journaled(op, tuple(keys), tuple(args), self._now_ms()))
         self.stats.pending_writeback = len(self._journal)
+
+    def _compact_journal(self) -> None:
+        """Make room in a full journal: touches go first, then the oldest calls that are not
+        precious. A revocation is never dropped (a bounded process beats an OOM kill, but
+        not at the price of a logged-out session coming back); a journal holding nothing
+        else grows past its cap. One pass frees a tenth of the cap, so appends stay O(1)
+        amortised."""
+        room = max(1, self.journal_max // 10)
+        for droppable in (
+            lambda e: e.op.expendable,
+            lambda e: not e.op.precious,
+        ):
+            kept: deque[_Journaled] = deque()
+            for entry in self._journal:
+                if room and droppable(entry):
+                    room -= 1
+                    self.stats.writeback_dropped += 1
+                else:
+                    kept.append(entry)
+            self._journal = kept
+            if not room:
+                break
+        # Whatever is left is precious: the next compaction waits until a tenth more came.
+        self._compact_at = max(
+            self.journal_max, len(self._journal) + max(1, self.journal_max // 10)
+        )
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -160,45 +251,87 @@ class FailoverStore(Store):
             text = text.replace(secret, "***")
         return text
 
-    def _trip(self, exc: BaseException) -> None:
+    def _trip(self, exc: BaseException, condition: Condition | None = None) -> None:
+        condition = condition or _probe_condition(exc)
         self.stats.last_error = self._redact(exc)
         if self._mode is Mode.MEMORY:
+            if self.stats.condition != condition:
+                self.stats.condition = str(condition)
             return
+        now = self._monotonic()
+        flapping = self._recovered_at is not None and now - self._recovered_at < self.flap_window
+        self._flaps = self._flaps + 1 if flapping else 0
+        self.stats.hold_seconds = (
+            min(self.hold_min * 2 ** (self._flaps - 1), self.hold_max) if self._flaps else 0.0
+        )
+        self._tripped_at = now
         self._mode = self.stats.mode = Mode.MEMORY
+        self.stats.condition = str(condition)
         self.stats.since = self._clock()
         self.stats.switches_to_memory += 1
         self.stats.latency = None
         log.warning(
-            "Redis at %s is unreachable (%s): serving from process memory until it returns; %s",
+            "Redis at %s cannot serve (%s: %s): serving from process memory until it can; %s",
             self.target,
+            condition,
             self.stats.last_error,
             DEGRADED_MEANING,
         )
 
+    def _held(self) -> float:
+        """Seconds the hysteresis hold still keeps the store on memory."""
+        return max(0.0, self._tripped_at + self.stats.hold_seconds - self._monotonic())
+
     def _recover(self) -> None:
         self._mode = self.stats.mode = Mode.REDIS
+        self.stats.condition = None
         self.stats.since = self._clock()
         self.stats.switches_to_redis += 1
-        # Memory held the outage's state; Redis has it all now (the journal was replayed),
-        # and a stale copy here must not answer during the next outage.
-        self.memory.data.clear()
+        self._recovered_at = self._monotonic()
+        # Memory stays as it is: Redis has the outage's writes now (the journal was
+        # replayed), and the mirror is what the next outage serves sessions from.
         log.warning(
             "Redis at %s is back: serving from Redis again (%d calls written back)",
             self.target,
             self.stats.written_back,
         )
+        if self._recovery_callbacks and self._recovery_task is None:
+            self._recovery_task = asyncio.get_running_loop().create_task(
+                self._after_recovery(), name="upak-redis-recovered"
+            )
+
+    async def _after_recovery(self) -> None:
+        try:
+            for callback in self._recovery_callbacks:
+                try:
+                    await callback(self.memory.data)
+                except Exception:  # one feature's check must not stop the others
+                    log.exception("a check after Redis recovered failed")
+        finally:
+            self._recovery_task = None
 
     async def _write_back(self) -> None:
         """Replay the journal against Redis in order; raises if Redis fails again."""
         assert self.redis is not None
+        self._writing_back = True
+        try:
+            await self._replay_journal()
+        finally:
+            self._writing_back = False
+            if not self._journal:
+                self._compact_at = self.journal_max
+
+    async def _replay_journal(self) -> None:
+        assert self.redis is not None
         while self._journal:
             batch = [self._journal[i] for i in range(min(self.writeback_batch, len(self._journal)))]
             now = self._now_ms()
-            calls = []
+            calls, replayed = [], []
             for entry in batch:
                 args = entry.args
                 if entry.op.replay_args is not None:
                     args = entry.op.replay_args(args, now - entry.at_ms)
+                replayed.append(args)
                 calls.append(
                     None if args is None else self.redis.run_raw(entry.op, entry.keys, args)
                 )
@@ -206,9 +339,9 @@ class FailoverStore(Store):
                 *(c for c in calls if c is not None), return_exceptions=True
             )
             outcomes = iter(results)
-            for entry, call in zip(batch, calls, strict=True):
+            for entry, call, args in zip(batch, calls, replayed, strict=True):
                 outcome = None if call is None else next(outcomes)
-                if isinstance(outcome, UNAVAILABLE):
+                if isinstance(outcome, Exception) and condition_of(outcome) is not None:
                     self.stats.pending_writeback = len(self._journal)
                     raise outcome
                 self._journal.popleft()
@@ -217,6 +350,10 @@ class FailoverStore(Store):
                     log.error("write-back of %s failed and was dropped: %s", entry.op.name, outcome)
                 elif call is not None:
                     self.stats.written_back += 1
+                    if entry.op.remember is not None:
+                        # Redis's answer to the replay is the truth memory keeps: a session
+                        # whose create was refused (revoked elsewhere) is forgotten here.
+                        entry.op.remember(self.memory.data, entry.keys, args or (), outcome)
             self.stats.pending_writeback = len(self._journal)
 
     # --- background: heartbeat while up, probe while down ---
@@ -228,13 +365,12 @@ class FailoverStore(Store):
                     "No Redis configured: serving from process memory; %s", DEGRADED_MEANING
                 )
             return
+        await self.redis.start()
         try:
             self.stats.latency = await self.redis.ping()
             log.info("Store: Redis at %s (%.1f ms)", self.target, self.stats.latency * 1000)
-        except UNAVAILABLE as exc:
-            self._trip(exc)
-        except StoreError as exc:
-            self._trip(exc)
+        except Exception as exc:
+            self._trip(exc, _probe_condition(exc))
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="upak-redis")
 
     async def _watch(self) -> None:
@@ -245,17 +381,19 @@ class FailoverStore(Store):
                 await asyncio.sleep(self.health_interval)
                 try:
                     self.stats.latency = await self.redis.ping()
-                except (*UNAVAILABLE, StoreError) as exc:
-                    self._trip(exc)
+                except Exception as exc:
+                    self._trip(exc, _probe_condition(exc))
                     backoff = self.backoff_min
                 continue
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(max(backoff, self._held()))
             try:
                 self.stats.latency = await self.redis.ping()
                 await self.redis.reset_connections()
+                await self.redis.run_raw(WRITE_PROBE, [self.probe_key], ())
                 await self._write_back()
-            except (*UNAVAILABLE, StoreError) as exc:
+            except Exception as exc:
                 self.stats.last_error = self._redact(exc)
+                self.stats.condition = str(_probe_condition(exc))
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
             # No await between the last journal check and the switch: nothing slips between.
@@ -266,13 +404,17 @@ class FailoverStore(Store):
         if self._mode is Mode.REDIS and self.redis is not None:
             try:
                 self.stats.latency = await self.redis.ping()
-            except UNAVAILABLE as exc:
-                self._trip(exc)
+            except Exception as exc:
+                self._trip(exc, _probe_condition(exc))
                 return None
             return self.stats.latency
         return None
 
     async def close(self) -> None:
+        if self._recovery_task is not None:
+            self._recovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery_task
         if self._watcher is not None:
             # One cancel is not always enough: a cancellation that lands while a probe's own
             # deadline fires, or inside redis-py's disconnect, can be absorbed, and the loop
@@ -285,3 +427,9 @@ class FailoverStore(Store):
             self._watcher = None
         if self.redis is not None:
             await self.redis.close()
+
+
+def _probe_condition(exc: BaseException) -> Condition:
+    # A PING or probe that fails in any way means Redis is not serving us; an error reply
+    # that names no condition (say, NOPERM on the probe key) still is one for the probe.
+    return condition_of(exc) or Condition.UNREACHABLE

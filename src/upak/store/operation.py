@@ -72,6 +72,16 @@ class Operation(Generic[T]):
     # Replay this call against Redis on recovery, so what memory accepted during the outage
     # outlives it (claims, sessions, revocations). Calls are replayed in the order they ran.
     writeback: bool = False
+    # When the journal is full, these calls are dropped first: a touch only renews an idle
+    # timeout, so losing one costs a user at most an earlier re-login.
+    expendable: bool = False
+    # Never dropped from the journal, whatever its size: a revocation that is lost would
+    # bring a logged-out session back.
+    precious: bool = False
+    # Must survive a failover (logins, revocations, replay done-markers): with
+    # REDIS_WAIT_REPLICAS set, answered only once replicas acknowledged it (WAIT), or after
+    # it was repeated on the master Sentinel names now. Such a call must be idempotent.
+    durable: bool = False
     # Rewrites a call's args for its replay, given the milliseconds since it ran (so a TTL
     # written back is the remaining TTL, not a fresh one). Returning None drops the call.
     replay_args: Callable[[Sequence[Arg], int], Sequence[Arg] | None] | None = None
@@ -79,6 +89,11 @@ class Operation(Generic[T]):
     fallback_args: Callable[[Sequence[Arg]], Sequence[Arg]] | None = None
     # After Redis answered, keep a bounded local copy the fallback can serve (sessions).
     remember: Callable[[MemoryData, Sequence[str], Sequence[Arg], Reply], None] | None = None
+
+    # For a read: whether its memory reply is a miss that Redis may still answer. Under a
+    # condition that refuses only writes (OOM), such a miss is asked of Redis, so a session
+    # this process never saw is still found while Redis is full.
+    read_through: Callable[[Reply], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.fallback is Fallback.BYPASS and self.bypass is None:

@@ -72,3 +72,17 @@ DELETE: Operation[bool] = Operation(
     parse=bool,
     writeback=True,
 )
+
+
+def _probe_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
+    return 1
+
+
+# The recovery probe writes, not just PINGs: a full (OOM), misconfigured (MISCONF) or
+# replica-short (NOREPLICAS) Redis answers PING while it refuses every write.
+WRITE_PROBE: Operation[bool] = Operation(
+    name="store.probe",
+    lua="redis.call('SET', KEYS[1], '1', 'PX', 1000) return 1",
+    memory=_probe_memory,
+    parse=bool,
+)

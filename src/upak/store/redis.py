@@ -21,16 +21,15 @@ import redis.exceptions as rex
 from upak.config import Settings
 from upak.connect import WireTarget, async_client, wire_target
 from upak.store.base import Store
+from upak.store.conditions import condition_of
 from upak.store.operation import Arg, Mode, Operation, StoreError
-from upak.store.wire import Wire, open_wire
+from upak.store.wire import Wire, fresh_error, open_wire
 
 T = TypeVar("T")
 
-# Errors that mean "Redis is not serving us right now", as opposed to "Redis answered no".
-# A server that is loading its dataset, a replica that was demoted under us (Sentinel
-# failover) and a cluster that lost a slot are all outages from the caller's point of view.
-# A script whose keys span slots is not: that is a bug in one operation, and treating it as an
-# outage would switch every feature to memory (so RedisClusterException as such is left out).
+# Exception classes that always mean "Redis is not serving us right now". Error replies that
+# do (OOM, BUSY, MISCONF, …) are told apart by `upak.store.conditions.condition_of`, which
+# is what decides; a script whose keys span slots is a bug in one operation, not an outage.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     rex.ConnectionError,  # also AuthenticationError, BusyLoadingError, MaxConnectionsError
     rex.TimeoutError,
@@ -62,6 +61,8 @@ class RedisStore(Store):
         target: WireTarget | None = None,
         call_timeout: float = 1.0,
         cluster: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.1,
     ) -> None:
         if not cluster and target is None:
             raise ValueError("a RedisStore outside Cluster needs the connection's target")
@@ -80,6 +81,24 @@ class RedisStore(Store):
         self._tasks: set[asyncio.Task[None]] = set()
         self._shas: dict[int, str] = {}
         self.calls_sent = 0  # operation calls written to Redis: lets tests see the breaker open
+        # Durable calls wait for this many replicas (WAIT); the timeout stays well inside the
+        # socket timeout, since WAIT holds the connection every other call shares.
+        self.wait_replicas = wait_replicas
+        self.wait_ms = max(
+            1, int(1000 * min(wait_timeout, (target.socket_timeout if target else 1.0) / 2))
+        )
+        # After a WAIT that no failover explains (a replica down or lagging), durable writes
+        # skip WAIT for this long: otherwise each would hold the shared connection.
+        self.wait_pause = 1.0
+        self._wait_paused_until = 0.0
+        self._wait_slot: tuple[Wire, asyncio.Future[int]] | None = None
+        # How long a durable write may wait, during a failover, for Sentinel to name the
+        # new master so the write can be repeated there.
+        self.failover_wait = 2.0
+        self.wait_timeouts = 0  # WAITs that came back short of replicas
+        self.writes_repeated = 0  # durable writes repeated on a master found after such a WAIT
+        self.unconfirmed_writes = 0  # durable writes answered without a replica's ack
+        self.master_announcements = 0  # +switch-master messages that moved the connection
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
@@ -90,6 +109,8 @@ class RedisStore(Store):
             target=wire_target(settings, client),
             call_timeout=settings.redis_socket_timeout + settings.redis_connect_timeout,
             cluster=settings.redis.kind == "cluster",
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout=settings.redis_wait_timeout,
         )
 
     @property
@@ -115,14 +136,121 @@ class RedisStore(Store):
             wire = await self._connected()
         self.calls_sent += 1
         try:
-            try:
-                return await wire.call(("EVALSHA", self._sha(op), len(keys), *keys, *args))
-            except rex.NoScriptError:
-                # The script cache was emptied: EVAL runs the script and caches it again.
-                wire = await self._connected()
-                return await wire.call(("EVAL", op.lua, len(keys), *keys, *args))
+            if op.durable and self.wait_replicas and time.monotonic() >= self._wait_paused_until:
+                return await self._durable(wire, op, keys, args)
+            return await self._evalsha(wire, op, keys, args)
         except BaseException as exc:
             raise self._failed(exc) from None
+
+    async def _evalsha(
+        self, wire: Wire, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]
+    ) -> Any:
+        try:
+            return await wire.call(("EVALSHA", self._sha(op), len(keys), *keys, *args))
+        except rex.NoScriptError:
+            # The script cache was emptied: EVAL runs the script and caches it again.
+            wire = await self._connected()
+            return await wire.call(("EVAL", op.lua, len(keys), *keys, *args))
+
+    async def _written_and_waited(
+        self, wire: Wire, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]
+    ) -> tuple[Any, int, Wire]:
+        """The call and a WAIT behind it, in one write on one connection (WAIT counts the
+        replicas that have this connection's writes, so it must follow on the same one)."""
+        command: tuple[Any, ...] = ("EVALSHA", self._sha(op), len(keys), *keys, *args)
+        for _ in range(2):
+            written = wire.call(command)
+            waited = self._shared_wait(wire)
+            try:
+                reply = await written
+            except rex.NoScriptError:
+                wire = await self._connected()
+                command = ("EVAL", op.lua, len(keys), *keys, *args)
+                continue
+            return reply, await _own_copy(waited), wire
+        raise StoreError(f"Redis lost the script of {op.name} twice in a row")
+
+    def _shared_wait(self, wire: Wire) -> asyncio.Future[int]:
+        """One WAIT for every durable call this loop step sends on `wire`, queued after all
+        of them (a WAIT covers every earlier write of its connection). One WAIT per call
+        would hold the shared connection a timeout each while replicas do not answer."""
+        if self._wait_slot is not None and self._wait_slot[0] is wire:
+            return self._wait_slot[1]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        future.add_done_callback(_retrieved)
+        self._wait_slot = (wire, future)
+        loop.call_soon(self._send_wait, wire, future)
+        return future
+
+    def _send_wait(self, wire: Wire, future: asyncio.Future[int]) -> None:
+        if self._wait_slot is not None and self._wait_slot[1] is future:
+            self._wait_slot = None
+        try:
+            waited = wire.call(("WAIT", self.wait_replicas, self.wait_ms))
+        except BaseException as exc:
+            future.set_exception(exc)
+            return
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            if future.done():
+                return
+            if done.cancelled():
+                future.cancel()
+            elif done.exception() is not None:
+                future.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                future.set_result(int(done.result()))
+
+        waited.add_done_callback(settle)
+
+    async def _durable(
+        self, wire: Wire, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]
+    ) -> Any:
+        """A write that must survive a failover, answered once replicas have it. When they
+        do not confirm in time the master may have changed under us: ask Sentinel again and,
+        if it names another server, repeat the (idempotent) write there before answering."""
+        assert self.target is not None
+        give_up = time.monotonic() + self.failover_wait
+        reply, acked, wire = await self._written_and_waited(wire, op, keys, args)
+        while acked < self.wait_replicas:
+            self.wait_timeouts += 1
+            locate, failing_over = self.target.locate, self.target.failing_over
+            if locate is None or failing_over is None:
+                self._wait_paused_until = time.monotonic() + self.wait_pause
+                self.unconfirmed_writes += 1
+                return reply  # no Sentinel to ask: the replicas are slow, the write stands
+            async with asyncio.timeout(self.call_timeout):
+                # In this order: a failover that ends between the two questions shows as a
+                # move, never as "no failover" on the old master.
+                in_failover = await failing_over()
+                master = tuple(await locate())
+                moved = wire.address != master or wire.error is not None
+                if not moved and (not in_failover or time.monotonic() > give_up):
+                    if not await self._replicas_attached(wire):
+                        # A replica down, no failover: WAIT would only hold the connection.
+                        self._wait_paused_until = time.monotonic() + self.wait_pause
+                    self.unconfirmed_writes += 1
+                    return reply  # the write stands
+            if moved:
+                self._leave_wire(wire)
+                self.writes_repeated += 1
+                return await self._evalsha(await self._connected(), op, keys, args)
+            # A failover is under way and Sentinel has not named the new master yet.
+            acked = await _own_copy(self._shared_wait(wire))
+        return reply
+
+    async def _replicas_attached(self, wire: Wire) -> bool:
+        """Whether the master has the replicas WAIT asks for attached (merely lagging).
+
+        ROLE is an @admin command, which the least-privilege app user of `upak redis config`
+        may not run: refused, the answer is "not attached", so WAIT pauses (a WAIT that times
+        out would hold the shared connection) and the write stands, counted unconfirmed."""
+        try:
+            role = await wire.call(("ROLE",))
+        except rex.ResponseError:  # NOPERM
+            return False
+        return len(role) > 2 and len(role[2]) >= self.wait_replicas
 
     def _failed(self, exc: BaseException) -> BaseException:
         if isinstance(exc, rex.ReadOnlyError):
@@ -153,6 +281,12 @@ class RedisStore(Store):
         if self._wire is not None:
             self._wire.close()
             self._wire = None
+
+    def _leave_wire(self, wire: Wire) -> None:
+        """Move new calls to a new connection; `wire` finishes the calls it carries."""
+        if self._wire is wire:
+            self._wire = None
+        wire.retire()
 
     # --- Redis Cluster: the calls of one loop step as one cluster pipeline ---
 
@@ -218,7 +352,7 @@ class RedisStore(Store):
             try:
                 replies = [await self.client.evalsha(self._sha(op), len(keys), *keys, *args)]
             except rex.ResponseError as exc:
-                if isinstance(exc, UNAVAILABLE):
+                if condition_of(exc) is not None:
                     raise
                 replies = [exc]
         else:
@@ -229,7 +363,7 @@ class RedisStore(Store):
                 pipe.execute_command("EVALSHA", self._sha(op), len(keys), *keys, *args)
             replies = list(await pipe.execute(raise_on_error=False))
         for reply in replies:
-            if isinstance(reply, UNAVAILABLE):
+            if isinstance(reply, BaseException) and condition_of(reply) is not None:
                 raise reply
         return replies
 
@@ -263,7 +397,25 @@ class RedisStore(Store):
             # (the breaker would switch to memory for nothing); check again next heartbeat.
             return
         if wire is self._wire and wire.address is not None and wire.address != tuple(master):
-            self._drop_wire()
+            self._leave_wire(wire)
+
+    async def start(self) -> None:
+        """Sentinel: follow +switch-master as soon as a sentinel announces it."""
+        if self.target is not None and self.target.announcements is not None and not self._tasks:
+            task = asyncio.get_running_loop().create_task(
+                self._follow_announcements(), name="upak-sentinel"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _follow_announcements(self) -> None:
+        assert self.target is not None and self.target.announcements is not None
+        async for address in self.target.announcements():
+            wire = self._wire
+            if wire is not None and wire.address is not None and wire.address != address:
+                # The next call connects again and asks Sentinel, which names the new master.
+                self.master_announcements += 1
+                self._leave_wire(wire)
 
     async def reset_connections(self) -> None:
         """Drop connections after an outage: they may point at a dead server process, or at a
@@ -285,9 +437,27 @@ class RedisStore(Store):
         await close()
 
 
+async def _own_copy(shared: asyncio.Future[int]) -> int:
+    """Await a future other calls share; a failure is raised as this caller's own copy (one
+    exception raised in many tasks would collect all their tracebacks)."""
+    try:
+        return await asyncio.shield(shared)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise fresh_error(exc) from None
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    # A future whose caller may not await it: read its outcome so asyncio stays quiet.
+    if not future.cancelled():
+        future.exception()
+
+
 def _as_store_error(exc: BaseException) -> BaseException:
-    """Outage errors pass through for the failover; anything else Redis said is a StoreError."""
-    if isinstance(exc, (*UNAVAILABLE, StoreError)):
+    """Server conditions pass through for the failover; anything else Redis said is a
+    StoreError (a programming error: the web layer answers 503)."""
+    if isinstance(exc, StoreError) or condition_of(exc) is not None:
         return exc
     if isinstance(exc, rex.RedisError | rex.RedisClusterException):
         return StoreError(f"Redis refused the operation: {exc}")

@@ -65,6 +65,7 @@ class Wire(asyncio.Protocol):
         self.error: BaseException | None = None  # why the connection ended; None while open
         self.writes = 0
         self.address: tuple[str, int] | None = None  # the server's (host, port); None on unix
+        self._retiring = False
 
     @property
     def open(self) -> bool:
@@ -73,7 +74,7 @@ class Wire(asyncio.Protocol):
     def call(self, command: Command) -> asyncio.Future[Any]:
         """Queue `command` for this loop step's write; the future gets its reply or error."""
         if self.error is not None:
-            raise _fresh(self.error)
+            raise fresh_error(self.error)
         future = self._loop.create_future()
         self._outgoing.append(hiredis.pack_command(command))
         self._waiting.append((future, self._loop.time() + self.timeout))
@@ -84,6 +85,14 @@ class Wire(asyncio.Protocol):
 
     def close(self) -> None:
         self._fail(rex.ConnectionError("the connection to Redis was closed by the store"))
+
+    def retire(self) -> None:
+        """Take no new calls, and close once the calls in flight have their replies (or
+        their deadline passes). For leaving a server that still answers, such as a master
+        Sentinel no longer names: closing at once would fail calls it may have run."""
+        self._retiring = True
+        if not self._waiting:
+            self.close()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -121,7 +130,7 @@ class Wire(asyncio.Protocol):
         waiting, self._waiting = self._waiting, deque()
         for future, _ in waiting:
             if not future.done():
-                future.set_exception(_fresh(self.error))
+                future.set_exception(fresh_error(self.error))
 
     # --- asyncio.Protocol ---
 
@@ -142,6 +151,8 @@ class Wire(asyncio.Protocol):
                     future.set_exception(error_from_reply(reply))
                 else:
                     future.set_result(reply)
+            if self._retiring and not waiting:
+                self.close()
         except hiredis.ProtocolError as exc:
             self._fail(rex.ConnectionError(f"Redis sent a reply that is not RESP: {exc}"))
         except IndexError:
@@ -152,7 +163,7 @@ class Wire(asyncio.Protocol):
         self._fail(rex.ConnectionError(f"Redis closed the connection{reason}"))
 
 
-def _fresh(error: BaseException) -> BaseException:
+def fresh_error(error: BaseException) -> BaseException:
     """A copy per waiter: one exception raised in many tasks would collect all their
     tracebacks."""
     try:

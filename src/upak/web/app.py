@@ -23,6 +23,7 @@ from upak.web.middleware.http_metrics import HttpMetrics
 from upak.web.middleware.origin import OriginCheck
 from upak.web.middleware.ratelimit import build_rate_limiter, install_rate_limiting
 from upak.web.middleware.sessions import SessionMiddleware
+from upak.web.middleware.store_errors import StoreErrorGuard
 from upak.web.problems import install_problem_handlers
 from upak.web.routes import auth, health, me, payments, plans, webhooks
 from upak.web.services import Services
@@ -108,6 +109,8 @@ def create_app(
             allow_headers=["Content-Type", "If-None-Match", "If-Match"],
         )
     app.add_middleware(BodySizeLimit)
+    # Around every middleware that talks to the store: a StoreError is a 503, never a 500.
+    app.add_middleware(StoreErrorGuard)
     if services.trusted_proxies:  # the client behind them, for everything inside and the log
         app.add_middleware(trusted_proxy_headers, trusted_proxies=services.trusted_proxies)
     app.add_middleware(HttpMetrics, metrics=services.metrics)  # outermost: sees every answer

@@ -15,13 +15,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from upak.domain.accounts import get_user
 from upak.domain.models import User
 from upak.features.sessions import LoginSession
-from upak.web.middleware.sessions import ENDED, MALFORMED, PROBLEM, SESSION, clear_cookie_header
+from upak.web.middleware.sessions import (
+    ENDED,
+    MALFORMED,
+    PROBLEM,
+    SESSION,
+    UNCONFIRMED,
+    clear_cookie_header,
+)
 from upak.web.services import Services, get_services, services_of
 
 _WHY = {
     None: "Not logged in: log in first.",
     ENDED: "The session has ended (expired, logged out or revoked): log in again.",
     MALFORMED: "The session cookie is malformed: log in again.",
+    UNCONFIRMED: "The session cannot be confirmed while the session store recovers: retry shortly.",
 }
 
 
@@ -34,9 +42,12 @@ async def get_db(services: Services = Depends(get_services)) -> AsyncIterator[As
 
 def not_logged_in(request: Request, why: str | None = None) -> HTTPException:
     headers = {"Cache-Control": "no-store"}
-    if why is not None or request.scope.get(PROBLEM) is not None:
+    problem = request.scope.get(PROBLEM)
+    if problem == UNCONFIRMED and why is None:
+        headers["Retry-After"] = "1"  # the cookie stays: it may name a session live in Redis
+    elif why is not None or problem is not None:
         headers["Set-Cookie"] = clear_cookie_header(services_of(request).settings)
-    return HTTPException(401, why or _WHY[request.scope.get(PROBLEM)], headers=headers)
+    return HTTPException(401, why or _WHY[problem], headers=headers)
 
 
 async def require_session(request: Request) -> LoginSession:

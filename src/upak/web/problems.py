@@ -64,7 +64,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         log.error("store error on %s %s: %s", request.method, request.url.path, exc)
-        return problem(503, "Service temporarily unavailable", "Please retry shortly.")
+        return store_problem()
 
     @app.exception_handler(DatabaseUnavailable)
     @app.exception_handler(PoolTimeout)  # every pooled connection busy past the deadline
@@ -78,3 +78,11 @@ def install_problem_handlers(app: FastAPI) -> None:
             "Nothing was changed; retry shortly.",
             headers={"Retry-After": str(math.ceil(interval) + 1)},
         )
+
+
+def store_problem() -> JSONResponse:
+    """The answer to a StoreError (Redis refused an operation for a reason that is no outage),
+    from a route or from a middleware (`upak.web.middleware.store_errors`)."""
+    return problem(
+        503, "Service temporarily unavailable", "Please retry shortly.", {"Retry-After": "1"}
+    )

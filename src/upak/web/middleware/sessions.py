@@ -16,11 +16,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from upak.config import Settings
 from upak.features.sessions import LoginSession, SessionManager, parse_cookie
+from upak.store import Mode
 
 SESSION = "upak.session"
 PROBLEM = "upak.session_problem"
 MALFORMED = "malformed"  # not a value this service issues (or an oversized Cookie header)
 ENDED = "ended"  # well-formed, but no live session: expired, revoked, or never issued
+# Not found while the store serves from process memory: the session may well be live in
+# Redis, so the 401 that follows keeps the cookie (the client retries and is back once Redis
+# is, instead of being logged out by an outage).
+UNCONFIRMED = "unconfirmed"
 
 # Browsers send at most ~4 KB per cookie; a Cookie header past this is not one of our clients.
 MAX_COOKIE_HEADER = 8192
@@ -87,4 +92,6 @@ class SessionMiddleware:
         if cookie is None:
             return None, MALFORMED
         session = await self.sessions.resolve(cookie)
-        return session, None if session is not None else ENDED
+        if session is not None:
+            return session, None
+        return None, UNCONFIRMED if self.sessions.store.mode is Mode.MEMORY else ENDED
