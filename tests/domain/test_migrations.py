@@ -85,3 +85,34 @@ def test_cli_bad_database_url_is_a_config_error(monkeypatch, tmp_path: Path) -> 
     result = CliRunner().invoke(cli, ["db", "upgrade"])
     assert result.exit_code == 2
     assert "DATABASE_URL is invalid" in result.output and "hunter2secret" not in result.output
+
+
+async def test_the_payment_lifecycle_revision_upgrades_recorded_payments(
+    db_engine: AsyncEngine,
+) -> None:
+    """Payments recorded before 0003 (all of them succeeded) keep their meaning after it."""
+    from sqlalchemy import text
+
+    assert await upgrade(db_engine, "0002_payments") == "0002_payments"
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO users (id, email, password_hash) VALUES (1, 'a@x.io', 'h')")
+        )
+        for n, status in enumerate(("succeeded", "SUCCEEDED")):
+            await connection.execute(
+                text(
+                    "INSERT INTO payments (provider, provider_payment_id, user_id, plan, "
+                    "amount_minor, currency, status, created_at) VALUES ('yookassa', :pid, 1, "
+                    "'start', 49000, 'RUB', :status, '2026-01-01 00:00:00')"
+                ),
+                {"pid": f"old-{n}", "status": status},
+            )
+    assert await upgrade(db_engine) == head_revision()
+    async with db_engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text("SELECT status, updated_at, refund_id FROM payments ORDER BY id")
+            )
+        ).all()
+    assert [r[0] for r in rows] == ["succeeded", "succeeded"]
+    assert all(r[1] is not None and r[2] is None for r in rows)
