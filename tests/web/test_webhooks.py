@@ -418,4 +418,5 @@ async def test_payments_are_the_signed_in_users_own(harness: MakeHarness) -> Non
     assert len(mine) == 1
     assert mine[0]["plan"] == "start" and mine[0]["status"] == "succeeded"
     assert mine[0]["amount"] == {"value": "490.00", "currency": "RUB"}
-    assert set(mine[0]) == {"id", "plan", "amount", "status", "created_at"}
+    assert mine[0]["provider_payment_id"] == "p1"
+    assert set(mine[0]) == {"id", "provider_payment_id", "plan", "amount", "status", "created_at"}

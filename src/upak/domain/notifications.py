@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from upak.features.yookassa_api import RemotePayment, RemoteRefund
+from upak.domain.yookassa_api import RemotePayment, RemoteRefund
 
 SUCCEEDED_EVENT = "payment.succeeded"
 CANCELED_EVENT = "payment.canceled"
