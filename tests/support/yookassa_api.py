@@ -64,6 +64,15 @@ class StandIn:
     hang_seconds: float = 30.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def reset(self) -> None:
+        """Forget every payment and fault (one server serves a whole test module)."""
+        with self.lock:
+            self.payments.clear()
+            self.refunds.clear()
+            self.keys.clear()
+            self.requests.clear()
+            self.created, self.fault, self.hang_seconds = 0, None, 30.0
+
     # --- the API --------------------------------------------------------------------------
 
     async def _gate(self, request: Request) -> JSONResponse | None:
