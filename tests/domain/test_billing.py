@@ -297,7 +297,7 @@ def test_the_migrations_build_the_models_table_and_undo_it(tmp_path: Path) -> No
 # --- user ids and locks ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("user_id", ["٣", "²", "１", "3\u0663", " 1", "1\n"])
+@pytest.mark.parametrize("user_id", ["٣", "²", "\uff11", "3\u0663", " 1", "1\n"])
 async def test_metadata_user_id_ascii_digits_only(db, user_id: str) -> None:
     """Arabic-Indic "٣" once credited user 3; superscript "²" crashed int() into a 503 loop."""
     result = await apply_payment(db, paid(user_id=user_id), now=NOW)

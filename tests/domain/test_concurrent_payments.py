@@ -46,9 +46,10 @@ async def test_concurrent_payments_of_one_user_all_answer_200_once(
     services.db_engine, services.db = engine, sessions  # the fixture's database (its schema)
     transport = httpx.ASGITransport(app=app, client=(YOOKASSA_IP, 40000))
     statuses: list[tuple[int, str]] = []
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=transport, base_url="http://t", timeout=60
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client,
+    ):
         for _ in range(BURSTS):
             bodies = [notification(payment_id=str(uuid.uuid4())) for _ in range(PER_BURST)]
             answers = await asyncio.gather(

@@ -275,3 +275,22 @@ def yookassa_stand_in() -> Iterator[StandIn]:
         stand_in.fault = None
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def main() -> None:
+    """`python -m tests.support.yookassa_api PORT`: serve a stand-in in a process of its own
+    (the bench does, so the stand-in's work does not share the measured process's GIL)."""
+    import sys
+
+    uvicorn.run(
+        StandIn().app(),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
