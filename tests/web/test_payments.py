@@ -13,27 +13,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer, free_port
 from tests.support.webhooks import (
     SECRET,
     YOOKASSA_IP,
-    create_database,
+    Harness,
+    harnesses,
     notification,
-    read_state,
     signed_headers,
 )
 from tests.support.yookassa_api import SECRET_KEY, SHOP_ID, StandIn, yookassa_stand_in
-from upak.domain.billing import Payment
-from upak.web.app import create_app
 from upak.web.routes.payments import current_user_id
 
 NOW = time.time()
 RETURN_URL = "https://upak.example/paid"
+Shop = Harness
+MakeShop = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture(scope="module")
@@ -48,66 +45,29 @@ def api(stand_in_server: StandIn) -> StandIn:
     return stand_in_server
 
 
-class Shop:
-    """An app configured for the stand-in's shop, its database file and a fixed clock."""
-
-    def __init__(self, app, db_path: str, clock: list[float]) -> None:
-        self.app, self.db_path, self.clock = app, db_path, clock
-        self.services = app.state.services
-        self.user = 1
-        app.dependency_overrides[current_user_id] = lambda: self.user
-
-    def client(self, ip: str = YOOKASSA_IP) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=self.app, client=(ip, 40000))
-        return httpx.AsyncClient(transport=transport, base_url="http://t")
-
-    def state(self, user_id: int = 1):
-        return read_state(self.db_path, user_id)
-
-    def statuses(self) -> dict[str, str]:
-        engine = create_engine(f"sqlite:///{self.db_path}")
-        with Session(engine) as session:
-            found = {p.provider_payment_id: p.status for p in session.query(Payment)}
-        engine.dispose()
-        return found
-
-    @property
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock[0], UTC)
-
-
-MakeShop = Callable[..., Awaitable[Shop]]
-
-
 @pytest.fixture
 async def shop(
     tmp_path: Path, shared_redis: RedisServer, key_prefix: str, api: StandIn
 ) -> AsyncIterator[MakeShop]:
-    contexts = []
+    """Apps configured for the stand-in's shop; the signed-in user is `user` (1 unless set)."""
+    settings = {
+        "redis_url": shared_redis.url,
+        "redis_key_prefix": key_prefix,
+        "yookassa_api_url": api.url,
+        "yookassa_shop_id": SHOP_ID,
+        "yookassa_secret_key": SECRET_KEY,
+        "yookassa_timeout": 3,
+        "webhook_secret": SECRET,
+    }
+    async with harnesses(tmp_path, NOW, **settings) as build:
 
-    async def build(**overrides) -> Shop:
-        db_path = str(tmp_path / f"shop{len(contexts)}.db")
-        settings = {
-            "redis_url": shared_redis.url,
-            "redis_key_prefix": key_prefix,
-            "database_url": create_database(db_path, users=2),
-            "yookassa_api_url": api.url,
-            "yookassa_shop_id": SHOP_ID,
-            "yookassa_secret_key": SECRET_KEY,
-            "yookassa_timeout": 3,
-            "webhook_secret": SECRET,
-            **overrides,
-        }
-        clock = [NOW]
-        app = create_app(make_settings(**settings), clock=lambda: clock[0])
-        ctx = app.router.lifespan_context(app)
-        await ctx.__aenter__()
-        contexts.append(ctx)
-        return Shop(app, db_path, clock)
+        async def build_shop(**overrides) -> Shop:
+            made = await build(**overrides)
+            made.user = 1  # type: ignore[attr-defined]
+            made.app.dependency_overrides[current_user_id] = lambda: made.user
+            return made
 
-    yield build
-    for ctx in contexts:
-        await ctx.__aexit__(None, None, None)
+        yield build_shop
 
 
 async def checkout(client: httpx.AsyncClient, plan: str = "start", **headers: str):
@@ -125,7 +85,7 @@ def notify(client: httpx.AsyncClient, body: bytes):
 
 async def test_checkout_payment_notification_subscription(shop: MakeShop, api: StandIn) -> None:
     s = await shop()
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         created = await checkout(client)
         assert created.status_code == 201, created.text
         body = created.json()
@@ -158,7 +118,7 @@ async def test_a_repeated_idempotency_key_makes_one_upstream_payment(
     shop: MakeShop, api: StandIn
 ) -> None:
     s = await shop()
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         first = await checkout(client, **{"Idempotency-Key": "order-17"})
         second = await checkout(client, **{"Idempotency-Key": "order-17"})
         other_body = await checkout(client, "pro", **{"Idempotency-Key": "order-17"})
@@ -179,7 +139,7 @@ async def test_idempotency_keys_survive_a_redis_outage_in_memory(
     shop: MakeShop, api: StandIn
 ) -> None:
     s = await shop(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         first = await checkout(client, **{"Idempotency-Key": "k1"})
         second = await checkout(client, **{"Idempotency-Key": "k1"})
         health = (await client.get("/health")).json()
@@ -189,7 +149,7 @@ async def test_idempotency_keys_survive_a_redis_outage_in_memory(
 
 async def test_checkout_needs_a_login_a_plan_and_an_https_return_url(shop: MakeShop) -> None:
     s = await shop()
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         bad = [
             await client.post("/payments", json={"plan": "gold", "return_url": RETURN_URL}),
             await client.post("/payments", json={"plan": "start", "return_url": "http://x.io"}),
@@ -207,7 +167,7 @@ async def test_checkout_needs_a_login_a_plan_and_an_https_return_url(shop: MakeS
 
 async def test_without_credentials_checkout_is_503(shop: MakeShop) -> None:
     s = await shop(yookassa_shop_id="", yookassa_secret_key="")
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         response = await checkout(client)
     assert response.status_code == 503 and "Retry-After" in response.headers
 
@@ -220,7 +180,7 @@ async def test_a_forged_notification_for_an_unknown_or_pending_payment_changes_n
 ) -> None:
     caplog.set_level(logging.INFO, logger="upak")
     s = await shop()
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         unknown = await notify(client, notification(payment_id="2f9b0c6e-forged"))
         pending_id = (await checkout(client)).json()["id"]
         forged = api.notification(pending_id, status="succeeded", paid=True)
@@ -242,7 +202,7 @@ async def test_a_notification_that_disagrees_with_the_api_is_applied_as_the_api_
         metadata={"user_id": "2", "plan": "pro"},
         amount={"value": "4900.00", "currency": "RUB"},
     )
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         response = await notify(client, lie)
     assert response.json() == {"status": "processed"}
     assert s.state(1) == (1, s.now + timedelta(days=30), "start")
@@ -251,7 +211,7 @@ async def test_a_notification_that_disagrees_with_the_api_is_applied_as_the_api_
 
 async def test_a_canceled_payment_is_marked_canceled(shop: MakeShop, api: StandIn) -> None:
     s = await shop()
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         payment_id = (await checkout(client)).json()["id"]
         api.cancel(payment_id)
         response = await notify(client, api.notification(payment_id))
@@ -268,7 +228,7 @@ async def test_a_refund_removes_the_period_once_even_notified_twice(
     shop: MakeShop, api: StandIn
 ) -> None:
     s = await shop()
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         kept = api.add_payment(user_id=1, plan="start", value="490.00")
         await notify(client, api.notification(kept))
         refunded = api.add_payment(user_id=1, plan="start", value="490.00")
@@ -298,7 +258,7 @@ async def test_a_refund_removes_the_period_once_even_notified_twice(
 
 async def test_an_unknown_refund_changes_nothing(shop: MakeShop, api: StandIn) -> None:
     s = await shop()
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         paid = api.add_payment(user_id=1, plan="start", value="490.00")
         await notify(client, api.notification(paid))
         refund_id = api.refund(paid)
@@ -323,7 +283,7 @@ async def test_api_faults_are_503_and_nothing_is_applied(
     paid = api.add_payment(user_id=1, plan="start", value="490.00")
     if fault != "down":
         api.fault, api.hang_seconds = fault, 5.0  # type: ignore[assignment]
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         started = time.monotonic()
         refused = await checkout(client, **{"Idempotency-Key": "during-fault"})
         took = time.monotonic() - started
@@ -348,7 +308,7 @@ async def test_secrets_never_reach_reprs_or_logs(
     caplog.set_level(logging.DEBUG)
     s = await shop()
     api.fault = "401"
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         response = await checkout(client)
     for text in (repr(s.services.yookassa), repr(s.services.settings), caplog.text, response.text):
         assert SECRET_KEY not in text
@@ -364,7 +324,7 @@ async def test_test_payments_are_refused_in_production(
     caplog.set_level(logging.INFO, logger="upak")
     s = await shop(upak_env="production")
     paid = api.add_payment(user_id=1, plan="start", value="490.00")  # the stand-in's are test
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         response = await notify(client, api.notification(paid))
     assert response.json() == {"status": "ignored"}
     assert s.state() == (0, None, None)
@@ -388,7 +348,7 @@ async def test_reconcile_applies_a_payment_whose_notification_never_came(
 
     s = await shop()
     s.clock[0] = time.time() - 600  # the checkouts were ten minutes ago
-    async with s.client() as client:
+    async with s.client(YOOKASSA_IP) as client:
         paid = (await checkout(client)).json()["id"]
         canceled = (await checkout(client, "pro")).json()["id"]
         waiting = (await checkout(client)).json()["id"]

@@ -39,37 +39,22 @@ class Notification:
 
     def as_confirmed(self, remote: RemotePayment | RemoteRefund) -> Notification:
         """This notification with YooKassa's own facts in place of the body's."""
+        facts: dict[str, Any] = {
+            "status": remote.status,
+            "amount": remote.amount,
+            "currency": remote.currency,
+        }
         if isinstance(remote, RemoteRefund):
-            return replace(
-                self,
-                status=remote.status,
-                amount=remote.amount,
-                currency=remote.currency,
-                payment_id=remote.payment_id,
-            )
-        return replace(
-            self,
-            status=remote.status,
-            amount=remote.amount,
-            currency=remote.currency,
-            user_id=remote.user_id,
-            plan=remote.plan,
-            test=remote.test,
-        )
+            facts["payment_id"] = remote.payment_id
+        else:
+            facts.update(user_id=remote.user_id, plan=remote.plan, test=remote.test)
+        return replace(self, **facts)
 
 
 def from_remote_payment(remote: RemotePayment) -> Notification:
     """The notification YooKassa would have sent for a payment in this state (reconcile)."""
-    return Notification(
-        event=f"payment.{remote.status}",
-        object_id=remote.id,
-        status=remote.status,
-        amount=remote.amount,
-        currency=remote.currency,
-        user_id=remote.user_id,
-        plan=remote.plan,
-        test=remote.test,
-    )
+    event = f"payment.{remote.status}"
+    return Notification(event, remote.id, remote.status).as_confirmed(remote)
 
 
 def _text(

@@ -37,28 +37,25 @@ from upak.domain.notifications import (
     Notification,
     from_remote_payment,
 )
-from upak.domain.yookassa_api import YooKassaAPI
+from upak.domain.yookassa_api import RemotePayment, RemoteRefund, YooKassaAPI
 
 log = logging.getLogger("upak.billing")
 
 
 async def confirm(api: YooKassaAPI, notification: Notification) -> Notification | str:
     """The notification with YooKassa's facts, or why it must change nothing."""
+    remote: RemotePayment | RemoteRefund | None
     if notification.event.startswith("refund."):
-        refund = await api.get_refund(notification.object_id)
-        if refund is None:
-            return "YooKassa's API does not know this refund"
-        if refund.status != notification.status:
-            return f"the refund is {refund.status!r} at YooKassa, not {notification.status!r}"
-        return notification.as_confirmed(refund)
-    if notification.event.startswith("payment."):
-        payment = await api.get_payment(notification.object_id)
-        if payment is None:
-            return "YooKassa's API does not know this payment"
-        if payment.status != notification.status:
-            return f"the payment is {payment.status!r} at YooKassa, not {notification.status!r}"
-        return notification.as_confirmed(payment)
-    return notification
+        kind, remote = "refund", await api.get_refund(notification.object_id)
+    elif notification.event.startswith("payment."):
+        kind, remote = "payment", await api.get_payment(notification.object_id)
+    else:
+        return notification
+    if remote is None:
+        return f"YooKassa's API does not know this {kind}"
+    if remote.status != notification.status:
+        return f"the {kind} is {remote.status!r} at YooKassa, not {notification.status!r}"
+    return notification.as_confirmed(remote)
 
 
 @dataclass(frozen=True)
