@@ -310,6 +310,16 @@ async def _lock_payment_owner(
     return user, row
 
 
+def _refused_move(row: Payment, source: str, target: str, why: str) -> PaymentResult | None:
+    """None when the row may move from `source` to `target`, else the answer: a duplicate
+    when it is there already, ignored from any other status."""
+    if row.status == target:
+        return DUPLICATE
+    if row.status != source:
+        return ignored(f"a {row.status} payment {why}")
+    return None
+
+
 async def cancel_payment(
     sessions: async_sessionmaker[AsyncSession],
     notification: Notification,
@@ -326,10 +336,9 @@ async def cancel_payment(
         if found is None:
             return ignored("no checkout of ours has this payment id")
         _, row = found
-        if row.status == CANCELED:
-            return DUPLICATE
-        if row.status != PENDING:
-            return ignored(f"a {row.status} payment cannot be canceled")
+        refused = _refused_move(row, PENDING, CANCELED, "cannot be canceled")
+        if refused is not None:
+            return refused
         row.status, row.updated_at = CANCELED, now
         await session.commit()
         return PaymentResult(PaymentOutcome.PROCESSED, user_id=row.user_id)
@@ -358,10 +367,9 @@ async def apply_refund(
         if found is None:
             return ignored("the refunded payment is not one of ours")
         user, row = found
-        if row.status == REFUNDED:
-            return DUPLICATE
-        if row.status != SUCCEEDED:
-            return ignored(f"a {row.status} payment has nothing to refund")
+        refused = _refused_move(row, SUCCEEDED, REFUNDED, "has nothing to refund")
+        if refused is not None:
+            return refused
         if notification.amount != Decimal(row.amount_minor) / 100 or (
             notification.currency != row.currency
         ):
