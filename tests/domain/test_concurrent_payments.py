@@ -14,13 +14,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer
 from tests.support.webhooks import YOOKASSA_IP, notification
-from upak.domain.billing import Payment, as_utc
+from upak.domain.billing import Payment, as_utc, in_transaction
 from upak.domain.db import make_sessionmaker, upgrade
 from upak.domain.models import User
 from upak.web.app import create_app
@@ -64,3 +65,49 @@ async def test_concurrent_payments_of_one_user_all_answer_200_once(
     assert user is not None and user.subscription_expires_at is not None
     expected = datetime.fromtimestamp(now, UTC) + timedelta(days=30 * BURSTS * PER_BURST)
     assert as_utc(user.subscription_expires_at) == expected
+
+
+async def test_a_deadlock_is_retried_once(
+    db_url_engine: tuple[str, AsyncEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real deadlock (two transactions locking two users in opposite orders): the one
+    PostgreSQL aborts is run again by `in_transaction`, and its second run succeeds."""
+    _, engine = db_url_engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("deadlock detection is PostgreSQL's (SQLite has one writer at a time)")
+    await upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    async with sessions() as session:
+        session.add_all([User(id=n, email=f"u{n}@example.com", password_hash="x") for n in (1, 2)])
+        await session.commit()
+    lock = "UPDATE users SET plan = plan WHERE id = :id"
+    runs = 0
+    async with engine.connect() as other:
+        # The other transaction detects late (10 s): this test's is the victim (after 1 s).
+        await other.execute(text("SET deadlock_timeout = '10s'"))
+        await other.execute(text(lock), {"id": 2})
+
+        async def other_takes_user_1() -> None:
+            await other.execute(text(lock), {"id": 1})
+            await other.commit()
+
+        async def work(session) -> int:
+            nonlocal runs
+            runs += 1
+            await session.execute(text("UPDATE users SET plan = 'start' WHERE id = 1"))
+            if runs == 1:
+                await session.execute(text("SET LOCAL deadlock_timeout = '1s'"))
+                waiting = asyncio.create_task(session.execute(text(lock), {"id": 2}))
+                await asyncio.sleep(0.05)  # this one waits for user 2 first
+                tasks.append(asyncio.create_task(other_takes_user_1()))
+                await waiting
+            await session.commit()
+            return runs
+
+        tasks: list[asyncio.Task[None]] = []
+        async with asyncio.timeout(30):
+            assert await in_transaction(sessions, work) == 2
+            await asyncio.gather(*tasks)
+    assert "retried after" in caplog.text
+    async with sessions() as session:
+        assert (await session.get(User, 1)).plan == "start"  # type: ignore[union-attr]
