@@ -135,6 +135,22 @@ async def test_a_repeated_idempotency_key_makes_one_upstream_payment(
     assert len(s.statuses()) == 2
 
 
+async def test_concurrent_requests_with_one_key_make_one_payment(
+    shop: MakeShop, api: StandIn
+) -> None:
+    s = await shop()
+    async with s.client(YOOKASSA_IP) as client:
+        answers = await asyncio.gather(
+            *(checkout(client, **{"Idempotency-Key": "double-click"}) for _ in range(6))
+        )
+        after = await checkout(client, **{"Idempotency-Key": "double-click"})
+    created = [a.json()["id"] for a in answers if a.status_code == 201]
+    busy = [a for a in answers if a.status_code == 409]
+    assert created and len(created) + len(busy) == 6
+    assert all(b.headers["retry-after"] == "1" for b in busy)
+    assert set(created) == {after.json()["id"]} and api.created == 1
+
+
 async def test_idempotency_keys_survive_a_redis_outage_in_memory(
     shop: MakeShop, api: StandIn
 ) -> None:
