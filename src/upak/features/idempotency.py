@@ -2,7 +2,8 @@
 
 A key's life, in the store (Redis, or process memory during an outage, journalled back):
 
-    (absent) --begin--> {"fp": fingerprint}  --finish--> {"fp", "response"}
+    (absent) --begin--> {"fp": fingerprint}  --finish--> {"fp", "response"}   (24 h)
+                      (a 2-minute lease)
                               |
                               +--abandon--> (absent)   the upstream call failed: retry may run
 
@@ -23,8 +24,11 @@ from upak.store.base import Store
 from upak.store.keys import KeySpace
 
 FEATURE = "idempotency"
-# YooKassa keeps its Idempotence-Key for 24 h; ours lives as long.
+# YooKassa keeps its Idempotence-Key for 24 h; a finished record lives as long.
 TTL_MS = 24 * 3600 * 1000
+# An unfinished one is a lease: a worker that dies mid-checkout must not lock the key for a
+# day. Longer than any checkout takes (the API's deadline is at most 30 s).
+LEASE_MS = 120 * 1000
 
 
 class KeyState(enum.Enum):
@@ -55,11 +59,11 @@ class IdempotencyKeys:
 
     async def begin(self, scope: str, key: str, body: dict[str, Any]) -> Begun:
         name, fp = self._key(scope, key), fingerprint(body)
-        if await self.store.claim_once(name, TTL_MS, json.dumps({"fp": fp})):
+        if await self.store.claim_once(name, LEASE_MS, json.dumps({"fp": fp})):
             return Begun(KeyState.NEW)
         held = await self.store.get(name)
         if held is None:  # abandoned in between: this request may run after all
-            if await self.store.claim_once(name, TTL_MS, json.dumps({"fp": fp})):
+            if await self.store.claim_once(name, LEASE_MS, json.dumps({"fp": fp})):
                 return Begun(KeyState.NEW)
             return Begun(KeyState.IN_PROGRESS)
         try:
