@@ -19,6 +19,7 @@ ORDER = [
     "cache",
     "sessions",
     "memory",
+    "payments",
     "load",
     "chaos",
 ]

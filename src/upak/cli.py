@@ -15,6 +15,7 @@ import typer
 
 from upak.config import ConfigError, Settings, load_settings
 from upak.domain.cli import app as db_app
+from upak.domain.cli import payments_app
 from upak.ops.cli import redis_app
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in every worker
@@ -142,6 +143,7 @@ def serve(
 
 
 app.add_typer(db_app, name="db")
+app.add_typer(payments_app, name="payments")
 
 
 def main() -> None:

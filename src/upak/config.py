@@ -256,6 +256,9 @@ _ACCEPTS: dict[str, str] = {
     ),
     "WEBHOOK_IDEMPOTENCY_TTL": "a whole number of seconds, at least 60",
     "RATE_LIMIT_FALLBACK_DIVISOR": "a whole number from 1 to 1024",
+    "YOOKASSA_API_URL": "an http:// or https:// URL, e.g. https://api.yookassa.ru/v3",
+    "YOOKASSA_SHOP_ID": "the shop id from YooKassa's dashboard (digits)",
+    "YOOKASSA_TIMEOUT": "seconds, more than 0 and at most 30",
     "DATABASE_URL": "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:pass@host/db",
     "DATABASE_CONNECT_TIMEOUT": "seconds, more than 0 and at most 60",
     "DATABASE_POOL_TIMEOUT": "seconds, more than 0 and at most 60",
@@ -344,6 +347,12 @@ class Settings(BaseSettings):
     # Who may read /health's details (Redis address, worker pid, errors): the host itself.
     health_detail_networks: str = "127.0.0.0/8,::1/128"
 
+    # --- YooKassa's API (checkout, confirmation, refunds); without credentials: development ---
+    yookassa_api_url: str = Field("https://api.yookassa.ru/v3", pattern=r"^https?://[^\s/?#]+")
+    yookassa_shop_id: str | None = Field(None, pattern=r"^[0-9]{1,32}$")
+    yookassa_secret_key: SecretStr | None = None
+    yookassa_timeout: float = Field(5.0, gt=0, le=30)
+
     # --- Rate limiting ---
     rate_limit_enabled: bool = True
     rate_limit_default: str = "120/minute"
@@ -371,12 +380,20 @@ class Settings(BaseSettings):
             raise ValueError("braces are reserved for hash tags")
         return value
 
-    @field_validator("redis_username", "redis_ssl_ca_certs", "redis_ssl_certfile", mode="before")
+    @field_validator(
+        "redis_username",
+        "redis_ssl_ca_certs",
+        "redis_ssl_certfile",
+        "yookassa_shop_id",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("redis_password", "redis_url", "webhook_secret", mode="before")
+    @field_validator(
+        "redis_password", "redis_url", "webhook_secret", "yookassa_secret_key", mode="before"
+    )
     @classmethod
     def _empty_secret_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -418,6 +435,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
+        if (self.yookassa_shop_id is None) != (self.yookassa_secret_key is None):
+            raise ValueError(
+                "YOOKASSA_SHOP_ID and YOOKASSA_SECRET_KEY go together: set both, or neither "
+                "for development"
+            )
         # Resolve the target now so a bad URL stops start-up, not the first request.
         object.__setattr__(self, "_redis_target", self._build_target())
         return self
@@ -463,6 +485,11 @@ class Settings(BaseSettings):
     def fallback_divisor(self) -> int:
         """Each worker's share of a limit while counting in memory (default: the workers)."""
         return self.rate_limit_fallback_divisor or self.upak_workers
+
+    @property
+    def yookassa_configured(self) -> bool:
+        """Shop credentials are set: notifications are confirmed with YooKassa's API."""
+        return self.yookassa_shop_id is not None and self.yookassa_secret_key is not None
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -250,27 +250,30 @@ async def test_payments_are_listed_per_user_newest_first(db) -> None:
 # --- the migration --------------------------------------------------------------------------------
 
 
-def _load_migration():
-    path = Path(billing_module.__file__).parent / "migrations" / "versions" / "0002_payments.py"
-    spec = importlib.util.spec_from_file_location("migration_0002", path)
+def _load_migration(name: str = "0002_payments"):
+    path = Path(billing_module.__file__).parent / "migrations" / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_migration_builds_the_models_table_and_undoes_it(tmp_path: Path) -> None:
+def test_the_migrations_build_the_models_table_and_undo_it(tmp_path: Path) -> None:
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
     from sqlalchemy import create_engine
 
     migration = _load_migration()
+    lifecycle = _load_migration("0004_payment_lifecycle")
     assert (migration.revision, migration.down_revision) == ("0002_payments", "0001_users")
+    assert lifecycle.down_revision == "0003_email_keys"
     migrated = create_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
     modelled = create_engine(f"sqlite:///{tmp_path / 'modelled.db'}")
     User.__table__.create(migrated)
     with migrated.begin() as conn, Operations.context(MigrationContext.configure(conn)):
         migration.upgrade()
+        lifecycle.upgrade()
     Base.metadata.create_all(modelled, tables=[User.__table__, Payment.__table__])
 
     def describe(engine):
@@ -284,7 +287,21 @@ def test_the_migration_builds_the_models_table_and_undoes_it(tmp_path: Path) -> 
 
     assert describe(migrated) == describe(modelled)
     with migrated.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        lifecycle.downgrade()
         migration.downgrade()
     assert "payments" not in inspect(migrated).get_table_names()
     migrated.dispose()
     modelled.dispose()
+
+
+# --- user ids and locks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user_id", ["٣", "²", "\uff11", "3\u0663", " 1", "1\n"])
+async def test_metadata_user_id_ascii_digits_only(db, user_id: str) -> None:
+    """Arabic-Indic "٣" once credited user 3; superscript "²" crashed int() into a 503 loop."""
+    result = await apply_payment(db, paid(user_id=user_id), now=NOW)
+    assert result.outcome is PaymentOutcome.IGNORED
+    assert "ASCII digits" in result.reason
+    assert await user_state(db) == (None, None)
+    assert (await apply_payment(db, paid(user_id="1"), now=NOW)).outcome is PaymentOutcome.PROCESSED

@@ -109,3 +109,48 @@ async def test_0003_gives_existing_rows_their_case_folded_key(db_engine: AsyncEn
     ]
     assert rows[2].email == "alice@example.com"
     assert rows[2].email_key == f" duplicate {rows[2].id} alice@example.com"
+
+
+async def test_the_payment_lifecycle_revision_upgrades_recorded_payments(
+    db_engine: AsyncEngine,
+) -> None:
+    """Payments recorded before 0004 (all of them succeeded) keep their meaning after it."""
+    from sqlalchemy import text
+
+    assert await upgrade(db_engine, "0002_payments") == "0002_payments"
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO users (id, email, password_hash) VALUES (1, 'a@x.io', 'h')")
+        )
+        for n, status in enumerate(("succeeded", "SUCCEEDED")):
+            await connection.execute(
+                text(
+                    "INSERT INTO payments (provider, provider_payment_id, user_id, plan, "
+                    "amount_minor, currency, status, created_at) VALUES ('yookassa', :pid, 1, "
+                    "'start', 49000, 'RUB', :status, '2026-01-01 00:00:00')"
+                ),
+                {"pid": f"old-{n}", "status": status},
+            )
+    assert await upgrade(db_engine) == head_revision()
+    async with db_engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text("SELECT status, updated_at, refund_id FROM payments ORDER BY id")
+            )
+        ).all()
+    assert [r[0] for r in rows] == ["succeeded", "succeeded"]
+    assert all(r[1] is not None and r[2] is None for r in rows)
+
+
+async def test_sqlite_connections_keep_foreign_keys_on_after_a_migration(tmp_path: Path) -> None:
+    """The migrations run with SQLite's foreign keys off (a batch table copy would otherwise
+    cascade its DROP into the payments); the connections the app then uses have them on."""
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/upak.db")
+    try:
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await engine.dispose()

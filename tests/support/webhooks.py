@@ -5,10 +5,14 @@ package. Nothing here signs or lays out JSON by hand."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
@@ -113,3 +117,61 @@ def read_state(path: str, user_id: int = 1) -> tuple[int, datetime | None, str |
         plan = user.plan
     engine.dispose()
     return count, expires, plan
+
+
+class Harness:
+    """An app, its database file and a fixed clock; `client(ip)` calls it from `ip`."""
+
+    def __init__(self, app: Any, db_path: str, clock: list[float]) -> None:
+        self.app = app
+        self.db_path = db_path
+        self.clock = clock
+        self.services = app.state.services
+
+    def client(self, ip: str = "127.0.0.1") -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.app, client=(ip, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://t")
+
+    def state(self, user_id: int = 1) -> tuple[int, datetime | None, str | None]:
+        return read_state(self.db_path, user_id)
+
+    def statuses(self) -> dict[str, str]:
+        """provider payment id -> status, for every payment row."""
+        engine = create_engine(f"sqlite:///{self.db_path}")
+        with Session(engine) as session:
+            found = {p.provider_payment_id: p.status for p in session.query(Payment)}
+        engine.dispose()
+        return found
+
+    @property
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock[0], UTC)
+
+
+MakeHarness = Callable[..., Awaitable[Harness]]
+
+
+@contextlib.asynccontextmanager
+async def harnesses(tmp_path: Path, start: float, **base: Any) -> AsyncIterator[MakeHarness]:
+    """`build(**settings)` makes a started app on a fresh SQLite file with users 1 and 2 and
+    a clock at `start`; every app built is shut down when the block ends."""
+    from tests.conftest import make_settings
+    from upak.web.app import create_app
+
+    contexts = []
+
+    async def build(**overrides: Any) -> Harness:
+        db_path = str(tmp_path / f"upak{len(contexts)}.db")
+        settings = {"database_url": create_database(db_path, users=2), **base, **overrides}
+        clock = [start]
+        app = create_app(make_settings(**settings), clock=lambda: clock[0])
+        ctx = app.router.lifespan_context(app)
+        await ctx.__aenter__()
+        contexts.append(ctx)
+        return Harness(app, db_path, clock)
+
+    try:
+        yield build
+    finally:
+        for ctx in contexts:
+            await ctx.__aexit__(None, None, None)

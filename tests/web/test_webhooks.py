@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,74 +14,30 @@ import httpx
 import pytest
 from yookassa.domain.common.security_helper import SecurityHelper
 
-from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer, free_port
 from tests.support.webhooks import (
     SECRET,
     YOOKASSA_IP,
-    create_database,
+    MakeHarness,
+    harnesses,
     notification,
-    read_state,
     signed_headers,
 )
 from upak.domain.db import make_sessionmaker
 from upak.features.yookassa import YOOKASSA_NETWORKS
-from upak.web.app import create_app
 from upak.web.routes.payments import current_user_id
 
 NOW = time.time()
 START_DAYS = timedelta(days=30)
 
 
-class Harness:
-    """An app, its database file and a fixed clock; `client(ip)` calls it from `ip`."""
-
-    def __init__(self, app, db_path: str, clock: list[float]) -> None:
-        self.app = app
-        self.db_path = db_path
-        self.clock = clock
-        self.services = app.state.services
-
-    def client(self, ip: str = "127.0.0.1") -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=self.app, client=(ip, 40000))
-        return httpx.AsyncClient(transport=transport, base_url="http://t")
-
-    def state(self, user_id: int = 1):
-        return read_state(self.db_path, user_id)
-
-    @property
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock[0], UTC)
-
-
-MakeHarness = Callable[..., Awaitable[Harness]]
-
-
 @pytest.fixture
 async def harness(
     tmp_path: Path, shared_redis: RedisServer, key_prefix: str
 ) -> AsyncIterator[MakeHarness]:
-    contexts = []
-
-    async def build(**overrides) -> Harness:
-        db_path = str(tmp_path / f"upak{len(contexts)}.db")
-        settings = {
-            "redis_url": shared_redis.url,
-            "redis_key_prefix": key_prefix,
-            "database_url": create_database(db_path, users=2),
-            "webhook_secret": SECRET,
-            **overrides,
-        }
-        clock = [NOW]
-        app = create_app(make_settings(**settings), clock=lambda: clock[0])
-        ctx = app.router.lifespan_context(app)
-        await ctx.__aenter__()
-        contexts.append(ctx)
-        return Harness(app, db_path, clock)
-
-    yield build
-    for ctx in contexts:
-        await ctx.__aexit__(None, None, None)
+    settings = {"redis_url": shared_redis.url, "redis_key_prefix": key_prefix}
+    async with harnesses(tmp_path, NOW, webhook_secret=SECRET, **settings) as build:
+        yield build
 
 
 async def post_signed(client: httpx.AsyncClient, body: bytes, *, at: float, **kwargs):
@@ -418,4 +374,5 @@ async def test_payments_are_the_signed_in_users_own(harness: MakeHarness) -> Non
     assert len(mine) == 1
     assert mine[0]["plan"] == "start" and mine[0]["status"] == "succeeded"
     assert mine[0]["amount"] == {"value": "490.00", "currency": "RUB"}
-    assert set(mine[0]) == {"id", "plan", "amount", "status", "created_at"}
+    assert mine[0]["provider_payment_id"] == "p1"
+    assert set(mine[0]) == {"id", "provider_payment_id", "plan", "amount", "status", "created_at"}

@@ -356,6 +356,10 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
     try:
         async with lock, engine.begin() as connection:
             await connection.run_sync(migrate, revision)
+        if sqlite_file is not None:
+            # The migration ran with foreign keys off (see migrations/env.py): a fresh pool,
+            # whose connections turn them on again as they open.
+            await engine.dispose()
         async with engine.connect() as connection:
             return await connection.run_sync(_current_on)
     except DatabaseUnavailable as exc:

@@ -67,6 +67,12 @@ def create_app(
                 "sessions are per process until it returns. Production must use Redis.",
                 settings.redis.redacted_url(),
             )
+        if services.yookassa is None and settings.production:
+            log.error(
+                "PRODUCTION WITHOUT YOOKASSA CREDENTIALS: notifications are trusted as sent, "
+                "not confirmed with YooKassa's API, and checkout is off. Set "
+                "YOOKASSA_SHOP_ID and YOOKASSA_SECRET_KEY."
+            )
         if freeze_startup_heap:
             # Everything start-up made (FastAPI, pydantic, SQLAlchemy, the routes) lives as
             # long as the process. Frozen, full collections stop walking it: a request that
@@ -82,6 +88,8 @@ def create_app(
             await services.cache.drain()  # background cache refreshes finish before the store goes
             await store.close()
             await services.db_availability.close()
+            if services.yookassa is not None:
+                await services.yookassa.close()
             await services.db_engine.dispose()
 
     app = FastAPI(title="UPAK Backend", version="0.1.0", lifespan=lifespan)

@@ -18,7 +18,9 @@ from upak.domain.availability import DatabaseAvailability
 from upak.domain.billing import SubscriptionHook
 from upak.domain.db import Deadlines, make_engine, make_sessionmaker
 from upak.domain.passwords import Passwords
+from upak.domain.yookassa_api import YooKassaAPI, api_from_settings
 from upak.features.cache import Cache
+from upak.features.idempotency import IdempotencyKeys
 from upak.features.ratelimit import RateLimiter
 from upak.features.replay import ReplayGuard, ReplayWindows
 from upak.features.sessions import SessionManager
@@ -46,6 +48,9 @@ class Services:
     yookassa_networks: tuple[Network, ...] = field(init=False)
     trusted_proxies: tuple[Network, ...] = field(init=False)
     cache: Cache = field(init=False)
+    # Checkout: YooKassa's API (None without shop credentials) and Idempotency-Key records.
+    yookassa: YooKassaAPI | None = field(init=False)
+    idempotency: IdempotencyKeys = field(init=False)
     # Accounts and sessions: the database engine, password hashing, the session manager.
     db_engine: AsyncEngine = field(init=False)
     passwords: Passwords = field(default_factory=Passwords)
@@ -81,6 +86,8 @@ class Services:
         self.webhook_keys = SigningKeys.from_setting(secret.get_secret_value()) if secret else None
         self.yookassa_networks = allowed_networks(self.settings.yookassa_allowed_ips)
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        self.yookassa = api_from_settings(self.settings)
+        self.idempotency = IdempotencyKeys(self.store, self.keys)
         self.cache = Cache(
             self.store, self.keys, default_ttl=self.settings.redis_ttl, clock=self.clock
         )

@@ -17,6 +17,14 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode alters a SQLite table by copying it, dropping the original and renaming
+        # the copy; with foreign keys on, that DROP would cascade into every table that
+        # references it (payments: ON DELETE CASCADE) and empty it. Off before the first
+        # statement (inside a transaction the pragma is a no-op); `upgrade` closes this
+        # connection afterwards so none with foreign keys off goes back to the pool.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -26,6 +34,8 @@ def _run(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+            raise RuntimeError("the migration left rows whose foreign key points nowhere")
 
 
 async def _run_own_connection(url: str) -> None:

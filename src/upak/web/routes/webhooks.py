@@ -6,7 +6,11 @@ the body, then claim the delivery in the replay gate and apply the payment once.
     200 {"status": "processed" | "duplicate" | "ignored"}
     400 malformed body · 401 bad or missing signature or timestamp · 403 untrusted source
     409 + Retry-After: the same delivery is being processed right now (the sender retries)
-    413 body over 64 KiB (BodySizeLimit) · 503 + Retry-After: processing failed, claim released
+    413 body over 64 KiB (BodySizeLimit) · 503 + Retry-After: processing failed, or YooKassa's
+    API could not confirm the notification; nothing applied, the claim released
+
+With shop credentials (YOOKASSA_SHOP_ID) a notification is only a hint: what is applied is
+what YooKassa's API says about the payment or refund (upak.domain.payment_events).
 """
 
 from __future__ import annotations
@@ -17,13 +21,10 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from upak.domain.billing import (
-    MalformedNotification,
-    Notification,
-    PaymentResult,
-    apply_payment,
-    parse_notification,
-)
+from upak.domain.billing import PaymentResult
+from upak.domain.notifications import MalformedNotification, Notification, parse_notification
+from upak.domain.payment_events import Effects, settle
+from upak.domain.yookassa_api import YooKassaUnavailable
 from upak.features.replay import ClaimState
 from upak.features.signatures import SignatureError, verify
 from upak.features.yookassa import delivery_key, is_yookassa
@@ -96,15 +97,27 @@ async def _process(
     db = services.db
 
     async def handle() -> PaymentResult:
-        return await apply_payment(
+        effects = Effects(
             db,
-            notification,
             now=datetime.fromtimestamp(services.clock(), UTC),
-            on_subscription_changed=services.on_subscription_changed,
+            production=services.settings.production,
+            hooks=services.on_subscription_changed,
         )
+        return await settle(effects, notification, services.yookassa)
 
     try:
         outcome = await services.replay.once(scope, delivery_id, handle)
+    except YooKassaUnavailable as exc:
+        # Not confirmed, nothing applied, the claim released: YooKassa delivers it again.
+        log.warning(
+            "webhook %s %r not confirmed, released for the retry: %s", scope, delivery_id, exc
+        )
+        return problem(
+            503,
+            "Notification not confirmed",
+            "YooKassa's API could not confirm it; nothing was applied. Retry later.",
+            headers={"Retry-After": FAILED_RETRY_AFTER},
+        )
     except Exception:
         # The claim is released: the provider's retry will find the delivery unclaimed.
         log.exception("webhook %s %r failed; released for the retry", scope, delivery_id)
