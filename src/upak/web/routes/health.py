@@ -10,11 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from upak.store import Mode
+from upak.web.schemas import Health
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get("/health", response_model=Health)
 async def health(request: Request) -> dict[str, Any]:
     services = request.app.state.services
     stats = services.store.stats

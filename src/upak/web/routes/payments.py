@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from upak.domain.billing import payments_of
 from upak.domain.models import User
 from upak.web.dependencies import require_user
+from upak.web.schemas import PaymentItem
 from upak.web.services import services_of
 
 router = APIRouter(tags=["billing"])
@@ -19,7 +20,7 @@ async def current_user_id(user: Annotated[User, Depends(require_user)]) -> int:
     return user.id
 
 
-@router.get("/payments")
+@router.get("/payments", response_model=list[PaymentItem])
 async def list_payments(
     request: Request, user_id: Annotated[int, Depends(current_user_id)]
 ) -> list[dict[str, Any]]:
