@@ -107,7 +107,7 @@ def served_in_thread(app: ASGIApp, timeout: float = 30.0, **config: Any) -> Iter
     For tests that need real HTTP (a browser, a fuzzer, a CLI) but an app built in the test
     (injected passwords, settings). `config` goes to uvicorn.Config (ssl_certfile=…).
     """
-    port = free_port()
+    port = config.pop("port", None) or free_port()
     host = config.pop("host", "127.0.0.1")
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="error", lifespan="on", **config)
