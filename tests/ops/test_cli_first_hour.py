@@ -12,9 +12,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tests.ops.test_config_info_monitor import generate
-from tests.support.redis_servers import REDIS_SERVER, RedisServer, free_port, wait_for_port
+from tests.ops.test_config_info_monitor import generated_server
+from tests.support.redis_servers import RedisServer
 from upak.cli import app
+
+__all__ = ["generated_server"]  # the fixture, shared with the config tests
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -23,27 +25,16 @@ def _invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout + result.stderr
 
 
-def test_env_file_gives_the_ops_credentials_config_wrote(tmp_path: Path) -> None:
-    values = generate(tmp_path)
-    port = free_port()
-    server = subprocess.Popen(
-        [REDIS_SERVER, f"{values['dir']}/redis.conf", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        # The file `config --out` wrote, plus where Redis is: nothing in the environment.
-        env_file = Path(values["dir"]) / "upak-redis.env"
-        env_file.write_text(env_file.read_text() + f"REDIS_HOST=127.0.0.1\nREDIS_PORT={port}\n")
-        # INFO is the ops user's: the app user (REDIS_USERNAME) is refused it by the ACL.
-        code, output = _invoke("--env-file", str(env_file), "info", "server", "--json")
-        assert code == 0, output
-        assert '"redis_version"' in output
-        assert values["UPAK_OPS_PASSWORD"] not in output
-    finally:
-        server.kill()
-        server.wait()
+def test_env_file_gives_the_ops_credentials_config_wrote(generated_server) -> None:
+    port, values = generated_server  # redis-server on what `config --out` wrote
+    # The file `config --out` wrote, plus where Redis is: nothing in the environment.
+    env_file = Path(values["dir"]) / "upak-redis.env"
+    env_file.write_text(env_file.read_text() + f"REDIS_HOST=127.0.0.1\nREDIS_PORT={port}\n")
+    # INFO is the ops user's: the app user (REDIS_USERNAME) is refused it by the ACL.
+    code, output = _invoke("--env-file", str(env_file), "info", "server", "--json")
+    assert code == 0, output
+    assert '"redis_version"' in output
+    assert values["UPAK_OPS_PASSWORD"] not in output
 
 
 def test_config_port(tmp_path: Path) -> None:

@@ -38,6 +38,12 @@ router = APIRouter(tags=["webhooks"])
 
 IN_PROGRESS_RETRY_AFTER = "1"
 FAILED_RETRY_AFTER = "5"
+# What both routes answer once the delivery is authenticated (documented in /openapi.json).
+DELIVERY_PROBLEMS = {
+    400: "The body is not a notification: `detail` names the field.",
+    409: "The same delivery is being processed right now: retry.",
+    503: "Processing failed; nothing was applied: retry.",
+}
 
 
 @router.post(
@@ -45,9 +51,8 @@ FAILED_RETRY_AFTER = "5"
     response_model=WebhookResult,
     responses=problems(
         {
-            400: "The body is not a notification: `detail` names the field.",
+            **DELIVERY_PROBLEMS,
             401: "Bad or missing signature, or a timestamp outside REDIS_TTL seconds.",
-            409: "The same delivery is being processed right now: retry.",
             503: "Not configured (no WEBHOOK_SECRET), or processing failed: retry.",
         },
         retry_after=(409, 503),
@@ -91,10 +96,8 @@ async def upak_webhook(request: Request) -> Response:
     response_model=WebhookResult,
     responses=problems(
         {
-            400: "The body is not a notification: `detail` names the field.",
+            **DELIVERY_PROBLEMS,
             403: "Not from YooKassa's networks (YOOKASSA_ALLOWED_IPS, TRUSTED_PROXIES).",
-            409: "The same delivery is being processed right now: retry.",
-            503: "Processing failed; nothing was applied: retry.",
         },
         retry_after=(409, 503),
     ),
