@@ -44,6 +44,12 @@ def test_check_as_the_least_privilege_app_user(hardened_redis: RedisServer):
     result = run_cli("check", env=hardened_env(hardened_redis, ops=False))
     assert result.exit_code == 0, result.output
     assert "INFO denied" in result.stdout  # the app user may not run INFO, and that is fine
+    uptime = next(line for line in result.stdout.splitlines() if "uptime" in line)
+    assert "unknown" in uptime, uptime  # not "0s": nobody knows how long it has been up
+    report = json.loads(
+        run_cli("check", "--json", env=hardened_env(hardened_redis, ops=False)).stdout
+    )
+    assert report["ok"] is True and report["uptime_seconds"] is None
 
 
 def test_dead_port_is_connection_refused():

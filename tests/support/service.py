@@ -12,12 +12,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
+from starlette.types import ASGIApp
 
 from tests.support.redis_servers import free_port
 
@@ -96,3 +100,30 @@ def running_service(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextlib.contextmanager
+def served_in_thread(app: ASGIApp, timeout: float = 30.0, **config: Any) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread of this process on a free port: its base URL.
+
+    For tests that need real HTTP (a browser, a fuzzer, a CLI) but an app built in the test
+    (injected passwords, settings). `config` goes to uvicorn.Config (ssl_certfile=…).
+    """
+    port = config.pop("port", None) or free_port()
+    host = config.pop("host", "127.0.0.1")
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="error", lifespan="on", **config)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on port {port} within {timeout}s")
+            time.sleep(0.02)
+        scheme = "https" if config.get("ssl_certfile") else "http"
+        yield f"{scheme}://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

@@ -31,7 +31,7 @@ class CheckReport:
     steps: list[dict[str, Any]] = field(default_factory=list)
     version: str = ""
     mode: str = ""
-    uptime_seconds: int = 0
+    uptime_seconds: int | None = None  # None: unknown (INFO denied to this user)
     latency_ms: float = 0.0
     ok: bool = False
 
@@ -77,7 +77,8 @@ def run_check(ops: Ops, clock: Callable[[], float] = time.perf_counter) -> Check
         server = _server_info(client)
         report.version = str(server.get("redis_version", "?"))
         report.mode = server_mode(settings, server)
-        report.uptime_seconds = int(server.get("uptime_in_seconds", 0))
+        uptime = server.get("uptime_in_seconds")
+        report.uptime_seconds = None if uptime is None else int(uptime)
         report.steps.append({"step": "INFO server", "ok": True, "detail": report.version})
     except OpsError:
         raise
@@ -109,6 +110,7 @@ def render_check(report: CheckReport, console: Console) -> None:
         table.add_row(s["step"], f"{mark}  {s['detail']}")
     table.add_row("version", report.version)
     table.add_row("mode", report.mode)
-    table.add_row("uptime", human_duration(report.uptime_seconds))
+    uptime = report.uptime_seconds
+    table.add_row("uptime", "unknown (INFO denied)" if uptime is None else human_duration(uptime))
     table.add_row("latency", f"{report.latency_ms:.2f} ms (median of {PINGS} PINGs)")
     console.print(table)

@@ -19,6 +19,8 @@ from typing import Annotated, Any
 
 import redis.exceptions as rex
 import typer
+from click.core import ParameterSource
+from dotenv import dotenv_values
 from rich.console import Console
 
 from upak.config import ConfigError, load_settings
@@ -82,15 +84,38 @@ def _options(
         float, typer.Option(min=0.1, max=120, help="Socket timeout in seconds.")
     ] = 5.0,
 ) -> None:
-    # The ops password only comes from the environment: an option would show it in `ps`.
-    password = os.environ.get("UPAK_OPS_PASSWORD") or None
+    env_path = env_file if Path(env_file).is_file() else None
+    # The environment wins over the file, as for the app's own settings; the file is the one
+    # `config --out` writes (upak-redis.env), which names the ops user and its password.
+    from_file = _ops_settings_in(env_path)
+    if ops_user is None:
+        ops_user = from_file.get("UPAK_OPS_USERNAME")
+    if ctx.get_parameter_source("config_command") is ParameterSource.DEFAULT:
+        config_command = from_file.get("UPAK_CONFIG_COMMAND") or config_command
+    # The ops password only comes from the environment or the file: an option would show it
+    # in `ps`.
+    password = os.environ.get("UPAK_OPS_PASSWORD") or from_file.get("UPAK_OPS_PASSWORD") or None
     ctx.obj = _Options(
-        env_file=env_file if Path(env_file).is_file() else None,
+        env_file=env_path,
         ops_username=ops_user,
         ops_password=password,
         config_command=config_command,
         timeout=timeout,
     )
+
+
+def _ops_settings_in(env_file: str | None) -> dict[str, str]:
+    """The UPAK_OPS_* / UPAK_CONFIG_COMMAND values of the .env file (empty ones dropped)."""
+    if env_file is None:
+        return {}
+    try:
+        values = dotenv_values(env_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        # Before any command's boundary: say it in one line here.
+        typer.echo(f"upak redis: cannot read {env_file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    wanted = ("UPAK_OPS_USERNAME", "UPAK_OPS_PASSWORD", "UPAK_CONFIG_COMMAND")
+    return {name: value for name in wanted if (value := values.get(name))}
 
 
 def _console() -> Console:
@@ -243,6 +268,12 @@ def config(
         "/etc/redis/tls"
     ),
     maxmemory: Annotated[str, typer.Option(help="Redis `maxmemory`.")] = "256mb",
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="The port Redis listens on (TLS port with --production)."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Print a hardened redis.conf and ACL file, or validate a config with --check FILE."""
@@ -276,6 +307,7 @@ def config(
             tls_dir=tls_dir,
             config_alias=options.config_command if options.config_command != "CONFIG" else None,
             maxmemory=maxmemory,
+            port=port,
         )
         generated = generate(opts)
         env_lines = [

@@ -111,6 +111,7 @@ class ConfOptions:
     tls_dir: str = "/etc/redis/tls"
     config_alias: str | None = None
     maxmemory: str = "256mb"
+    port: int | None = None  # None: 6379, or the TLS port 6380 with `production`
 
 
 def _sha256(password: str) -> str:
@@ -150,7 +151,7 @@ def _redis_conf(opts: ConfOptions, alias: str) -> str:
         lines += [
             "# TLS only (the seed's production TLS section): the plain port is closed.",
             "port 0",
-            "tls-port 6380",
+            f"tls-port {opts.port or 6380}",
             f"tls-cert-file {opts.tls_dir}/redis.crt",
             f"tls-key-file {opts.tls_dir}/redis.key",
             f"tls-ca-cert-file {opts.tls_dir}/ca.crt",
@@ -158,7 +159,7 @@ def _redis_conf(opts: ConfOptions, alias: str) -> str:
             "tls-auth-clients optional",
         ]
     else:
-        lines.append("port 6379")
+        lines.append(f"port {opts.port or 6379}")
     lines += [
         "tcp-backlog 511",
         "timeout 0",

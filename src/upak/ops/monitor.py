@@ -29,6 +29,8 @@ from upak.store.keys import KeySpace
 
 MONITOR_SCAN_LIMIT = 20_000
 
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
+
 
 @dataclass
 class Sample:
@@ -168,7 +170,8 @@ def run_monitor(
     count: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Refresh until Ctrl-C (or `count` refreshes). The first connection must succeed."""
+    """Refresh until Ctrl-C (130, the shell's code for SIGINT, as every command answers it)
+    or `count` refreshes (0). The first connection must succeed."""
     target = ops.ops_settings().redis.redacted_url()
     with ops.connected() as client:
         previous: Sample | None = None
@@ -183,5 +186,6 @@ def run_monitor(
                     if count is None or shown < count:
                         sleep(interval)
             except KeyboardInterrupt:
-                pass  # Ctrl-C is how a monitor ends: not a failure
+                # The dashboard is left as it was (Live ends cleanly), then 130 as documented.
+                return INTERRUPTED
     return 0

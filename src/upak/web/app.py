@@ -19,13 +19,20 @@ from upak.store import FailoverStore, Mode, build_store
 from upak.web.client_ip import trusted_proxy_headers
 from upak.web.metrics import Metrics
 from upak.web.middleware.body_limit import BodySizeLimit
+from upak.web.middleware.head import HeadAsGet
 from upak.web.middleware.http_metrics import HttpMetrics
 from upak.web.middleware.origin import OriginCheck
-from upak.web.middleware.ratelimit import build_rate_limiter, install_rate_limiting
-from upak.web.middleware.sessions import SessionMiddleware
+from upak.web.middleware.ratelimit import (
+    RateLimitRules,
+    build_rate_limiter,
+    install_rate_limiting,
+)
+from upak.web.middleware.sessions import SessionMiddleware, cookie_name
 from upak.web.middleware.store_errors import StoreErrorGuard
+from upak.web.openapi import install_openapi
 from upak.web.problems import install_problem_handlers
 from upak.web.routes import auth, health, me, payments, plans, webhooks
+from upak.web.routes.docs import install_docs
 from upak.web.services import Services
 
 log = logging.getLogger("upak.web")
@@ -92,7 +99,10 @@ def create_app(
                 await services.yookassa.close()
             await services.db_engine.dispose()
 
-    app = FastAPI(title="UPAK Backend", version="0.1.0", lifespan=lifespan)
+    # docs_url/redoc_url off: FastAPI's pages load from a CDN; `install_docs` serves our own.
+    app = FastAPI(
+        title="UPAK Backend", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.services = services
     install_problem_handlers(app)
     app.add_exception_handler(PasswordsBusy, auth.passwords_busy)
@@ -102,8 +112,16 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(auth.router)
     app.include_router(me.router)
+    install_docs(app)
+    install_openapi(
+        app,
+        cookie_name=cookie_name(settings),
+        unlimited_paths=RateLimitRules.from_settings(settings).exempt_paths,
+        rate_limited=services.ratelimit is not None,
+    )
     # Middleware added later wraps what was added before. The session is resolved inside the
     # origin check (a refused request costs no store call) and outside anything that reads it.
+    app.add_middleware(HeadAsGet)  # innermost: only the router sees a HEAD as its GET
     if services.ratelimit is not None:  # inside sessions, so user ids key the default limit
         install_rate_limiting(app, services.ratelimit, settings)
     app.add_middleware(SessionMiddleware, sessions=services.sessions, settings=settings)

@@ -8,9 +8,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from upak.domain.db import DatabaseUnavailable
 from upak.store import StoreError
@@ -18,6 +20,8 @@ from upak.store import StoreError
 log = logging.getLogger("upak.web")
 
 PROBLEM_JSON = "application/problem+json"
+# The store fails over to memory within a second; a client may retry about that soon.
+STORE_RETRY_AFTER = "1"
 
 
 def problem(
@@ -43,6 +47,18 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this request's path (Starlette's 405 names only
+    the first route's: `DELETE /auth/sessions` and `GET /auth/sessions` are two routes)."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        if route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route.methods)
+    if "GET" in methods:
+        methods.add("HEAD")  # HeadAsGet answers it
+    return sorted(methods)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -54,7 +70,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         title = exc.detail if isinstance(exc.detail, str) else "Error"
-        return problem(exc.status_code, title, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            allowed = ", ".join(allowed_methods(request))
+            headers = {**(headers or {}), "Allow": allowed}
+            return problem(405, title, f"This path answers {allowed}.", headers=headers)
+        return problem(exc.status_code, title, headers=headers)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
@@ -84,5 +105,8 @@ def store_problem() -> JSONResponse:
     """The answer to a StoreError (Redis refused an operation for a reason that is no outage),
     from a route or from a middleware (`upak.web.middleware.store_errors`)."""
     return problem(
-        503, "Service temporarily unavailable", "Please retry shortly.", {"Retry-After": "1"}
+        503,
+        "Service temporarily unavailable",
+        "Please retry shortly.",
+        headers={"Retry-After": STORE_RETRY_AFTER},
     )

@@ -17,16 +17,19 @@ from upak.web.client_ip import client_ip
 from upak.web.dependencies import get_db, require_session
 from upak.web.middleware.ratelimit import record_failed_attempt
 from upak.web.middleware.sessions import SESSION, clear_cookie_header, set_cookie_header
+from upak.web.openapi import problems
 from upak.web.problems import problem
+from upak.web.schemas import Account, EmailText, Registered, SessionInfo
 from upak.web.services import Services, get_services
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 NO_STORE = {"Cache-Control": "no-store"}
+SET_COOKIE = {"Set-Cookie": {"description": "The session cookie.", "schema": {"type": "string"}}}
 
 
 class Registration(BaseModel):
-    email: str = Field(max_length=320)
+    email: EmailText
     password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
 
     @field_validator("email")
@@ -42,7 +45,7 @@ class Registration(BaseModel):
 
 class Credentials(BaseModel):
     # No format rules here: a login says one thing for every failure (see accounts).
-    email: str = Field(max_length=320)
+    email: EmailText
     password: str = Field(max_length=MAX_LENGTH)
 
 
@@ -77,7 +80,11 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
-@router.post("/register", status_code=201)
+@router.post(
+    "/register",
+    status_code=201,
+    response_model=Registered,
+)
 async def register(
     body: Registration,
     db: AsyncSession = Depends(get_db),
@@ -102,7 +109,14 @@ async def _new_session(request: Request, services: Services, user_id: int) -> Is
     )
 
 
-@router.post("/login")
+@router.post(
+    "/login",
+    response_model=Account,
+    responses={
+        200: {"description": "Logged in; the session cookie is set.", "headers": SET_COOKIE},
+        **problems({401: "Wrong email or password (the same answer for every failure)."}),
+    },
+)
 async def login(
     body: Credentials,
     request: Request,
@@ -125,7 +139,7 @@ async def login(
     return response
 
 
-@router.post("/logout", status_code=204)
+@router.post("/logout", status_code=204, responses={204: {"headers": SET_COOKIE}})
 async def logout(request: Request, services: Services = Depends(get_services)) -> Response:
     """Ends the session (if any) and clears the cookie; answers 204 either way."""
     session: LoginSession | None = request.scope.get(SESSION)
@@ -135,7 +149,7 @@ async def logout(request: Request, services: Services = Depends(get_services)) -
     return Response(status_code=204, headers=headers)
 
 
-@router.get("/sessions")
+@router.get("/sessions", response_model=list[SessionInfo])
 async def list_sessions(
     session: LoginSession = Depends(require_session),
     services: Services = Depends(get_services),
@@ -153,7 +167,11 @@ async def list_sessions(
     ]
 
 
-@router.delete("/sessions/{handle}", status_code=204)
+@router.delete(
+    "/sessions/{handle}",
+    status_code=204,
+    responses=problems({404: "You have no session with this id."}),
+)
 async def revoke_session(
     handle: str,
     session: LoginSession = Depends(require_session),
@@ -177,7 +195,11 @@ async def revoke_other_sessions(
     return Response(status_code=204)
 
 
-@router.post("/password", status_code=204)
+@router.post(
+    "/password",
+    status_code=204,
+    responses=problems({403: "The current password is wrong, or the origin is refused."}),
+)
 async def change_password(
     body: PasswordChange,
     request: Request,

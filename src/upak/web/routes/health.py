@@ -24,6 +24,7 @@ from upak.config import parse_networks
 from upak.store import Mode
 from upak.web.client_ip import Network, client_ip
 from upak.web.metrics import CONTENT_TYPE_LATEST
+from upak.web.schemas import Health
 from upak.web.services import Services
 
 router = APIRouter(tags=["health"])
@@ -65,7 +66,7 @@ def _networks(text: str) -> tuple[Network, ...]:
     return parse_networks(text)
 
 
-@router.get("/health")
+@router.get("/health", response_model=Health, response_model_exclude_unset=True)
 async def health(request: Request) -> dict[str, Any]:
     services: Services = request.app.state.services
     details = health_details(services)

@@ -19,6 +19,8 @@ from upak.domain.models import User
 from upak.features.sessions import LoginSession
 from upak.web.dependencies import not_logged_in, require_session
 from upak.web.http_cache import private_json
+from upak.web.openapi import not_modified
+from upak.web.schemas import Me
 from upak.web.services import Services, get_services
 
 router = APIRouter(tags=["accounts"])
@@ -42,7 +44,7 @@ def me_body(user: User) -> dict[str, Any]:
     }
 
 
-@router.get("/me")
+@router.get("/me", response_model=Me, responses=not_modified())
 async def me(
     request: Request,
     session: LoginSession = Depends(require_session),

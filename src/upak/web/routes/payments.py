@@ -24,7 +24,9 @@ from upak.domain.models import User
 from upak.domain.yookassa_api import CheckoutRequest, YooKassaUnavailable
 from upak.features.idempotency import KeyState
 from upak.web.dependencies import require_user
+from upak.web.openapi import problems
 from upak.web.problems import problem
+from upak.web.schemas import Money, PaymentItem
 from upak.web.services import Services, services_of
 
 log = logging.getLogger("upak.payments")
@@ -35,11 +37,6 @@ _IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
 # Derives YooKassa's Idempotence-Key from the client's, so a retry after our store forgot the
 # key still reaches the same payment upstream (YooKassa keeps keys for 24 h).
 _KEY_NAMESPACE = uuid.UUID("6f1c2a52-9d0e-4c1e-9a5f-7570616b0016")
-
-
-class Money(BaseModel):
-    value: str = Field(examples=["490.00"])
-    currency: str = Field(examples=["RUB"])
 
 
 class CheckoutBody(BaseModel):
@@ -57,15 +54,6 @@ class CheckoutCreated(BaseModel):
     confirmation_url: str = Field(description="Send the buyer here to pay.")
     plan: str
     amount: Money
-
-
-class PaymentItem(BaseModel):
-    id: int
-    provider_payment_id: str = Field(description="YooKassa's payment id.")
-    plan: str
-    amount: Money
-    status: Literal["pending", "succeeded", "canceled", "refunded"]
-    created_at: str
 
 
 async def current_user_id(user: Annotated[User, Depends(require_user)]) -> int:
@@ -93,7 +81,20 @@ def _unavailable(detail: str, retry_after: int) -> JSONResponse:
     )
 
 
-@router.post("/payments", status_code=201, response_model=CheckoutCreated)
+@router.post(
+    "/payments",
+    status_code=201,
+    response_model=CheckoutCreated,
+    responses=problems(
+        {
+            400: "The Idempotency-Key header is not 1 to 255 printable ASCII characters.",
+            409: "A request with this Idempotency-Key is still being processed.",
+            503: "YooKassa's API is unreachable, slow or refusing, or checkout is not "
+            "configured: nothing was charged or recorded.",
+        },
+        retry_after=(409, 503),
+    ),
+)
 async def checkout(
     request: Request,
     body: CheckoutBody,

@@ -9,6 +9,8 @@ from starlette.responses import Response
 
 from upak.domain.billing import PLANS
 from upak.web.http_cache import public_json
+from upak.web.openapi import not_modified
+from upak.web.schemas import Plan
 from upak.web.services import services_of
 
 router = APIRouter(tags=["billing"])
@@ -23,7 +25,7 @@ async def catalogue() -> list[dict[str, Any]]:
     return [plan.as_json() for plan in PLANS.values()]
 
 
-@router.get("/plans")
+@router.get("/plans", response_model=list[Plan], responses=not_modified())
 async def list_plans(request: Request) -> Response:
     cache = services_of(request).cache
     return await public_json(

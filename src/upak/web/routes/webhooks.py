@@ -29,7 +29,9 @@ from upak.features.replay import ClaimState
 from upak.features.signatures import SignatureError, verify
 from upak.features.yookassa import delivery_key, is_yookassa
 from upak.web.client_ip import client_ip
+from upak.web.openapi import problems, raw_body
 from upak.web.problems import problem
+from upak.web.schemas import WebhookResult, YooKassaNotification
 from upak.web.services import Services, services_of
 
 log = logging.getLogger("upak.webhooks")
@@ -37,9 +39,35 @@ router = APIRouter(tags=["webhooks"])
 
 IN_PROGRESS_RETRY_AFTER = "1"
 FAILED_RETRY_AFTER = "5"
+# What both routes answer once the delivery is authenticated (documented in /openapi.json).
+DELIVERY_PROBLEMS = {
+    400: "The body is not a notification: `detail` names the field.",
+    409: "The same delivery is being processed right now: retry.",
+    503: "Processing failed; nothing was applied: retry.",
+}
 
 
-@router.post("/webhooks/upak")
+@router.post(
+    "/webhooks/upak",
+    response_model=WebhookResult,
+    responses=problems(
+        {
+            **DELIVERY_PROBLEMS,
+            401: "Bad or missing signature, or a timestamp outside REDIS_TTL seconds.",
+            503: "Not configured (no WEBHOOK_SECRET), or processing failed: retry.",
+        },
+        retry_after=(409, 503),
+    ),
+    openapi_extra=raw_body(
+        YooKassaNotification,
+        "YooKassa's notification JSON, signed per Standard Webhooks.",
+        headers={
+            "webhook-id": "The delivery's id (the same on every retry of it).",
+            "webhook-timestamp": "Unix seconds when it was signed.",
+            "webhook-signature": "`v1,<base64 HMAC-SHA256>`, space-separated to rotate keys.",
+        },
+    ),
+)
 async def upak_webhook(request: Request) -> Response:
     services = services_of(request)
     if services.webhook_keys is None:
@@ -64,7 +92,18 @@ async def upak_webhook(request: Request) -> Response:
     return await _deliver(services, "upak", delivery.id, body)
 
 
-@router.post("/webhooks/yookassa")
+@router.post(
+    "/webhooks/yookassa",
+    response_model=WebhookResult,
+    responses=problems(
+        {
+            **DELIVERY_PROBLEMS,
+            403: "Not from YooKassa's networks (YOOKASSA_ALLOWED_IPS, TRUSTED_PROXIES).",
+        },
+        retry_after=(409, 503),
+    ),
+    openapi_extra=raw_body(YooKassaNotification, "YooKassa's notification JSON."),
+)
 async def yookassa_webhook(request: Request) -> Response:
     services = services_of(request)
     address = client_ip(request.scope)
