@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer, redis_server
 from tests.support.service import served_in_thread
+from tests.support.yookassa_api import SECRET_KEY, SHOP_ID, yookassa_stand_in
 from upak.domain.passwords import fast_passwords_for_tests
 from upak.web.app import create_app
 
@@ -48,7 +49,17 @@ def redis() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def service(redis: RedisServer) -> Iterator[str]:
+    with yookassa_stand_in() as api:
+        yield from _service(redis, api.url)
+
+
+def _service(redis: RedisServer, yookassa_api_url: str) -> Iterator[str]:
     settings = make_settings(
+        # Checkout and confirmations go to the stand-in of YooKassa's API: an unconfigured
+        # shop would answer every checkout 503, which the fuzzer rightly calls a server error.
+        yookassa_api_url=yookassa_api_url,
+        yookassa_shop_id=SHOP_ID,
+        yookassa_secret_key=SECRET_KEY,
         redis_url=redis.url,
         # The limits are tested elsewhere; here they would turn most cases into 429s.
         rate_limit_default=UNLIMITED,

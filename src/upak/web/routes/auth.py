@@ -24,13 +24,24 @@ from upak.web.services import Services, get_services
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
+# What JSON Schema cannot say about a new password: the server's own rule besides the length.
+NEW_PASSWORD_RULES = (
+    "Refused when it is one of the most common passwords (a list shipped with the service), "
+    "also when repeated, followed by digits or punctuation, or a keyboard run."
+)
+
 NO_STORE = {"Cache-Control": "no-store"}
 SET_COOKIE = {"Set-Cookie": {"description": "The session cookie.", "schema": {"type": "string"}}}
 
 
 class Registration(BaseModel):
     email: EmailText
-    password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
+    password: str = Field(
+        min_length=MIN_LENGTH,
+        max_length=MAX_LENGTH,
+        json_schema_extra={"format": "password"},
+        description=NEW_PASSWORD_RULES,
+    )
 
     @field_validator("email")
     @classmethod
@@ -51,7 +62,12 @@ class Credentials(BaseModel):
 
 class PasswordChange(BaseModel):
     current_password: str = Field(max_length=MAX_LENGTH)
-    new_password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
+    new_password: str = Field(
+        min_length=MIN_LENGTH,
+        max_length=MAX_LENGTH,
+        json_schema_extra={"format": "password"},
+        description=NEW_PASSWORD_RULES,
+    )
 
     @field_validator("new_password")
     @classmethod
