@@ -9,6 +9,10 @@ UV_HOME    ?= .uv
 UV         := $(UV_HOME)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
+# Byte-compile at install, as pip does: uv does not by default, and where PYTHONDONTWRITEBYTECODE
+# is set nothing ever caches the .pyc files, so every process (each `upak serve` worker, each
+# CLI call) would compile fastapi, sqlalchemy and redis again: 3.5 s a start instead of 0.5 s.
+export UV_COMPILE_BYTECODE := 1
 SYNC := $(UV) sync --frozen --quiet --python $(PYTHON)
 
 .PHONY: run test test-fast lint format bench audit lock lock-upgrade clean
