@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse, Response
 
@@ -25,10 +25,19 @@ from upak.web.services import Services, get_services
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 # What JSON Schema cannot say about a new password: the server's own rule besides the length.
-NEW_PASSWORD_RULES = (
-    "Refused when it is one of the most common passwords (a list shipped with the service), "
-    "also when repeated, followed by digits or punctuation, or a keyboard run."
-)
+# A new password: its length in the schema, and what JSON Schema cannot say in its description;
+# the policy itself (upak.domain.passwords) runs as the validator.
+NewPassword = Annotated[
+    str,
+    Field(
+        min_length=MIN_LENGTH,
+        max_length=MAX_LENGTH,
+        json_schema_extra={"format": "password"},
+        description="Refused when it is one of the most common passwords (a list shipped with "
+        "the service), also when repeated, followed by digits or punctuation, or a keyboard run.",
+    ),
+    AfterValidator(accounts.check_password),
+]
 
 NO_STORE = {"Cache-Control": "no-store"}
 SET_COOKIE = {"Set-Cookie": {"description": "The session cookie.", "schema": {"type": "string"}}}
@@ -36,22 +45,12 @@ SET_COOKIE = {"Set-Cookie": {"description": "The session cookie.", "schema": {"t
 
 class Registration(BaseModel):
     email: EmailText
-    password: str = Field(
-        min_length=MIN_LENGTH,
-        max_length=MAX_LENGTH,
-        json_schema_extra={"format": "password"},
-        description=NEW_PASSWORD_RULES,
-    )
+    password: NewPassword
 
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
         return accounts.checked_email(value)
-
-    @field_validator("password")
-    @classmethod
-    def _password(cls, value: str) -> str:
-        return accounts.check_password(value)
 
 
 class Credentials(BaseModel):
@@ -62,17 +61,7 @@ class Credentials(BaseModel):
 
 class PasswordChange(BaseModel):
     current_password: str = Field(max_length=MAX_LENGTH)
-    new_password: str = Field(
-        min_length=MIN_LENGTH,
-        max_length=MAX_LENGTH,
-        json_schema_extra={"format": "password"},
-        description=NEW_PASSWORD_RULES,
-    )
-
-    @field_validator("new_password")
-    @classmethod
-    def _password(cls, value: str) -> str:
-        return accounts.check_password(value)
+    new_password: NewPassword
 
 
 async def passwords_busy(request: Request, exc: Exception) -> Response:
