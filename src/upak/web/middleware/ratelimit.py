@@ -159,7 +159,7 @@ class RateLimitMiddleware:
         self.rules = rules
         # (socket peer, X-Forwarded-For values) -> identity token: parsing addresses with
         # `ipaddress` is most of this middleware's own cost, and clients repeat.
-        self._identities: dict[tuple[object, tuple[bytes, ...]], str] = {}
+        self._identities: dict[str | None, str] = {}
         # (limits, identity) -> its checks (the key strings).
         self._checks_memo: dict[tuple[int, str], list[Check]] = {}
 
@@ -199,11 +199,10 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_headers)
 
     def _client(self, scope: Scope) -> str:
-        """The client IP's identity token (X-Forwarded-For believed only from trusted proxies)."""
+        """The client IP's identity token. The scope's client is already the one behind any
+        trusted proxies (uvicorn's ProxyHeadersMiddleware rewrote it), so it is the memo key."""
         peer = scope.get("client")
-        memo_key: tuple[object, ...] = (peer[0] if peer else None,)
-        if self.rules.trusted_proxies:
-            memo_key += tuple([v for k, v in scope["headers"] if k == b"x-forwarded-for"])
+        memo_key = peer[0] if peer else None
         token = self._identities.get(memo_key)
         if token is None:
             address = client_ip(scope)
