@@ -19,9 +19,11 @@ import logging
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.responses import JSONResponse, Response
 
 from upak.domain.billing import PaymentResult
+from upak.domain.db import DatabaseUnavailable
 from upak.domain.notifications import MalformedNotification, Notification, parse_notification
 from upak.domain.payment_events import Effects, settle
 from upak.domain.yookassa_api import YooKassaUnavailable
@@ -157,6 +159,10 @@ async def _process(
             "YooKassa's API could not confirm it; nothing was applied. Retry later.",
             headers={"Retry-After": FAILED_RETRY_AFTER},
         )
+    except (DatabaseUnavailable, PoolTimeout):
+        # Nothing was applied and the claim is released. The app's handler answers 503 with
+        # Retry-After in one line: a traceback per delivery would flood the log all outage.
+        raise
     except Exception:
         # The claim is released: the provider's retry will find the delivery unclaimed.
         log.exception("webhook %s %r failed; released for the retry", scope, delivery_id)
