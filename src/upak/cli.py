@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from upak.config import ConfigError, Settings, load_settings
+from upak.command import settings_or_exit
+from upak.config import Settings
 from upak.domain.cli import app as db_app
 from upak.domain.cli import payments_app
 from upak.ops.cli import redis_app
@@ -35,15 +36,6 @@ def _root() -> None:
 
 
 app.add_typer(redis_app, name="redis")
-
-
-def settings_or_exit(**overrides: object) -> Settings:
-    """Settings for a command; a bad value is one line on stderr and exit status 2."""
-    try:
-        return load_settings(**overrides)  # type: ignore[arg-type]
-    except ConfigError as exc:
-        typer.echo(f"upak: configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import redis.sentinel
 from redis.asyncio.connection import RedisSSLContext
 from redis.backoff import NoBackoff
 
-from upak.config import RedisTarget, Settings
+from upak.config import Settings
 
 
 def _tls_kwargs(settings: Settings) -> dict[str, Any]:
@@ -237,8 +237,3 @@ def _switch_announcements(
                     await pubsub.aclose()
 
     return announcements
-
-
-def describe(target: RedisTarget) -> str:
-    """A short, password-free name of the target for log lines and CLI output."""
-    return target.redacted_url()

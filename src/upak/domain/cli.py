@@ -20,7 +20,7 @@ def upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply the migrations to DATABASE_URL (the service also does this at start-up)."""
-    from upak.cli import settings_or_exit
+    from upak.command import settings_or_exit
     from upak.domain.db import MIGRATION_DEADLINES, DatabaseError, make_engine, redacted
     from upak.domain.db import upgrade as run_upgrade
 
@@ -68,7 +68,7 @@ def reconcile(
     ] = DEFAULT_OLDER_THAN,
 ) -> None:
     """Ask YooKassa's API about pending payments and apply what it says (safe from a timer)."""
-    from upak.cli import settings_or_exit
+    from upak.command import settings_or_exit
 
     settings = settings_or_exit()
     if settings.yookassa_shop_id is None:

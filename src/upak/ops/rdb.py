@@ -44,11 +44,10 @@ class RdbError(Exception):
 @dataclass
 class Verified:
     by: str  # "redis-check-rdb" | "header+crc64" | "header (checksum disabled)"
-    rdb_version: int
 
 
 def verify_rdb(path: Path, use_tool: bool = True) -> Verified:
-    version = _header_version(path)
+    version = _header_version(path)  # a file that is no RDB at all is refused first
     tool = shutil.which("redis-check-rdb") if use_tool else None
     if tool:
         result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=600)
@@ -56,8 +55,8 @@ def verify_rdb(path: Path, use_tool: bool = True) -> Verified:
             lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
             detail = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
             raise RdbError(f"redis-check-rdb rejects it: {detail.strip()}")
-        return Verified("redis-check-rdb", version)
-    return Verified(_check_crc(path, version), version)
+        return Verified("redis-check-rdb")
+    return Verified(_check_crc(path, version))
 
 
 def _header_version(path: Path) -> int:
