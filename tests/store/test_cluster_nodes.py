@@ -9,6 +9,7 @@ each slot range switches at most once each way (no flap), and no call fails.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from redis.crc import key_slot
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisCluster, RedisServer, start_cluster
 from upak.store import ClusterFailoverStore, Mode, build_store
+from upak.store.primitives import CLAIM_ONCE
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +50,31 @@ def keys_by_master(group: RedisCluster, prefix: str, per_master: int) -> dict[in
         if len(found[port]) < per_master:
             found[port].append(key)
     return found
+
+
+DURABLE_CLAIM = dataclasses.replace(CLAIM_ONCE, name="durable_claim", durable=True)
+
+
+@pytest.mark.parametrize("replicas, unconfirmed", [(1, False), (2, True)])
+async def test_durable_writes_wait_for_each_nodes_replicas(
+    replicated_cluster: RedisCluster, key_prefix: str, replicas: int, unconfirmed: bool
+) -> None:
+    """REDIS_WAIT_REPLICAS on Cluster: a WAIT behind each node's durable calls. Every master
+    has one replica, so asking for two leaves the writes standing but unconfirmed."""
+    keys = keys_by_master(replicated_cluster, f"{key_prefix}:wait{replicas}", per_master=5)
+    settings = make_settings(redis_url=replicated_cluster.url, redis_wait_replicas=replicas)
+    store = build_store(settings)
+    await store.start()
+    try:
+        every = [k for port_keys in keys.values() for k in port_keys]
+        claims = await asyncio.gather(
+            *(store.run(DURABLE_CLAIM, [k], ["1", 60_000]) for k in every)
+        )
+        assert all(claims) and store.mode is Mode.REDIS
+        assert (store.redis.unconfirmed_writes > 0) is unconfirmed
+        assert (store.redis.wait_timeouts > 0) is unconfirmed
+    finally:
+        await store.close()
 
 
 async def test_one_dead_master_degrades_only_its_slots(

@@ -92,6 +92,7 @@ class RedisStore(Store):
         # skip WAIT for this long: otherwise each would hold the shared connection.
         self.wait_pause = 1.0
         self._wait_paused_until = 0.0
+        self._node_wait_paused: dict[str, float] = {}  # Cluster: the same, per node
         self._wait_slot: tuple[Wire, asyncio.Future[int]] | None = None
         # How long a durable write may wait, during a failover, for Sentinel to name the
         # new master so the write can be repeated there.
@@ -380,9 +381,19 @@ class RedisStore(Store):
                         )
                         for i in todo
                     ]
+                    durable = sum(calls[i][0].durable for i in todo)
+                    if durable and self._waits_on(node):
+                        # Behind the writes on the same connection: WAIT counts the
+                        # replicas that have this connection's writes.
+                        commands.append(
+                            PipelineCommand(-1, "WAIT", self.wait_replicas, self.wait_ms)
+                        )
                     await node.execute_pipeline(commands)
                     for command in commands:
-                        replies[command.position] = command.result
+                        if command.position < 0:
+                            self._waited(node, command.result, durable)
+                        else:
+                            replies[command.position] = command.result
                     missing = [
                         c.position for c in commands if isinstance(c.result, rex.NoScriptError)
                     ]
@@ -414,6 +425,22 @@ class RedisStore(Store):
                 self._node_failed(node)
             for i in indexes:
                 replies[i] = fresh_error(exc)
+
+    def _waits_on(self, node: Any) -> bool:
+        return bool(self.wait_replicas) and time.monotonic() >= self._node_wait_paused.get(
+            node.name, 0.0
+        )
+
+    def _waited(self, node: Any, acked: Any, durable: int) -> None:
+        """A node's WAIT came back: short of replicas (down or lagging, or WAIT refused),
+        its durable writes stand unconfirmed and that node skips WAIT for `wait_pause`
+        (a WAIT that times out holds the node's connection). No repeat on a new master
+        as under Sentinel: redis-py's slot map finds the promoted replica for later calls."""
+        if isinstance(acked, int) and acked >= self.wait_replicas:
+            return
+        self.wait_timeouts += 1
+        self.unconfirmed_writes += durable
+        self._node_wait_paused[node.name] = time.monotonic() + self.wait_pause
 
     def _node_failed(self, node: Any) -> None:
         """A node stopped answering: its connections reconnect, the slot map is asked again
