@@ -118,6 +118,10 @@ async def test_one_dead_master_degrades_only_its_slots(
             await asyncio.sleep(0.01)
         assert victim_store.mode is Mode.MEMORY, "the dead master's range never left Redis"
         assert all(s.mode is Mode.REDIS for s in healthy)
+        # What /health shows: degraded overall, and which range is and why.
+        assert store.mode is Mode.MEMORY and store.stats.condition in ("unreachable", "timeout")
+        modes = {n["slots"]: n["mode"] for n in store.stats.nodes()}
+        assert sorted(modes.values()) == ["memory", "redis", "redis"], modes
         while victim_store.mode is Mode.MEMORY and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         window = time.monotonic() - killed_at
@@ -130,6 +134,7 @@ async def test_one_dead_master_degrades_only_its_slots(
         await store.close()
 
     assert not errors, errors[:3]
+    assert store.stats.switches_to_memory == store.stats.switches_to_redis == 1
     assert victim_store.stats.switches_to_memory == 1
     assert victim_store.stats.switches_to_redis == 1  # no flap
     assert victim_store.stats.fallback_calls > 0 and victim_store.stats.written_back > 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -122,10 +123,10 @@ class ClusterFailoverStore(Store):
     def _use(self, ranges: list[SlotRanges]) -> None:
         self.stores = [self._factory(ClusterNodeView(self.redis, r)) for r in ranges]
         self.ranges = ranges
-        self._store_of_slot = bytearray(SLOTS)
+        self._store_of_slot = array("H", bytes(2 * SLOTS))  # slot -> index in `stores`
         for index, each in enumerate(ranges):
             for a, b in each.ranges:
-                self._store_of_slot[a : b + 1] = bytes([index]) * (b - a + 1)
+                self._store_of_slot[a : b + 1] = array("H", [index]) * (b - a + 1)
         for store in self.stores:
             for callback in self._callbacks:
                 store.on_recovery(callback)
