@@ -15,7 +15,15 @@ from upak.features.replay import (
     ReplayGuard,
     ReplayWindows,
 )
-from upak.store import FailoverStore, KeySpace, MemoryData, MemoryStore, Mode, Store
+from upak.store import (
+    ClusterFailoverStore,
+    FailoverStore,
+    KeySpace,
+    MemoryData,
+    MemoryStore,
+    Mode,
+    Store,
+)
 
 WINDOWS = ReplayWindows(tolerance=300, horizon=72 * 3600, lease=30)
 
@@ -27,7 +35,7 @@ def guard(store: Store, prefix: str, windows: ReplayWindows = WINDOWS) -> Replay
 async def pttl(store: Store, key: str) -> int:
     if isinstance(store, MemoryStore):
         return store.data.pttl(key)
-    assert isinstance(store, FailoverStore) and store.redis is not None
+    assert isinstance(store, FailoverStore | ClusterFailoverStore) and store.redis is not None
     return int(await store.redis.client.pttl(key))
 
 

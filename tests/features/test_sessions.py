@@ -19,7 +19,7 @@ from upak.features.sessions import (
     handle_of,
     parse_cookie,
 )
-from upak.store import FailoverStore, KeySpace, MemoryData, MemoryStore, Store
+from upak.store import ClusterFailoverStore, FailoverStore, KeySpace, MemoryData, MemoryStore, Store
 
 
 class Clock:
@@ -51,7 +51,7 @@ async def stored_items(store: Store, prefix: str) -> dict[str, object]:
     """Every key of this test and its value, from wherever the store keeps them."""
     if isinstance(store, MemoryStore):
         return {k: store.data.entry(k) for k in store.data.keys() if k.startswith(prefix)}  # noqa: SIM118
-    assert isinstance(store, FailoverStore) and store.redis is not None
+    assert isinstance(store, FailoverStore | ClusterFailoverStore) and store.redis is not None
     client = store.redis.client
     found: dict[str, object] = {}
     async for key in client.scan_iter(match=prefix + "*"):
@@ -260,7 +260,10 @@ async def test_a_tombstone_lives_as_long_as_its_session_could(
     if isinstance(any_store, MemoryStore):
         ttl = any_store.data.pttl(tomb)
     else:
-        assert isinstance(any_store, FailoverStore) and any_store.redis is not None
+        assert (
+            isinstance(any_store, FailoverStore | ClusterFailoverStore)
+            and any_store.redis is not None
+        )
         ttl = await any_store.redis.client.pttl(tomb)
     # To the session's absolute end (max age after login, 30 s ago), not a fresh max age.
     assert manager.max_age_ms - 31_000 <= ttl <= manager.max_age_ms - 29_000

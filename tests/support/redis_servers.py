@@ -239,7 +239,8 @@ def make_tls_files(directory: Path) -> dict[str, str]:
 
 @dataclass
 class RedisCluster:
-    """A local cluster of masters (no replicas), created with `redis-cli --cluster create`."""
+    """A local cluster created with `redis-cli --cluster create`: masters, and as many
+    replicas per master as asked for (none by default)."""
 
     nodes: list[RedisServer]
 
@@ -252,18 +253,48 @@ class RedisCluster:
         for node in self.nodes:
             node.stop()
 
+    def master_of_slot(self, slot: int, exclude: RedisServer | None = None) -> RedisServer:
+        """The node that serves `slot` as master, as a live node other than `exclude` says."""
+        ask = next(n for n in self.nodes if n is not exclude and n.proc and n.proc.poll() is None)
+        for start, end, master, *_ in ask.client().execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == int(master[1]))
+        raise RuntimeError(f"slot {slot} is not covered")
 
-def start_cluster(masters: int = 3) -> RedisCluster:
+    def wait_replicas_in_sync(self, count: int, timeout: float = 20.0) -> None:
+        """Until `count` live replicas have their master link up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            synced = 0
+            for node in self.nodes:
+                if node.proc is None or node.proc.poll() is not None:
+                    continue
+                info = node.client().info("replication")
+                synced += info.get("role") == "slave" and info.get("master_link_status") == "up"
+            if synced >= count:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"fewer than {count} cluster replicas came in sync")
+
+
+def start_cluster(
+    masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000, full_coverage: bool = True
+) -> RedisCluster:
+    """`replicas` per master; `node_timeout_ms` bounds how soon a dead master's replica is
+    promoted (about twice it). `full_coverage=False` is `cluster-require-full-coverage no`:
+    while one master is down the others keep serving their slots (without it every node
+    answers CLUSTERDOWN until the failover ends)."""
     nodes = []
     try:
-        for _ in range(masters):
+        for _ in range(masters * (1 + replicas)):
             nodes.append(
                 RedisServer(
                     port=free_port(cluster_bus=True),
                     config={
                         "cluster-enabled": "yes",
                         "cluster-config-file": "nodes.conf",
-                        "cluster-node-timeout": "2000",
+                        "cluster-node-timeout": str(node_timeout_ms),
+                        "cluster-require-full-coverage": "yes" if full_coverage else "no",
                     },
                 ).start()
             )
@@ -274,6 +305,8 @@ def start_cluster(masters: int = 3) -> RedisCluster:
                 "--cluster",
                 "create",
                 *[f"127.0.0.1:{n.port}" for n in nodes],
+                "--cluster-replicas",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -282,13 +315,16 @@ def start_cluster(masters: int = 3) -> RedisCluster:
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            info = nodes[0].client().execute_command("CLUSTER", "INFO").decode()
-            if "cluster_state:ok" in info:
+            infos = [n.client().execute_command("CLUSTER", "INFO").decode() for n in nodes]
+            if all("cluster_state:ok" in info for info in infos):
                 break
             time.sleep(0.1)
         else:
             raise RuntimeError("the test cluster did not reach cluster_state:ok")
-        return RedisCluster(nodes)
+        group = RedisCluster(nodes)
+        if replicas:
+            group.wait_replicas_in_sync(masters * replicas)
+        return group
     except BaseException:
         for node in nodes:
             node.stop()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from upak.config import Settings
 from upak.store.base import Store
+from upak.store.cluster_failover import ClusterFailoverStore, ClusterNodeView
 from upak.store.failover import FailoverStats, FailoverStore
 from upak.store.keys import KeySpace
 from upak.store.memory import MemoryData, MemoryStore
@@ -15,6 +16,7 @@ from upak.store.redis import RedisStore
 
 __all__ = [
     "Arg",
+    "ClusterFailoverStore",
     "FailoverStats",
     "FailoverStore",
     "Fallback",
@@ -31,16 +33,36 @@ __all__ = [
 ]
 
 
-def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> FailoverStore:
-    """The store the service runs on: Redis from `settings`, process memory as its fallback."""
+def build_store(
+    settings: Settings, clock: Callable[[], float] = time.time
+) -> FailoverStore | ClusterFailoverStore:
+    """The store the service runs on: Redis from `settings`, process memory as its fallback.
+    On Redis Cluster, one breaker per master's slot range over one shared memory."""
     target = settings.redis
-    return FailoverStore(
-        RedisStore.from_settings(settings),
-        MemoryStore(clock=clock, max_keys=settings.memory_max_keys),
-        target=target.redacted_url(),
-        secrets=[target.password or ""],
-        health_interval=settings.redis_health_interval,
-        backoff_max=settings.redis_probe_backoff_max,
-        probe_key=KeySpace(settings.redis_key_prefix).key("store", "probe"),
-        clock=clock,
+    memory = MemoryStore(clock=clock, max_keys=settings.memory_max_keys)
+    probe_key = KeySpace(settings.redis_key_prefix).key("store", "probe")
+
+    def failover(redis: RedisStore | ClusterNodeView, where: str, probe: str) -> FailoverStore:
+        return FailoverStore(
+            redis,  # type: ignore[arg-type]  # a ClusterNodeView has RedisStore's surface
+            memory,
+            target=where,
+            secrets=[target.password or ""],
+            health_interval=settings.redis_health_interval,
+            backoff_max=settings.redis_probe_backoff_max,
+            probe_key=probe,
+            clock=clock,
+        )
+
+    redis = RedisStore.from_settings(settings)
+    if target.kind != "cluster":
+        return failover(redis, target.redacted_url(), probe_key)
+    return ClusterFailoverStore(
+        redis,
+        memory,
+        lambda view: failover(
+            view,
+            f"{target.redacted_url()} slots {view.slots}",
+            f"{probe_key}:{{{view.slots.hash_tag()}}}",
+        ),
     )

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import redis.exceptions as rex
+from redis.asyncio.cluster import PipelineCommand
 
 from upak.config import Settings
 from upak.connect import WireTarget, async_client, wire_target
@@ -91,6 +92,7 @@ class RedisStore(Store):
         # skip WAIT for this long: otherwise each would hold the shared connection.
         self.wait_pause = 1.0
         self._wait_paused_until = 0.0
+        self._node_wait_paused: dict[str, float] = {}  # Cluster: the same, per node
         self._wait_slot: tuple[Wire, asyncio.Future[int]] | None = None
         # How long a durable write may wait, during a failover, for Sentinel to name the
         # new master so the write can be repeated there.
@@ -288,7 +290,7 @@ class RedisStore(Store):
             self._wire = None
         wire.retire()
 
-    # --- Redis Cluster: the calls of one loop step as one cluster pipeline ---
+    # --- Redis Cluster: the calls of one loop step, one pipeline per node, side by side ---
 
     async def _queued(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
         loop = asyncio.get_running_loop()
@@ -308,8 +310,7 @@ class RedisStore(Store):
 
     async def _send(self, batch: list[tuple[Operation[Any], Sequence[str], Sequence[Arg], Any]]):
         try:
-            async with asyncio.timeout(self.call_timeout):
-                replies = await self._evalsha_all([(op, keys, args) for op, keys, args, _ in batch])
+            replies = await self._evalsha_all([(op, keys, args) for op, keys, args, _ in batch])
         except BaseException as exc:  # every waiter must hear what happened to its call
             cancelled = isinstance(exc, asyncio.CancelledError)
             for *_, future in batch:
@@ -332,40 +333,140 @@ class RedisStore(Store):
     async def _evalsha_all(
         self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
     ) -> list[Any]:
-        replies = await self._cluster_pipeline(calls)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
-        if missing:
-            # A node's script cache was emptied (restart, failover, SCRIPT FLUSH): reload.
-            for op in {id(calls[i][0]): calls[i][0] for i in missing}.values():
-                await self.client.script_load(op.lua)
-            retried = await self._cluster_pipeline([calls[i] for i in missing])
-            for i, reply in zip(missing, retried, strict=True):
-                replies[i] = reply
+        """Each call's reply or its own error: the calls are grouped by the master of their
+        slot and each group goes as one pipeline to its node, all groups at once. A node
+        that is down, hung or refusing fails its own group only (a per-node breaker keeps
+        the other nodes' keys on Redis), and is left to redis-py's topology refresh."""
+        if self.client._initialize:
+            async with asyncio.timeout(self.call_timeout):
+                await self.client.initialize()  # the slot map (again, after a node failed)
+        self.calls_sent += len(calls)
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i, (_, keys, _) in enumerate(calls):
+            node = self.cluster_node(self.client.keyslot(keys[0]))
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        replies: list[Any] = [None] * len(calls)
+        await asyncio.gather(
+            *(
+                self._node_pipeline(node, calls, indexes, replies)
+                for node, indexes in groups.values()
+            )
+        )
         return replies
 
-    async def _cluster_pipeline(
-        self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
-    ) -> list[Any]:
-        self.calls_sent += len(calls)
-        if len(calls) == 1:
-            op, keys, args = calls[0]
+    def cluster_node(self, slot: int) -> Any:
+        """The redis-py ClusterNode serving `slot` now (the master of its slot range)."""
+        return self.client.nodes_manager.get_node_from_slot(slot)
+
+    async def _node_pipeline(
+        self,
+        node: Any,
+        calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]],
+        indexes: list[int],
+        replies: list[Any],
+    ) -> None:
+        """One node's calls as one pipeline; their replies (or errors) go into `replies`."""
+        todo = indexes
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                for _ in range(2):
+                    commands = [
+                        PipelineCommand(
+                            i,
+                            "EVALSHA",
+                            self._sha(calls[i][0]),
+                            len(calls[i][1]),
+                            *calls[i][1],
+                            *calls[i][2],
+                        )
+                        for i in todo
+                    ]
+                    durable = sum(calls[i][0].durable for i in todo)
+                    if durable and self._waits_on(node):
+                        # Behind the writes on the same connection: WAIT counts the
+                        # replicas that have this connection's writes.
+                        commands.append(
+                            PipelineCommand(-1, "WAIT", self.wait_replicas, self.wait_ms)
+                        )
+                    await node.execute_pipeline(commands)
+                    for command in commands:
+                        if command.position < 0:
+                            self._waited(node, command.result, durable)
+                        else:
+                            replies[command.position] = command.result
+                    missing = [
+                        c.position for c in commands if isinstance(c.result, rex.NoScriptError)
+                    ]
+                    if not missing:
+                        break
+                    # The node's script cache was emptied (restart, promotion, SCRIPT FLUSH).
+                    for op in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                        await node.execute_command("SCRIPT", "LOAD", op.lua)
+                    todo = missing
+                for i in indexes:
+                    if isinstance(replies[i], rex.MovedError | rex.AskError | rex.TryAgainError):
+                        # The slot moved (resharding, a promotion seen by this node first):
+                        # redis-py follows the redirection and updates its slot map.
+                        op, keys, args = calls[i]
+                        try:
+                            replies[i] = await self.client.execute_command(
+                                "EVALSHA", self._sha(op), len(keys), *keys, *args
+                            )
+                        except rex.NoScriptError:
+                            replies[i] = await self.client.execute_command(
+                                "EVAL", op.lua, len(keys), *keys, *args
+                            )
+                        except Exception as exc:
+                            replies[i] = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if condition_of(exc) is not None:
+                self._node_failed(node)
+            for i in indexes:
+                replies[i] = fresh_error(exc)
+
+    def _waits_on(self, node: Any) -> bool:
+        return bool(self.wait_replicas) and time.monotonic() >= self._node_wait_paused.get(
+            node.name, 0.0
+        )
+
+    def _waited(self, node: Any, acked: Any, durable: int) -> None:
+        """A node's WAIT came back: short of replicas (down or lagging, or WAIT refused),
+        its durable writes stand unconfirmed and that node skips WAIT for `wait_pause`
+        (a WAIT that times out holds the node's connection). No repeat on a new master
+        as under Sentinel: redis-py's slot map finds the promoted replica for later calls."""
+        if isinstance(acked, int) and acked >= self.wait_replicas:
+            return
+        self.wait_timeouts += 1
+        self.unconfirmed_writes += durable
+        self._node_wait_paused[node.name] = time.monotonic() + self.wait_pause
+
+    def _node_failed(self, node: Any) -> None:
+        """A node stopped answering: its connections reconnect, the slot map is asked again
+        (a replica may have been promoted) before the next calls, the node asked last."""
+        node.update_active_connections_for_reconnect()
+        self.client.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
+        self.client._initialize = True
+
+    async def ping_slot(self, slot: int) -> float:
+        """Round-trip seconds of a PING to the master serving `slot` (a per-node heartbeat)."""
+        started = time.perf_counter()
+        async with asyncio.timeout(self.call_timeout):
+            if self.client._initialize:
+                await self.client.initialize()
+            node = self.cluster_node(slot)
             try:
-                replies = [await self.client.evalsha(self._sha(op), len(keys), *keys, *args)]
-            except rex.ResponseError as exc:
+                await node.execute_command("PING")
+            except Exception as exc:
                 if condition_of(exc) is not None:
-                    raise
-                replies = [exc]
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for op, keys, args in calls:
-                # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the
-                # helper method but routes a raw EVALSHA by its keys' slot just fine.
-                pipe.execute_command("EVALSHA", self._sha(op), len(keys), *keys, *args)
-            replies = list(await pipe.execute(raise_on_error=False))
-        for reply in replies:
-            if isinstance(reply, BaseException) and condition_of(reply) is not None:
-                raise reply
-        return replies
+                    self._node_failed(node)
+                raise
+        return time.perf_counter() - started
+
+    async def reset_slot(self, slot: int) -> None:
+        """After a node's outage: its connections reconnect lazily; the others' stay."""
+        self.cluster_node(slot).update_active_connections_for_reconnect()
 
     # --- health ---
 

@@ -8,7 +8,7 @@ bytes), so `YooKassaNotification` documents their request body without parsing i
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -130,6 +130,9 @@ class Health(BaseModel):
     pending_writeback: int | None = None
     read_through_calls: int | None = None
     hold_seconds: float | None = None
+    nodes: list[dict[str, Any]] | None = Field(
+        None, description="Redis Cluster: per master's slot range, its node and its state."
+    )
 
 
 # The notification's rules as `parse_notification` applies them, so the schema refuses

@@ -44,6 +44,8 @@ def health_details(services: Services) -> dict[str, Any]:
         "redis": services.settings.redis.redacted_url(),
         "worker": os.getpid(),  # which worker process answered (multi-worker checks)
         **{k: v for k, v in stats.as_dict().items() if k != "mode"},
+        # Redis Cluster: each master's slot range, its node and its own breaker's state.
+        **({"nodes": stats.nodes()} if hasattr(stats, "nodes") else {}),
     }
 
 
