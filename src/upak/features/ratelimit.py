@@ -26,7 +26,7 @@ import hashlib
 import ipaddress
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from upak.features.ratelimit_policy import Limit, parse_policy
 from upak.store import KeySpace, Operation, Store
+from upak.store.memory import IntLog
 from upak.store.operation import Arg
 
 if TYPE_CHECKING:
@@ -134,8 +135,7 @@ return reply
 """
 
 
-class _Log(deque):  # type: ignore[type-arg]
-    """The memory twin's sliding log: admission times in µs, oldest first."""
+_Log = IntLog  # the memory twin's sliding log: admission times in µs, oldest first
 
 
 def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:

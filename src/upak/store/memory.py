@@ -10,7 +10,7 @@ step, which is what makes each of them atomic with respect to concurrent callers
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -273,6 +273,11 @@ class MemoryData:
 
 class _ZSet(dict):  # type: ignore[type-arg]
     """A sorted set: a distinct type, so WRONGTYPE checks tell it from a hash."""
+
+
+class IntLog(deque):  # type: ignore[type-arg]
+    """A twin's log of whole numbers, oldest first (the rate limiter's admission times in
+    µs). Declared here, with the other value types, so the host tier can store it."""
 
 
 class MemoryStore(Store):
