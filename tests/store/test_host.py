@@ -24,7 +24,7 @@ from upak.store.host import (
     encode,
     tier_name,
 )
-from upak.store.memory import IntLog, _ZSet
+from upak.store.memory import IntLog, KeyRegistry, _ZSet
 from upak.store.primitives import CLAIM_ONCE, GET, SET
 
 NAME = tier_name("127.0.0.1:6379/0", "upak:")
@@ -38,6 +38,7 @@ NAME = tier_name("127.0.0.1:6379/0", "upak:")
         {b"a", b"b", b""},
         _ZSet({b"m": 1.5, b"n": -2.0}),
         IntLog([1, 2**40, -3]),
+        KeyRegistry([("b", "x"), ("a", "y")]),
         [b"x", b"y"],
     ],
 )

@@ -40,10 +40,11 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from upak.store.memory import Clock, IntLog, MemoryData, MemoryStore, _ZSet
+from upak.store.memory import Clock, IntLog, KeyRegistry, MemoryData, MemoryStore, _ZSet
 from upak.store.operation import Arg, Mode, Operation
 
 T = TypeVar("T")
@@ -106,6 +107,9 @@ def encode(value: Any, expires_at_ms: int | None) -> bytes:
     head = struct.pack(">q", -1 if expires_at_ms is None else expires_at_ms)
     if isinstance(value, bytes):
         return b"b" + head + value
+    if isinstance(value, KeyRegistry):
+        pairs = ((k.encode(), v.encode()) for k, v in value.items())
+        return b"o" + head + b"".join(_field(k) + _field(v) for k, v in pairs)
     if isinstance(value, _ZSet):
         return b"z" + head + b"".join(_field(m) + _SCORE.pack(s) for m, s in value.items())
     if isinstance(value, dict):
@@ -132,7 +136,12 @@ def decode(blob: bytes) -> tuple[Any, int | None]:
             value = IntLog(item for (item,) in struct.iter_unpack(">q", body))
         else:
             items = _fields(body, scored=tag == b"z")
-            if tag == b"h":
+            if tag == b"o":
+                if len(items) % 2:
+                    raise UndecodableRow("a registry with an odd number of fields")
+                names = [item.decode() for item in items]
+                value = KeyRegistry(zip(names[::2], names[1::2], strict=True))
+            elif tag == b"h":
                 if len(items) % 2:
                     raise UndecodableRow("a hash with an odd number of fields")
                 value = dict(zip(items[::2], items[1::2], strict=True))
@@ -415,6 +424,13 @@ class HostData(MemoryData):
         self.tier.enforce(touched)
 
 
+def _remember(
+    op: Operation[Any], reply: Any, data: MemoryData, keys: Sequence[str], args: Sequence[Arg]
+) -> None:
+    assert op.remember is not None
+    op.remember(data, keys, args, reply)
+
+
 class HostStore(MemoryStore):
     """The Store served from the host tier; a call that cannot lock the tier in time is
     served from this process's memory instead (the "none" tier), as before the tier.
@@ -422,10 +438,14 @@ class HostStore(MemoryStore):
     It is a MemoryStore to its callers (Mode.MEMORY, a `data` keyspace to inspect); `data`
     reads the tier outside any transaction, and assigning a MemoryData adopts its clock."""
 
-    def __init__(self, tier: HostTier) -> None:
+    def __init__(self, tier: HostTier, remember_interval: float = 5.0) -> None:
         self.tier = tier
         self.local = MemoryData(clock=lambda: self.tier.clock())
         self.unlocked_calls = 0
+        self.remember_interval = remember_interval
+        self.memo_max = 100_000
+        self.skipped_remembers = 0
+        self._memo: dict[tuple[str, ...], tuple[Any, float]] = {}
 
     @property  # type: ignore[override]
     def data(self) -> MemoryData:
@@ -463,6 +483,26 @@ class HostStore(MemoryStore):
                 op.name,
             )
             return twin(self.local, keys, args)
+
+    def remember(
+        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
+    ) -> None:
+        """The mirror, written into the tier only when Redis's answer changed or at most once
+        per `remember_interval` s (a per-process memo), so the request path while Redis is up
+        stays cheap. A revocation (`Operation.precious`) is applied at once, every time: every
+        worker's outage copy must end with it."""
+        assert op.remember is not None
+        if not op.precious:
+            memo_key = (op.name, *keys)
+            seen = self._memo.get(memo_key)
+            now = time.monotonic()
+            if seen is not None and seen[0] == reply and now - seen[1] < self.remember_interval:
+                self.skipped_remembers += 1
+                return
+            if len(self._memo) >= self.memo_max:
+                self._memo.clear()
+            self._memo[memo_key] = (reply, now)
+        self.execute(op, keys, args, twin=partial(_remember, op, reply), mirrored=True)
 
     async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
         return op.parse(self.execute(op, keys, args))

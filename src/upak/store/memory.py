@@ -275,6 +275,11 @@ class _ZSet(dict):  # type: ignore[type-arg]
     """A sorted set: a distinct type, so WRONGTYPE checks tell it from a hash."""
 
 
+class KeyRegistry(OrderedDict):  # type: ignore[type-arg]
+    """A twin's ordered map of key names to key names, least recently used first (the
+    session mirror's registry). Declared here so the host tier can store it."""
+
+
 class IntLog(deque):  # type: ignore[type-arg]
     """A twin's log of whole numbers, oldest first (the rate limiter's admission times in
     µs). Declared here, with the other value types, so the host tier can store it."""
@@ -293,6 +298,13 @@ class MemoryStore(Store):
     def execute(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run the memory half of `op` and return its raw, Redis-shaped reply."""
         return op.memory(self.data, keys, args)
+
+    def remember(
+        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
+    ) -> None:
+        """Keep the copy `op.remember` makes of Redis's `reply` for the next outage."""
+        assert op.remember is not None
+        op.remember(self.data, keys, args, reply)
 
     async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
         return op.parse(self.execute(op, keys, args))
