@@ -16,7 +16,8 @@ A key known to be over its limit is answered from process memory until its retry
 Redis call: nothing can free a slot before then, because refused requests record nothing.
 
 While Redis is away the FailoverStore serves the memory twin, with every amount divided by
-RATE_LIMIT_FALLBACK_DIVISOR (`fallback_args`), so N workers together stay close to the limit.
+RATE_LIMIT_FALLBACK_DIVISOR (`fallback_args`): the number of hosts, since the workers of one
+host count together in the host tier (store/host.py), so N hosts together stay at the limit.
 """
 
 from __future__ import annotations
