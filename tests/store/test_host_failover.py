@@ -111,3 +111,21 @@ async def test_a_rate_limit_is_exact_across_the_host_s_workers_in_an_outage(
         limiter = limiters[i % 2]
         admitted += (await limiter.decide([limiter.check_for(limit, "ip:one")])).allowed
     assert admitted == 20
+
+
+async def test_while_redis_is_up_the_mirror_is_written_once_and_revocations_every_time(
+    host,
+) -> None:
+    (store_a, a), _ = host(), host()
+    tier = store_a.memory
+    assert isinstance(tier, HostStore)
+    issued = await a.create(5)
+    for _ in range(10):
+        assert await a.resolve(cookie(issued)) is not None
+    # The first resolve's copy went to the tier; the same answer again within the interval
+    # is not rewritten (the clock stands still here, so Redis answers the same each time).
+    assert tier.skipped_remembers >= 9
+    session_key = a._session_key(5, issued.session.handle)
+    assert tier.data.exists(session_key)
+    assert await a.revoke(5, issued.session.handle)
+    assert not tier.data.exists(session_key)  # applied to the tier at once
