@@ -3,6 +3,8 @@ one from the host tier. A fresh connection per request, so any worker may answer
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 
@@ -96,3 +98,32 @@ def test_four_workers_answer_as_one_through_an_outage(fresh_redis: RedisServer) 
         assert me(url, during) == {200: TRIES}
         assert me(url, gone) == {401: TRIES}
         assert "Traceback" not in service.log_path.read_text()
+
+
+def test_a_worker_killed_mid_outage_leaves_no_lock_and_takes_nothing_from_the_others(
+    fresh_redis: RedisServer,
+) -> None:
+    env = {
+        "REDIS_URL": fresh_redis.url,
+        "REDIS_SOCKET_TIMEOUT": "0.2",
+        "REDIS_CONNECT_TIMEOUT": "0.2",
+        "REDIS_HEALTH_INTERVAL": "0.1",
+    }
+    with running_service(env, workers=4) as service:
+        url = service.url
+        with client(url) as c:
+            c.post("/auth/register", json={"email": "k@example.com", "password": PASSWORD})
+        before = login(url, "k@example.com")
+        assert me(url, before, 1) == {200: 1}
+        fresh_redis.kill()
+        all_in(url, "memory", within=10)
+        with client(url) as c:
+            victim = int(c.get("/health").json()["worker"])
+        os.kill(victim, signal.SIGKILL)  # mid-outage, perhaps inside a tier transaction
+        time.sleep(0.5)
+        # Whoever answers now (the three others, or the worker uvicorn starts in its place)
+        # finds the tier unlocked and the session in it.
+        assert me(url, before) == {200: TRIES}
+        with client(url, before, ip="198.51.100.251") as c:
+            assert c.post("/auth/logout").status_code == 204
+        assert me(url, before) == {401: TRIES}
