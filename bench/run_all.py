@@ -21,6 +21,7 @@ SCRIPTS = [
     ("cache", 90),
     ("sessions", 90),
     ("memory", 60),
+    ("host_tier", 60),
     ("payments", 90),
     ("load", 120),
     ("chaos", 200),  # Redis faults, then the database faults on a PostgreSQL of its own

@@ -20,6 +20,7 @@ from tests.support.redis_servers import (
 )
 from upak.config import Settings, load_settings
 from upak.store import FailoverStore, MemoryStore, Store, build_store
+from upak.store.host import HostStore, HostTier, tier_name
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,19 +78,27 @@ def sentinel_set() -> Iterator[SentinelSet]:
 @pytest.fixture(
     params=[
         "memory",
+        "host",
         "redis",
         pytest.param("cluster", marks=pytest.mark.slow),
         pytest.param("sentinel", marks=pytest.mark.slow),
     ]
 )
 async def any_store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Store]:
-    """The contract suite's subject: the memory twin, a real Redis, a Cluster, a Sentinel set.
+    """The contract suite's subject: the memory twin, the host tier (the twin on the shared
+    SQLite file), a real Redis, a Cluster, a Sentinel set.
 
     Every feature's operations run here, so a script that touches keys of two hash slots
     fails on the cluster run.
     """
     if request.param == "memory":
         yield MemoryStore()
+        return
+    if request.param == "host":
+        tmp_path = request.getfixturevalue("tmp_path")
+        host = HostStore(HostTier(tmp_path / "tier", tier_name("contract", key_prefix)))
+        yield host
+        await host.close()
         return
     fixture = {"redis": "shared_redis", "cluster": "cluster", "sentinel": "sentinel_set"}
     target = request.getfixturevalue(fixture[request.param])

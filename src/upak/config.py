@@ -256,6 +256,8 @@ _ACCEPTS: dict[str, str] = {
     ),
     "WEBHOOK_IDEMPOTENCY_TTL": "a whole number of seconds, at least 60",
     "RATE_LIMIT_FALLBACK_DIVISOR": "a whole number from 1 to 1024",
+    "FALLBACK_MAX_BYTES": "a whole number of bytes, at least 65536",
+    "FALLBACK_RATELIMIT_MAX_BYTES": "a whole number of bytes, at least 65536",
     "YOOKASSA_API_URL": "an http:// or https:// URL, e.g. https://api.yookassa.ru/v3",
     "YOOKASSA_SHOP_ID": "the shop id from YooKassa's dashboard (digits)",
     "YOOKASSA_TIMEOUT": "seconds, more than 0 and at most 30",
@@ -317,6 +319,13 @@ class Settings(BaseSettings):
     redis_wait_replicas: int = Field(0, ge=0, le=16)
     redis_wait_timeout: float = Field(0.1, gt=0, le=5)
     memory_max_keys: int = Field(200_000, ge=100, le=100_000_000)
+    # The host tier (store/host.py), which the workers of one host share while Redis is away:
+    # its directory (default $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR under upak/, else
+    # /dev/shm/upak-<uid>/) and its byte budgets, one for rate-limit counters and one for the
+    # rest, so a flood of client addresses cannot evict sessions or replay claims.
+    upak_fallback_path: str | None = None
+    fallback_max_bytes: int = Field(64 * 1024 * 1024, ge=65_536, le=1 << 40)
+    fallback_ratelimit_max_bytes: int = Field(16 * 1024 * 1024, ge=65_536, le=1 << 40)
 
     # --- Service ---
     upak_host: str = "127.0.0.1"
@@ -483,8 +492,9 @@ class Settings(BaseSettings):
 
     @property
     def fallback_divisor(self) -> int:
-        """Each worker's share of a limit while counting in memory (default: the workers)."""
-        return self.rate_limit_fallback_divisor or self.upak_workers
+        """Each host's share of a limit during an outage: the number of hosts (default 1). The
+        workers of one host count together in the host tier, so they need no share."""
+        return self.rate_limit_fallback_divisor or 1
 
     @property
     def yookassa_configured(self) -> bool:

@@ -75,6 +75,8 @@ def running_service(
         {
             "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/upak.db",
             "LOG_LEVEL": "WARNING",
+            # The workers' shared outage tier, private to this service (not /dev/shm).
+            "UPAK_FALLBACK_PATH": str(workdir / "tier"),
             **env,
         }
     )

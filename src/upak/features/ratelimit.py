@@ -16,7 +16,8 @@ A key known to be over its limit is answered from process memory until its retry
 Redis call: nothing can free a slot before then, because refused requests record nothing.
 
 While Redis is away the FailoverStore serves the memory twin, with every amount divided by
-RATE_LIMIT_FALLBACK_DIVISOR (`fallback_args`), so N workers together stay close to the limit.
+RATE_LIMIT_FALLBACK_DIVISOR (`fallback_args`): the number of hosts, since the workers of one
+host count together in the host tier (store/host.py), so N hosts together stay at the limit.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import hashlib
 import ipaddress
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from upak.features.ratelimit_policy import Limit, parse_policy
 from upak.store import KeySpace, Operation, Store
+from upak.store.memory import IntLog
 from upak.store.operation import Arg
 
 if TYPE_CHECKING:
@@ -134,8 +136,7 @@ return reply
 """
 
 
-class _Log(deque):  # type: ignore[type-arg]
-    """The memory twin's sliding log: admission times in µs, oldest first."""
+_Log = IntLog  # the memory twin's sliding log: admission times in µs, oldest first
 
 
 def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:

@@ -39,13 +39,12 @@ import hashlib
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from upak.store import Arg, KeySpace, MemoryData, Operation, Store
-from upak.store.memory import to_bytes
+from upak.store.memory import KeyRegistry, to_bytes
 
 FEATURE = "sessions"
 MAX_SESSIONS_PER_USER = 100  # past it a new login ends the user's oldest session
@@ -144,8 +143,7 @@ def _mirror_registry_key(session_key: str) -> str:
     return session_key.split("{", 1)[0] + "mirror"
 
 
-class _MirrorRegistry(OrderedDict):  # type: ignore[type-arg]
-    """Mirrored session key -> its index key, least recently used first."""
+_MirrorRegistry = KeyRegistry  # mirrored session key -> its index key, least recent first
 
 
 def _mirror(

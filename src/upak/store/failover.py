@@ -167,7 +167,7 @@ class FailoverStore(Store):
                 self._trip(exc, condition)
             else:
                 if op.remember is not None:
-                    op.remember(self.memory.data, keys, args, reply)
+                    self.memory.remember(op, keys, args, reply)
                 return op.parse(reply)
         return await self._serve_from_fallback(op, keys, args)
 
@@ -204,7 +204,7 @@ class FailoverStore(Store):
             return missed
         self.stats.read_through_calls += 1
         if op.remember is not None:
-            op.remember(self.memory.data, keys, args, reply)
+            self.memory.remember(op, keys, args, reply)
         return reply
 
     def _journal_call(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> None:
@@ -353,7 +353,7 @@ class FailoverStore(Store):
                     if entry.op.remember is not None:
                         # Redis's answer to the replay is the truth memory keeps: a session
                         # whose create was refused (revoked elsewhere) is forgotten here.
-                        entry.op.remember(self.memory.data, entry.keys, args or (), outcome)
+                        self.memory.remember(entry.op, entry.keys, args or (), outcome)
             self.stats.pending_writeback = len(self._journal)
 
     # --- background: heartbeat while up, probe while down ---

@@ -10,7 +10,7 @@ step, which is what makes each of them atomic with respect to concurrent callers
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -275,6 +275,16 @@ class _ZSet(dict):  # type: ignore[type-arg]
     """A sorted set: a distinct type, so WRONGTYPE checks tell it from a hash."""
 
 
+class KeyRegistry(OrderedDict):  # type: ignore[type-arg]
+    """A twin's ordered map of key names to key names, least recently used first (the
+    session mirror's registry). Declared here so the host tier can store it."""
+
+
+class IntLog(deque):  # type: ignore[type-arg]
+    """A twin's log of whole numbers, oldest first (the rate limiter's admission times in
+    µs). Declared here, with the other value types, so the host tier can store it."""
+
+
 class MemoryStore(Store):
     """The Store served entirely from process memory (the seed's fallback mode)."""
 
@@ -288,6 +298,13 @@ class MemoryStore(Store):
     def execute(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run the memory half of `op` and return its raw, Redis-shaped reply."""
         return op.memory(self.data, keys, args)
+
+    def remember(
+        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
+    ) -> None:
+        """Keep the copy `op.remember` makes of Redis's `reply` for the next outage."""
+        assert op.remember is not None
+        op.remember(self.data, keys, args, reply)
 
     async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
         return op.parse(self.execute(op, keys, args))

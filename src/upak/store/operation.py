@@ -85,7 +85,7 @@ class Operation(Generic[T]):
     # Rewrites a call's args for its replay, given the milliseconds since it ran (so a TTL
     # written back is the remaining TTL, not a fresh one). Returning None drops the call.
     replay_args: Callable[[Sequence[Arg], int], Sequence[Arg] | None] | None = None
-    # Rewrites args for the memory twin during an outage (rate limits divided per worker).
+    # Rewrites args for the memory twin during an outage (rate limits divided per host).
     fallback_args: Callable[[Sequence[Arg]], Sequence[Arg]] | None = None
     # After Redis answered, keep a bounded local copy the fallback can serve (sessions).
     remember: Callable[[MemoryData, Sequence[str], Sequence[Arg], Reply], None] | None = None

@@ -1,0 +1,514 @@
+"""The host tier: a Redis-shaped keyspace every worker process of one host shares.
+
+While Redis is away, the workers of a host should answer as one: a logout on one worker ends
+the session on all of them, and a rate limit counts every worker's requests. Process memory
+cannot do that; this tier can. It is an SQLite file in WAL mode on a tmpfs path (RAM, never a
+disk), and it runs each operation's existing memory twin unchanged: `HostData` is a
+`MemoryData` whose keys are read from the file on first use and whose changed keys are
+written back when the call ends, all inside one write transaction. There is no third copy of
+any operation's logic.
+
+Write transactions are serialised with `flock` on a lock file rather than SQLite's busy
+handler (which sleeps a millisecond or more per collision). The lock is tried without
+blocking first, then polled until `lock_timeout` s; a tier that cannot be locked in time (its
+holder stopped) makes `HostStore` serve that call from process memory, the "none" tier.
+A process that dies releases its locks with it, and SQLite's WAL recovers its half-written
+transaction, so a crash leaves no stale lock.
+
+Stale state: the tier records the kernel's boot id and is wiped when opened under another
+boot. Each live process holds a shared lock on a "members" file; the first process to open a
+tier nobody holds drops the copies mirrored from Redis (they may be stale) but keeps the
+rows written during an outage, which are still owed to Redis.
+
+Memory is bounded in bytes, with a separate budget for rate-limit counters (keys under a
+`ratelimit` namespace), so a flood of client addresses cannot evict sessions or replay
+claims. Past its budget a namespace loses its soonest-expiring rows first (rows without a
+TTL last), which are the rows that were about to stop mattering anyway.
+
+Values are encoded in a small tagged format (never pickle or marshal, which are unsafe on a
+crafted file); a row that does not decode is treated as absent and logged once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import sqlite3
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from upak.store.memory import Clock, IntLog, KeyRegistry, MemoryData, MemoryStore, _ZSet
+from upak.store.operation import Arg, Mode, Operation
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+MAIN = "main"
+RATELIMIT = "ratelimit"
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_LEN = struct.Struct(">I")
+_SCORE = struct.Struct(">d")
+
+
+# --- where the tier lives ---
+
+
+def default_root() -> Path:
+    """`$RUNTIME_DIRECTORY` or `$XDG_RUNTIME_DIR` under `upak/`, else `/dev/shm/upak-<uid>/`:
+    all of them tmpfs on a systemd host, so the tier is RAM and gone at reboot."""
+    for variable in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+        value = os.environ.get(variable, "").split(":")[0]
+        if value:
+            return Path(value) / "upak"
+    # /dev/shm is shared by every user: HostTier refuses a directory another user made.
+    return Path(f"/dev/shm/upak-{os.getuid()}")  # noqa: S108
+
+
+def tier_name(target: str, key_prefix: str) -> str:
+    """A file name for the tier of one Redis target and key prefix. `target` must say which
+    Redis (host:port/db, unix path, sentinel service, cluster seed) and never its password:
+    two services of different targets or prefixes never share a tier."""
+    digest = hashlib.sha256(f"{target}\0{key_prefix}".encode()).hexdigest()[:24]
+    return f"tier-{digest}"
+
+
+def namespace_of(key: str) -> str:
+    """Which byte budget a key counts against: rate-limit counters have their own."""
+    return RATELIMIT if ":ratelimit:" in key or key.startswith("ratelimit:") else MAIN
+
+
+def boot_id() -> str:
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:  # not Linux: no boot id to compare, the tier is trusted as found
+        return ""
+
+
+# --- the value encoding ---
+
+
+class UndecodableRow(ValueError):
+    """A row in the tier is not in the format this module writes."""
+
+
+def _field(data: bytes) -> bytes:
+    return _LEN.pack(len(data)) + data
+
+
+def encode(value: Any, expires_at_ms: int | None) -> bytes:
+    """One value and its expiry as bytes: tag, expiry (-1 = none), then the payload."""
+    head = struct.pack(">q", -1 if expires_at_ms is None else expires_at_ms)
+    if isinstance(value, bytes):
+        return b"b" + head + value
+    if isinstance(value, KeyRegistry):
+        pairs = ((k.encode(), v.encode()) for k, v in value.items())
+        return b"o" + head + b"".join(_field(k) + _field(v) for k, v in pairs)
+    if isinstance(value, _ZSet):
+        return b"z" + head + b"".join(_field(m) + _SCORE.pack(s) for m, s in value.items())
+    if isinstance(value, dict):
+        return b"h" + head + b"".join(_field(f) + _field(v) for f, v in value.items())
+    if isinstance(value, set):
+        return b"s" + head + b"".join(_field(m) for m in sorted(value))
+    if isinstance(value, IntLog):
+        return b"q" + head + b"".join(struct.pack(">q", item) for item in value)
+    if isinstance(value, list):
+        return b"l" + head + b"".join(_field(item) for item in value)
+    raise TypeError(f"the host tier cannot store a {type(value).__name__}")
+
+
+def decode(blob: bytes) -> tuple[Any, int | None]:
+    """The inverse of `encode`; raises UndecodableRow on anything else."""
+    try:
+        tag, (expires,) = blob[:1], struct.unpack_from(">q", blob, 1)
+        body = memoryview(blob)[9:]
+        if tag == b"b":
+            value: Any = bytes(body)
+        elif tag == b"q":
+            if len(body) % 8:
+                raise UndecodableRow("a log of a partial number")
+            value = IntLog(item for (item,) in struct.iter_unpack(">q", body))
+        else:
+            items = _fields(body, scored=tag == b"z")
+            if tag == b"o":
+                if len(items) % 2:
+                    raise UndecodableRow("a registry with an odd number of fields")
+                names = [item.decode() for item in items]
+                value = KeyRegistry(zip(names[::2], names[1::2], strict=True))
+            elif tag == b"h":
+                if len(items) % 2:
+                    raise UndecodableRow("a hash with an odd number of fields")
+                value = dict(zip(items[::2], items[1::2], strict=True))
+            elif tag == b"z":
+                value = _ZSet(zip(items[::2], items[1::2], strict=True))
+            elif tag == b"s":
+                value = set(items)
+            elif tag == b"l":
+                value = list(items)
+            else:
+                raise UndecodableRow(f"unknown tag {tag!r}")
+    except (struct.error, ValueError) as exc:
+        raise UndecodableRow(str(exc)) from None
+    return value, None if expires == -1 else expires
+
+
+def _fields(body: memoryview, scored: bool) -> list[Any]:
+    items: list[Any] = []
+    at = 0
+    while at < len(body):
+        (size,) = _LEN.unpack_from(body, at)
+        at += 4
+        if at + size > len(body):
+            raise UndecodableRow("a field runs past the end of the row")
+        items.append(bytes(body[at : at + size]))
+        at += size
+        if scored:
+            items.append(_SCORE.unpack_from(body, at)[0])
+            at += 8
+    return items
+
+
+# --- the shared file ---
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Bytes the tier may hold per namespace (keys plus encoded values)."""
+
+    main: int = 64 * 1024 * 1024
+    ratelimit: int = 16 * 1024 * 1024
+
+    def of(self, namespace: str) -> int:
+        return self.ratelimit if namespace == RATELIMIT else self.main
+
+
+class TierLocked(Exception):
+    """The tier's write lock was not free within the deadline (its holder is stuck)."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL, expires INTEGER, size INTEGER NOT NULL,
+    ns TEXT NOT NULL, mirrored INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS kv_expiry ON kv (ns, expires IS NULL, expires);
+CREATE TABLE IF NOT EXISTS usage (ns TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+"""
+
+
+class HostTier:
+    """One tier file, its write lock and this process's membership of it."""
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        budgets: Budgets = Budgets(),
+        lock_timeout: float = 0.05,
+        clock: Clock = time.time,
+    ) -> None:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if root.stat().st_uid != os.getuid():
+            raise PermissionError(
+                f"{root} belongs to another user; set UPAK_FALLBACK_PATH to a private directory"
+            )
+        os.chmod(root, 0o700)
+        self.path = root / f"{name}.sqlite"
+        self.budgets = budgets
+        self.lock_timeout = lock_timeout
+        self.clock = clock
+        self._undecodable: set[str] = set()
+        self._lock_fd = os.open(root / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._members_fd = os.open(root / f"{name}.members", os.O_RDWR | os.O_CREAT, 0o600)
+        self.db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=lock_timeout
+        )
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=OFF")  # tmpfs: there is no disk to sync to
+        with self.locked():
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self.db.execute(statement)  # executescript would COMMIT the lock's transaction
+            self._check_boot()
+            self._join()
+
+    def _check_boot(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE name='boot_id'").fetchone()
+        current = boot_id()
+        if row is not None and row[0] != current:
+            log.warning("host tier %s is from another boot; wiping it", self.path.name)
+            self.db.execute("DELETE FROM kv")
+            self.db.execute("DELETE FROM usage")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_id', ?)", (current,))
+
+    def _join(self) -> None:
+        """Hold the members file shared for this process's life. If nobody held it, this is
+        the first process: mirrored copies may be stale, drop them (outage rows stay)."""
+        try:
+            fcntl.flock(self._members_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            first = True
+        except BlockingIOError:
+            first = False
+        if first:
+            self.db.execute("DELETE FROM kv WHERE mirrored = 1")
+            self._recount()
+        fcntl.flock(self._members_fd, fcntl.LOCK_SH)
+
+    def _recount(self) -> None:
+        self.db.execute("DELETE FROM usage")
+        self.db.execute("INSERT INTO usage SELECT ns, sum(size) FROM kv GROUP BY ns")
+
+    def close(self) -> None:
+        self.db.close()
+        os.close(self._lock_fd)
+        os.close(self._members_fd)
+
+    # --- the write lock ---
+
+    def locked(self) -> _Locked:
+        return _Locked(self)
+
+    def acquire(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.0001
+        while True:
+            time.sleep(pause)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TierLocked(f"host tier {self.path.name} stayed locked") from None
+                pause = min(pause * 2, 0.002)
+
+    def release(self) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # --- rows ---
+
+    def load(self, key: str) -> tuple[Any, int | None] | None:
+        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return decode(row[0])
+        except UndecodableRow as exc:
+            if key not in self._undecodable:
+                self._undecodable.add(key)
+                log.warning("host tier row %r does not decode (%s); treated as absent", key, exc)
+            return None
+
+    def store(self, key: str, blob: bytes | None, mirrored: bool) -> None:
+        """Write (or, with None, delete) one row and keep the namespace's byte count."""
+        namespace = namespace_of(key)
+        old = self.db.execute("SELECT size FROM kv WHERE key = ?", (key,)).fetchone()
+        delta = -(old[0] if old else 0)
+        if blob is None:
+            self.db.execute("DELETE FROM kv WHERE key = ?", (key,))
+        else:
+            size = len(key) + len(blob)
+            delta += size
+            expires = struct.unpack_from(">q", blob, 1)[0]
+            self.db.execute(
+                "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)",
+                (key, blob, None if expires == -1 else expires, size, namespace, int(mirrored)),
+            )
+        if delta:
+            self.db.execute(
+                "INSERT INTO usage VALUES (?, ?) ON CONFLICT(ns) DO UPDATE SET bytes = bytes + ?",
+                (namespace, delta, delta),
+            )
+
+    def used(self, namespace: str) -> int:
+        row = self.db.execute("SELECT bytes FROM usage WHERE ns = ?", (namespace,)).fetchone()
+        return row[0] if row else 0
+
+    def enforce(self, namespaces: set[str]) -> None:
+        """Evict the soonest-expiring rows of each namespace over its budget."""
+        for namespace in namespaces:
+            over = self.used(namespace) - self.budgets.of(namespace)
+            while over > 0:
+                doomed = self.db.execute(
+                    "SELECT key, size FROM kv WHERE ns = ? ORDER BY expires IS NULL, expires"
+                    " LIMIT 64",
+                    (namespace,),
+                ).fetchall()
+                if not doomed:
+                    break
+                for key, size in doomed:
+                    if over <= 0:
+                        break
+                    self.store(key, None, mirrored=False)
+                    over -= size
+
+
+class _Locked:
+    def __init__(self, tier: HostTier) -> None:
+        self.tier = tier
+
+    def __enter__(self) -> HostTier:
+        self.tier.acquire()
+        try:
+            self.tier.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.tier.release()
+            raise
+        return self.tier
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        try:
+            self.tier.db.execute("ROLLBACK" if kind else "COMMIT")
+        finally:
+            self.tier.release()
+
+
+# --- the twin's view of the tier ---
+
+
+class HostData(MemoryData):
+    """A MemoryData that reads keys from the tier on first use and, at `commit`, writes back
+    the keys whose value or expiry changed. Live only within one locked transaction."""
+
+    def __init__(self, tier: HostTier, mirrored: bool = False) -> None:
+        super().__init__(clock=tier.clock, max_keys=1 << 62)
+        self.tier = tier
+        self.mirrored = mirrored
+        self._original: dict[str, bytes | None] = {}
+
+    def _fault_in(self, key: str) -> None:
+        if key in self._original:
+            return
+        row = self.tier.load(key)
+        if row is None:
+            self._original[key] = None
+            return
+        value, expires = row
+        self._original[key] = encode(value, expires)
+        self._keys[key] = [value, expires]
+
+    def entry(self, key: str, kind: type | None = None) -> Any:
+        self._fault_in(key)
+        return super().entry(key, kind)
+
+    def put(self, key: str, value: Any, expires_at_ms: int | None = None, keep_ttl: bool = False):
+        self._fault_in(key)
+        super().put(key, value, expires_at_ms, keep_ttl)
+
+    def keys(self) -> list[str]:
+        for (key,) in self.tier.db.execute("SELECT key FROM kv").fetchall():
+            self._fault_in(key)
+        return super().keys()
+
+    def commit(self) -> None:
+        touched: set[str] = set()
+        for key, before in self._original.items():
+            slot = self._keys.get(key)
+            after = None if slot is None else encode(slot[0], slot[1])
+            if after != before:
+                self.tier.store(key, after, self.mirrored)
+                touched.add(namespace_of(key))
+        for key, slot in self._keys.items():
+            if key not in self._original:  # pragma: no cover - put always faults in first
+                self.tier.store(key, encode(slot[0], slot[1]), self.mirrored)
+                touched.add(namespace_of(key))
+        self.tier.enforce(touched)
+
+
+def _remember(
+    op: Operation[Any], reply: Any, data: MemoryData, keys: Sequence[str], args: Sequence[Arg]
+) -> None:
+    assert op.remember is not None
+    op.remember(data, keys, args, reply)
+
+
+class HostStore(MemoryStore):
+    """The Store served from the host tier; a call that cannot lock the tier in time is
+    served from this process's memory instead (the "none" tier), as before the tier.
+
+    It is a MemoryStore to its callers (Mode.MEMORY, a `data` keyspace to inspect); `data`
+    reads the tier outside any transaction, and assigning a MemoryData adopts its clock."""
+
+    def __init__(self, tier: HostTier, remember_interval: float = 5.0) -> None:
+        self.tier = tier
+        self.local = MemoryData(clock=lambda: self.tier.clock())
+        self.unlocked_calls = 0
+        self.remember_interval = remember_interval
+        self.memo_max = 100_000
+        self.skipped_remembers = 0
+        self._memo: dict[tuple[str, ...], tuple[Any, float]] = {}
+
+    @property  # type: ignore[override]
+    def data(self) -> MemoryData:
+        return HostData(self.tier)
+
+    @data.setter
+    def data(self, value: MemoryData) -> None:
+        self.tier.clock = value._clock
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.MEMORY
+
+    def execute(
+        self,
+        op: Operation[Any],
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        twin: Callable[[MemoryData, Sequence[str], Sequence[Arg]], Any] | None = None,
+        mirrored: bool = False,
+    ) -> Any:
+        """Run `twin` (by default the op's memory half) on the tier in one transaction."""
+        twin = twin or op.memory
+        try:
+            with self.tier.locked():
+                data = HostData(self.tier, mirrored=mirrored)
+                reply = twin(data, keys, args)
+                data.commit()
+                return reply
+        except TierLocked:
+            self.unlocked_calls += 1
+            log.warning(
+                "host tier busy past %.3f s; %s served from process memory",
+                self.tier.lock_timeout,
+                op.name,
+            )
+            return twin(self.local, keys, args)
+
+    def remember(
+        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
+    ) -> None:
+        """The mirror, written into the tier only when Redis's answer changed or at most once
+        per `remember_interval` s (a per-process memo), so the request path while Redis is up
+        stays cheap. A revocation (`Operation.precious`) is applied at once, every time: every
+        worker's outage copy must end with it."""
+        assert op.remember is not None
+        if not op.precious:
+            memo_key = (op.name, *keys)
+            seen = self._memo.get(memo_key)
+            now = time.monotonic()
+            if seen is not None and seen[0] == reply and now - seen[1] < self.remember_interval:
+                self.skipped_remembers += 1
+                return
+            if len(self._memo) >= self.memo_max:
+                self._memo.clear()
+            self._memo[memo_key] = (reply, now)
+        self.execute(op, keys, args, twin=partial(_remember, op, reply), mirrored=True)
+
+    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+        return op.parse(self.execute(op, keys, args))
+
+    async def ping(self) -> float | None:
+        return None
+
+    async def close(self) -> None:
+        self.tier.close()

@@ -1,0 +1,213 @@
+"""The host tier: its encoding, sharing between processes, locks that die with their holder,
+stale state and byte budgets. The twins themselves run on it in the contract suite."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from upak.store.host import (
+    Budgets,
+    HostData,
+    HostStore,
+    HostTier,
+    UndecodableRow,
+    decode,
+    encode,
+    tier_name,
+)
+from upak.store.memory import IntLog, KeyRegistry, _ZSet
+from upak.store.primitives import CLAIM_ONCE, GET, SET
+
+NAME = tier_name("127.0.0.1:6379/0", "upak:")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x00\xff plain",
+        {b"f": b"v", b"": b"\x00"},
+        {b"a", b"b", b""},
+        _ZSet({b"m": 1.5, b"n": -2.0}),
+        IntLog([1, 2**40, -3]),
+        KeyRegistry([("b", "x"), ("a", "y")]),
+        [b"x", b"y"],
+    ],
+)
+def test_every_value_type_round_trips_with_its_type(value: object) -> None:
+    for expires in (None, 1_796_000_000_000):
+        back, back_expires = decode(encode(value, expires))
+        assert back == value and type(back) is type(value) and back_expires == expires
+
+
+@pytest.mark.parametrize(
+    "blob", [b"", b"b", b"x" + bytes(8), b"h" + bytes(8) + b"\x00\x00\x00\x09ab"]
+)
+def test_a_malformed_row_is_refused(blob: bytes) -> None:
+    with pytest.raises(UndecodableRow):
+        decode(blob)
+
+
+def test_an_undecodable_row_is_absent_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tier = HostTier(tmp_path, NAME)
+    tier.db.execute("INSERT INTO kv VALUES ('k', x'ff00', NULL, 3, 'main', 0)")
+    with caplog.at_level(logging.WARNING):
+        assert HostData(tier).get("k") is None
+        assert HostData(tier).get("k") is None
+    assert sum("does not decode" in r.message for r in caplog.records) == 1
+    tier.close()
+
+
+def test_tier_names_separate_targets_and_prefixes_and_hide_passwords() -> None:
+    assert tier_name("a:6379/0", "upak:") != tier_name("a:6379/1", "upak:")
+    assert tier_name("a:6379/0", "upak:") != tier_name("a:6379/0", "other:")
+    assert "6379" not in tier_name("a:6379/0", "upak:")
+
+
+def test_the_directory_is_private(tmp_path: Path) -> None:
+    HostTier(tmp_path / "tier", NAME).close()
+    assert (tmp_path / "tier").stat().st_mode & 0o777 == 0o700
+
+
+async def test_two_stores_on_one_tier_see_each_other(tmp_path: Path) -> None:
+    one, two = HostStore(HostTier(tmp_path, NAME)), HostStore(HostTier(tmp_path, NAME))
+    assert await one.claim_once("claim", 10_000) is True
+    assert await two.claim_once("claim", 10_000) is False
+    await two.set("k", "v", 10_000)
+    assert await one.get("k") == b"v"
+    assert await one.delete("k") is True and await two.get("k") is None
+    await one.close()
+    await two.close()
+
+
+def test_twins_mutating_in_place_are_written_back(tmp_path: Path) -> None:
+    store = HostStore(HostTier(tmp_path, NAME))
+    hset = lambda data, keys, args: data.hset(keys[0], {args[0]: args[1]})  # noqa: E731
+    from upak.store.operation import Operation
+
+    op = Operation(name="test_host_hset", lua="", memory=hset)
+    store.execute(op, ["h"], ["a", "1"])
+    store.execute(op, ["h"], ["b", "2"])
+    assert HostData(store.tier).hgetall("h") == {b"a": b"1", b"b": b"2"}
+
+
+def test_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
+    clock = [1000.0]
+    store = HostStore(HostTier(tmp_path, NAME, clock=lambda: clock[0]))
+    assert store.execute(CLAIM_ONCE, ["c"], ["1", 50]) == 1
+    clock[0] += 0.051
+    assert store.execute(CLAIM_ONCE, ["c"], ["1", 50]) == 1
+
+
+# --- locks and processes ---
+
+
+def _holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process that takes the tier's write lock and keeps it until killed."""
+    code = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / f"{NAME}.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+    try:
+        yield child
+    finally:
+        child.kill()
+        child.wait(5)
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    HostTier(tmp_path, NAME).close()  # create the files first
+    yield from _holder(tmp_path)
+
+
+def test_a_killed_holder_leaves_no_lock(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(5)
+    store = HostStore(HostTier(tmp_path, NAME, lock_timeout=0.05))
+    store.execute(SET, ["k"], ["v", 10_000])
+    assert store.unlocked_calls == 0 and HostData(store.tier).get("k") == b"v"
+
+
+def test_a_stuck_holder_costs_a_bounded_wait_then_process_memory(tmp_path: Path) -> None:
+    store = HostStore(HostTier(tmp_path, NAME, lock_timeout=0.05))
+    for child in _holder(tmp_path):
+        os.kill(child.pid, signal.SIGSTOP)  # holds the lock and will never let go by itself
+        started = time.monotonic()
+        store.execute(SET, ["k"], ["v", 10_000])
+        assert time.monotonic() - started < 0.5
+        assert store.execute(GET, ["k"], []) == b"v"  # the "none" tier answers on its own
+        assert store.unlocked_calls == 2
+        os.kill(child.pid, signal.SIGCONT)
+    # Holder gone: the tier serves again, and never saw the process-memory write.
+    assert store.execute(GET, ["k"], []) is None and store.unlocked_calls == 2
+
+
+# --- stale state ---
+
+
+def test_a_tier_from_another_boot_is_wiped(tmp_path: Path) -> None:
+    tier = HostTier(tmp_path, NAME)
+    HostStore(tier).execute(SET, ["k"], ["v", 10_000])
+    tier.db.execute("UPDATE meta SET value = 'another-boot' WHERE name = 'boot_id'")
+    tier.close()
+    again = HostTier(tmp_path, NAME)
+    assert HostData(again).get("k") is None and again.used("main") == 0
+
+
+def test_the_first_member_drops_mirrors_but_keeps_outage_rows(tmp_path: Path) -> None:
+    first = HostTier(tmp_path, NAME)
+    HostStore(first).execute(SET, ["outage"], ["v", 10_000])
+    HostStore(first).execute(SET, ["mirror"], ["v", 10_000], mirrored=True)
+    second = HostTier(tmp_path, NAME)  # another live member: nothing dropped
+    assert HostData(second).get("mirror") == b"v"
+    first.close()
+    second.close()
+    fresh = HostTier(tmp_path, NAME)  # nobody holds the tier: mirrors may be stale
+    assert HostData(fresh).get("mirror") is None
+    assert HostData(fresh).get("outage") == b"v"
+
+
+# --- byte budgets ---
+
+
+def test_a_rate_limit_flood_cannot_evict_sessions(tmp_path: Path) -> None:
+    tier = HostTier(tmp_path, NAME, budgets=Budgets(main=100_000, ratelimit=20_000))
+    store = HostStore(tier)
+    store.execute(SET, ["upak:session:1"], ["s" * 200, 60_000])
+    for i in range(2_000):
+        store.execute(SET, [f"upak:ratelimit:ip:{i}"], ["1", 60_000 + i])
+    assert tier.used("ratelimit") <= 20_000
+    assert HostData(tier).get("upak:session:1") == b"s" * 200
+    # The newest counters stay; the soonest-expiring went first.
+    assert HostData(tier).get("upak:ratelimit:ip:1999") == b"1"
+    assert HostData(tier).get("upak:ratelimit:ip:0") is None
+
+
+def test_the_main_budget_evicts_the_soonest_expiring(tmp_path: Path) -> None:
+    tier = HostTier(tmp_path, NAME, budgets=Budgets(main=5_000, ratelimit=1_000))
+    store = HostStore(tier)
+    store.execute(SET, ["forever"], ["x" * 100, 10**9])
+    for i in range(100):
+        store.execute(SET, [f"k{i}"], ["x" * 100, 1_000 + i])
+    assert tier.used("main") <= 5_000
+    assert HostData(tier).get("forever") is not None and HostData(tier).get("k0") is None

@@ -1,0 +1,131 @@
+"""Two workers of one host (two FailoverStores on one host tier) across a real Redis outage:
+what one worker did is what the other serves, before, during and after it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.features.test_ratelimit import limiter_for, one
+from tests.features.test_sessions import Clock, cookie
+from tests.store.test_failover import quick_failover_settings, wait_for_mode
+from tests.support.redis_servers import RedisServer
+from upak.features.sessions import SessionManager
+from upak.store import FailoverStore, KeySpace, Mode, build_store
+from upak.store.host import HostStore
+
+Worker = tuple[FailoverStore, SessionManager]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def host(
+    fresh_redis: RedisServer, clock: Clock, tmp_path: Path
+) -> AsyncIterator[Callable[..., Worker]]:
+    stores: list[FailoverStore] = []
+
+    def start(path: Path = tmp_path / "host-a") -> Worker:
+        settings = quick_failover_settings(fresh_redis.url, upak_fallback_path=str(path))
+        store = build_store(settings, clock=clock)
+        assert isinstance(store.memory, HostStore)
+        stores.append(store)
+        manager = SessionManager(
+            store, KeySpace("upak:"), idle_timeout=3600, max_age=86_400, clock=clock
+        )
+        return store, manager
+
+    yield start
+    for store in stores:
+        await store.close()
+
+
+async def outage(*stores: FailoverStore) -> None:
+    for store in stores:
+        await store.ping()
+        assert store.mode is Mode.MEMORY
+
+
+async def test_the_workers_of_a_host_serve_one_another_s_sessions_in_an_outage(
+    host, fresh_redis: RedisServer
+) -> None:
+    (store_a, a), (store_b, b) = host(), host()
+    await store_a.start()
+    await store_b.start()
+    before = await a.create(1)
+    doomed = await a.create(1)
+    assert await a.resolve(cookie(before)) is not None  # used once before, on worker a only
+    assert await a.resolve(cookie(doomed)) is not None
+    fresh_redis.kill()
+    await outage(store_a, store_b)
+    assert await b.resolve(cookie(before)) is not None  # b never saw it: the host tier did
+    during = await b.create(2)  # a login during the outage, on b
+    assert await a.resolve(cookie(during)) is not None
+    assert await b.revoke(1, doomed.session.handle)  # a logout on b ends it on a
+    assert await a.resolve(cookie(doomed)) is None
+    fresh_redis.start()  # an empty Redis: everything it knows comes from the write-back
+    await wait_for_mode(store_a, Mode.REDIS, within=3.0)
+    await wait_for_mode(store_b, Mode.REDIS, within=3.0)
+    assert await b.resolve(cookie(during)) is not None  # the outage login works after it
+    assert await a.resolve(cookie(doomed)) is None  # and the logout holds
+    assert await b.resolve(cookie(doomed)) is None
+
+
+async def test_a_revocation_while_redis_is_up_reaches_every_worker_s_outage_copy(
+    host, fresh_redis: RedisServer
+) -> None:
+    (store_a, a), (store_b, b) = host(), host()
+    issued = await a.create(3)
+    assert await a.resolve(cookie(issued)) is not None
+    assert await b.resolve(cookie(issued)) is not None
+    assert await b.revoke_others(3, keep_handle="none") == 1  # e.g. a password change
+    fresh_redis.kill()
+    await outage(store_a, store_b)
+    assert await a.resolve(cookie(issued)) is None
+    assert await b.resolve(cookie(issued)) is None
+
+
+async def test_two_hosts_keep_two_tiers(host, fresh_redis: RedisServer, tmp_path: Path) -> None:
+    (store_a, a), (store_b, b) = host(), host(tmp_path / "host-b")
+    issued = await b.create(4)  # a login that host a has never used
+    fresh_redis.kill()
+    await outage(store_a, store_b)
+    assert await a.resolve(cookie(issued)) is None  # another host: another tier
+
+
+async def test_a_rate_limit_is_exact_across_the_host_s_workers_in_an_outage(
+    host, fresh_redis: RedisServer
+) -> None:
+    (store_a, _), (store_b, _) = host(), host()
+    fresh_redis.kill()
+    await outage(store_a, store_b)
+    limiters = [limiter_for(store, "upak:", blocked_max=0) for store in (store_a, store_b)]
+    (limit,) = one("20/minute")
+    admitted = 0
+    for i in range(60):  # one client, alternating between the two workers
+        limiter = limiters[i % 2]
+        admitted += (await limiter.decide([limiter.check_for(limit, "ip:one")])).allowed
+    assert admitted == 20
+
+
+async def test_while_redis_is_up_the_mirror_is_written_once_and_revocations_every_time(
+    host,
+) -> None:
+    (store_a, a), _ = host(), host()
+    tier = store_a.memory
+    assert isinstance(tier, HostStore)
+    issued = await a.create(5)
+    for _ in range(10):
+        assert await a.resolve(cookie(issued)) is not None
+    # The first resolve's copy went to the tier; the same answer again within the interval
+    # is not rewritten (the clock stands still here, so Redis answers the same each time).
+    assert tier.skipped_remembers >= 9
+    session_key = a._session_key(5, issued.session.handle)
+    assert tier.data.exists(session_key)
+    assert await a.revoke(5, issued.session.handle)
+    assert not tier.data.exists(session_key)  # applied to the tier at once
