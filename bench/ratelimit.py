@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis.asyncio
@@ -204,9 +205,12 @@ def server(
     prefix: str | None = None,
     wrapper: Sequence[str] = (),
     start_timeout: float = 30,
+    module: str = "bench.peers.ratelimit_apps",
+    probe: str = "/items",
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, int]]:
-    """uvicorn serving `factory` (bench/peers/ratelimit_apps.py), optionally under `wrapper`
-    (valgrind); yields its base URL and pid once /items answers."""
+    """uvicorn serving `factory` (of `module`, bench/peers/ratelimit_apps.py by default),
+    optionally under `wrapper` (valgrind); yields its base URL and pid once `probe` answers."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="upak-bench-rl-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "UPAK_", "RATE_"))}
@@ -219,13 +223,14 @@ def server(
         LOG_LEVEL="WARNING",
         PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}",
     )
+    env.update(env_extra or {})
     proc = subprocess.Popen(
         [
             *wrapper,
             sys.executable,
             "-m",
             "uvicorn",
-            f"bench.peers.ratelimit_apps:{factory}",
+            f"{module}:{factory}",
             "--factory",
             "--host",
             "127.0.0.1",
@@ -253,7 +258,7 @@ def server(
                     f"{factory} server exited: {proc.stderr.read().decode()[-2000:]}"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/items", timeout=5).status_code == 200:
+                if httpx.get(base + probe, timeout=5).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{factory} server did not answer within {start_timeout} s")
@@ -412,7 +417,15 @@ CALLGRIND_CLIENTS = 500
 CALLGRIND_SECONDS = 25
 
 
-def instructions_per_request(factory: str, url: str, requests: Path) -> float:
+def instructions_per_request(
+    factory: str,
+    url: str,
+    requests: Path,
+    *,
+    warmup: float = CALLGRIND_WARMUP_S,
+    seconds: float = CALLGRIND_SECONDS,
+    **launch: Any,
+) -> float:
     """Instructions the uvicorn process executes per request, counted by callgrind between
     a warm-up and the end of a wrk run: deterministic for the same code and load, whatever
     the rest of the machine does (valgrind counts instructions, not seconds)."""
@@ -422,10 +435,13 @@ def instructions_per_request(factory: str, url: str, requests: Path) -> float:
         "--tool=callgrind",
         f"--callgrind-out-file={outdir}/cg.%p",
     ]
-    with server(factory, url, wrapper=wrapper, start_timeout=240) as (base, pid):
-        wrk(base, requests, CALLGRIND_WARMUP_S)  # memo tables and caches filled
+    with server(factory, url, wrapper=wrapper, start_timeout=240, **launch) as (base, pid):
+        wrk(base, requests, warmup)  # memo tables and caches filled
         subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
-        served = wrk(base, requests, CALLGRIND_SECONDS)["requests"]
+        counted_run = wrk(base, requests, seconds)
+        if counted_run["ok"] < 0.99:  # a count of 401s or 429s is not a count of the route
+            raise RuntimeError(f"{factory}: only {counted_run['ok']:.0%} of responses were 200")
+        served = counted_run["requests"]
         subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
         (dump,) = outdir.glob("cg.*.1")
         counted = int(re.search(r"^summary: (\d+)", dump.read_text(), re.M).group(1))  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ SCRIPTS = [
     ("failover", 90),
     ("webhooks", 90),
     ("ratelimit", 480),  # the HTTP rounds, then three servers under callgrind
+    ("request_path", 420),  # 5 paired wrk rounds per route, then four servers under callgrind
     ("cache", 90),
     ("sessions", 90),
     ("memory", 60),
