@@ -110,11 +110,12 @@ def paired_rounds(
                 ratios.append(this["ours"]["rps"] / this["bare"]["rps"])
             result.add(
                 Row(
-                    f"GET {route} ({'logged in' if route == '/me' else 'anonymous cookie'}):"
-                    f" requests/s, {HTTP_CONNECTIONS} connections, one URL",
+                    f"GET {route} (session cookie): requests/s, {HTTP_CONNECTIONS} "
+                    "connections, one URL",
                     statistics.median(runs["ours"]),
                     statistics.median(runs["bare"]),
                     "bare FastAPI, same JSON",
+                    unit="req/s",
                 )
             )
             result.extra[f"paired_ratios {route}"] = ratios
