@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,26 @@ HTTP_CONNECTIONS = 32
 
 # --- decisions ------------------------------------------------------------------------------
 
+CONCURRENCIES = (1, CONCURRENCY)  # one caller: no batching to win by; 64: ours pipelines
+DECISION_ROUNDS = 3
+
+
+async def alternated(
+    calls: dict[str, Callable[[int], Awaitable[object]]], concurrency: int
+) -> dict[str, float]:
+    """Mean decisions/s of each caller: every side warmed first, then DECISION_ROUNDS rounds,
+    the order reversed each round, so no side is always timed first or on a cold client."""
+    for call in calls.values():
+        await measure_rate(call, concurrency=concurrency, seconds=0.3)
+    totals = dict.fromkeys(calls, 0.0)
+    names = list(calls)
+    for n in range(DECISION_ROUNDS):
+        for name in names if n % 2 == 0 else reversed(names):
+            totals[name] += await measure_rate(
+                calls[name], concurrency=concurrency, seconds=SECONDS / DECISION_ROUNDS
+            )
+    return {name: total / DECISION_ROUNDS for name, total in totals.items()}
+
 
 async def decisions(result: Result, url: str) -> None:
     settings = load_settings(env_file=None, redis_url=url, redis_key_prefix="bench:")
@@ -67,7 +87,7 @@ async def decisions(result: Result, url: str) -> None:
         identity_token("ip", f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
         for n in range(IDENTITIES)
     ]
-    rates: dict[str, float] = {}
+    calls: dict[str, Callable[[int], Awaitable[object]]] = {}
     for algorithm, policy in (("sliding log", POLICY), ("GCRA", POLICY + ":gcra")):
         (limit,) = named_limits("bench-" + algorithm.split()[0].lower(), policy)
         checks = [limiter.check_for(limit, who) for who in idents]
@@ -76,7 +96,7 @@ async def decisions(result: Result, url: str) -> None:
             decision = await limiter.decide([checks[i % IDENTITIES]])
             assert decision.allowed
 
-        rates[algorithm] = await measure_rate(decide, concurrency=CONCURRENCY, seconds=SECONDS)
+        calls[algorithm] = decide
 
     raw = redis.asyncio.Redis.from_url(url, max_connections=CONCURRENCY)
     sha = await raw.script_load(DECIDE_LUA)
@@ -86,7 +106,7 @@ async def decisions(result: Result, url: str) -> None:
     async def raw_evalsha(i: int) -> None:
         await raw.evalsha(sha, 1, raw_keys[i % IDENTITIES], 1, "l", 1000, 60_000)
 
-    rates["raw"] = await measure_rate(raw_evalsha, concurrency=CONCURRENCY, seconds=SECONDS)
+    calls["raw"] = raw_evalsha
 
     storage = RedisStorage(f"async+{url}", implementation="redispy")
     item = parse_limit(POLICY)
@@ -98,34 +118,44 @@ async def decisions(result: Result, url: str) -> None:
         async def hit(i: int, strategy=strategy, name=name) -> None:
             assert await strategy.hit(item, f"bench-{name}", str(i % IDENTITIES))
 
-        rates[name] = await measure_rate(hit, concurrency=CONCURRENCY, seconds=SECONDS)
+        calls[name] = hit
 
     peer_moving = "limits moving window, async redis-py"
-    result.add(
-        Row(
-            "decisions/s, sliding log (exact), one process",
-            rates["sliding log"],
-            rates["moving"],
-            peer_moving,
+    for concurrency in CONCURRENCIES:
+        rates = await alternated(calls, concurrency)
+        callers = f"{concurrency} concurrent caller{'s' if concurrency > 1 else ''}"
+        result.add(
+            Row(
+                f"decisions/s, sliding log (exact), one process, {callers}",
+                rates["sliding log"],
+                rates["moving"],
+                peer_moving,
+            )
         )
-    )
-    result.add(Row("decisions/s, GCRA, one process", rates["GCRA"], rates["moving"], peer_moving))
-    result.add(
-        Row(
-            "decisions/s, sliding log vs limits fixed window (inexact)",
-            rates["sliding log"],
-            rates["fixed"],
-            "limits fixed window, async redis-py",
+        result.add(
+            Row(
+                f"decisions/s, GCRA, one process, {callers}",
+                rates["GCRA"],
+                rates["moving"],
+                peer_moving,
+            )
         )
-    )
-    result.add(
-        Row(
-            "decisions/s, sliding log through the store vs raw EVALSHA",
-            rates["sliding log"],
-            rates["raw"],
-            "redis-py EVALSHA, same script",
+        result.add(
+            Row(
+                f"decisions/s, sliding log vs limits fixed window (inexact), {callers}",
+                rates["sliding log"],
+                rates["fixed"],
+                "limits fixed window, async redis-py",
+            )
         )
-    )
+        result.add(
+            Row(
+                f"decisions/s, sliding log through the store vs raw EVALSHA, {callers}",
+                rates["sliding log"],
+                rates["raw"],
+                "redis-py EVALSHA, same script",
+            )
+        )
 
     await memory_per_key(result, raw, limiter, storage)
     await raw.aclose()
@@ -501,8 +531,12 @@ def main() -> None:
         http(result, server_)
         instructions(result, server_.url)
     result.notes += [
-        f"{CONCURRENCY} concurrent callers in one process, {IDENTITIES} identities, "
-        f"{POLICY}: nobody reaches the limit, so every decision is a Redis script call.",
+        f"Decisions: 1 and {CONCURRENCY} concurrent callers in one process, {IDENTITIES} "
+        f"identities round robin, {POLICY}: nobody reaches the limit, so every decision is a "
+        "Redis script call. Every side warmed 0.3 s first, then "
+        f"{DECISION_ROUNDS} rounds of {SECONDS / DECISION_ROUNDS:.2f} s each, the order "
+        "reversed every round; the figure is the mean. `limits` runs on the redis-py of "
+        "this venv (its own RedisStorage, implementation=redispy), whatever it declares.",
         "HTTP: uvicorn, 1 worker, uvloop/httptools as installed, wrk -t1 -c"
         f"{HTTP_CONNECTIONS} from a separate process; 5,000 forwarded client IPs; "
         f"{HTTP_ROUNDS} rounds of unlimited and ours interleaved, each {HTTP_SECONDS} s "
