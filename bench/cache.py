@@ -49,6 +49,9 @@ PLANS: list[dict[str, Any]] = [
 ]
 
 
+DISTINCT_KEYS = 10_000
+
+
 async def cache_hits(result: Result, url: str) -> None:
     settings = load_settings(env_file=None, redis_url=url)
     store = build_store(settings)
@@ -65,7 +68,25 @@ async def cache_hits(result: Result, url: str) -> None:
         ours_get, peer_get = await interleaved(
             lambda i: ours.get("plans"), lambda i: peer.get("plans"), concurrency=CONCURRENCY
         )
-        result.add(Row("cache-hit get, 64 concurrent", ours_get, peer_get, "cashews"))
+        result.add(Row("cache-hit get, 64 concurrent, one hot key", ours_get, peer_get, "cashews"))
+
+        # One hot key lets our single-flight merge concurrent lookups; distinct keys do not.
+        for n in range(DISTINCT_KEYS):
+            await ours.set(f"plans:{n}", PLANS)
+            await peer.set(f"plans:{n}", PLANS, expire=300)
+        ours_many, peer_many = await interleaved(
+            lambda i: ours.get(f"plans:{i % DISTINCT_KEYS}"),
+            lambda i: peer.get(f"plans:{i % DISTINCT_KEYS}"),
+            concurrency=CONCURRENCY,
+        )
+        result.add(
+            Row(
+                f"cache-hit get, 64 concurrent, {DISTINCT_KEYS:,} distinct keys",
+                ours_many,
+                peer_many,
+                "cashews",
+            )
+        )
 
         async def source(currency: str) -> list[dict[str, Any]]:
             return PLANS

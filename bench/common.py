@@ -47,11 +47,14 @@ class Row:
     peer_name: str | None = None
     unit: str = "ops/s"
     higher_is_better: bool = True
+    # False where the two figures are of different things (a memory answer next to a socket
+    # timeout): both are reported, a ratio of them would be a number that means nothing.
+    comparable: bool = True
 
     @property
     def ratio(self) -> float | None:
         """How many times better ours is (>1 is better, whatever the unit's direction)."""
-        if self.peer in (None, 0) or self.ours == 0:
+        if not self.comparable or self.peer in (None, 0) or self.ours == 0:
             return None
         return self.ours / self.peer if self.higher_is_better else self.peer / self.ours
 

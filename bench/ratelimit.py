@@ -29,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis.asyncio
@@ -56,6 +57,26 @@ HTTP_CONNECTIONS = 32
 
 # --- decisions ------------------------------------------------------------------------------
 
+CONCURRENCIES = (1, CONCURRENCY)  # one caller: no batching to win by; 64: ours pipelines
+DECISION_ROUNDS = 3
+
+
+async def alternated(
+    calls: dict[str, Callable[[int], Awaitable[object]]], concurrency: int
+) -> dict[str, float]:
+    """Mean decisions/s of each caller: every side warmed first, then DECISION_ROUNDS rounds,
+    the order reversed each round, so no side is always timed first or on a cold client."""
+    for call in calls.values():
+        await measure_rate(call, concurrency=concurrency, seconds=0.3)
+    totals = dict.fromkeys(calls, 0.0)
+    names = list(calls)
+    for n in range(DECISION_ROUNDS):
+        for name in names if n % 2 == 0 else reversed(names):
+            totals[name] += await measure_rate(
+                calls[name], concurrency=concurrency, seconds=SECONDS / DECISION_ROUNDS
+            )
+    return {name: total / DECISION_ROUNDS for name, total in totals.items()}
+
 
 async def decisions(result: Result, url: str) -> None:
     settings = load_settings(env_file=None, redis_url=url, redis_key_prefix="bench:")
@@ -66,7 +87,7 @@ async def decisions(result: Result, url: str) -> None:
         identity_token("ip", f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
         for n in range(IDENTITIES)
     ]
-    rates: dict[str, float] = {}
+    calls: dict[str, Callable[[int], Awaitable[object]]] = {}
     for algorithm, policy in (("sliding log", POLICY), ("GCRA", POLICY + ":gcra")):
         (limit,) = named_limits("bench-" + algorithm.split()[0].lower(), policy)
         checks = [limiter.check_for(limit, who) for who in idents]
@@ -75,7 +96,7 @@ async def decisions(result: Result, url: str) -> None:
             decision = await limiter.decide([checks[i % IDENTITIES]])
             assert decision.allowed
 
-        rates[algorithm] = await measure_rate(decide, concurrency=CONCURRENCY, seconds=SECONDS)
+        calls[algorithm] = decide
 
     raw = redis.asyncio.Redis.from_url(url, max_connections=CONCURRENCY)
     sha = await raw.script_load(DECIDE_LUA)
@@ -85,7 +106,7 @@ async def decisions(result: Result, url: str) -> None:
     async def raw_evalsha(i: int) -> None:
         await raw.evalsha(sha, 1, raw_keys[i % IDENTITIES], 1, "l", 1000, 60_000)
 
-    rates["raw"] = await measure_rate(raw_evalsha, concurrency=CONCURRENCY, seconds=SECONDS)
+    calls["raw"] = raw_evalsha
 
     storage = RedisStorage(f"async+{url}", implementation="redispy")
     item = parse_limit(POLICY)
@@ -97,34 +118,44 @@ async def decisions(result: Result, url: str) -> None:
         async def hit(i: int, strategy=strategy, name=name) -> None:
             assert await strategy.hit(item, f"bench-{name}", str(i % IDENTITIES))
 
-        rates[name] = await measure_rate(hit, concurrency=CONCURRENCY, seconds=SECONDS)
+        calls[name] = hit
 
     peer_moving = "limits moving window, async redis-py"
-    result.add(
-        Row(
-            "decisions/s, sliding log (exact), one process",
-            rates["sliding log"],
-            rates["moving"],
-            peer_moving,
+    for concurrency in CONCURRENCIES:
+        rates = await alternated(calls, concurrency)
+        callers = f"{concurrency} concurrent caller{'s' if concurrency > 1 else ''}"
+        result.add(
+            Row(
+                f"decisions/s, sliding log (exact), one process, {callers}",
+                rates["sliding log"],
+                rates["moving"],
+                peer_moving,
+            )
         )
-    )
-    result.add(Row("decisions/s, GCRA, one process", rates["GCRA"], rates["moving"], peer_moving))
-    result.add(
-        Row(
-            "decisions/s, sliding log vs limits fixed window (inexact)",
-            rates["sliding log"],
-            rates["fixed"],
-            "limits fixed window, async redis-py",
+        result.add(
+            Row(
+                f"decisions/s, GCRA, one process, {callers}",
+                rates["GCRA"],
+                rates["moving"],
+                peer_moving,
+            )
         )
-    )
-    result.add(
-        Row(
-            "decisions/s, sliding log through the store vs raw EVALSHA",
-            rates["sliding log"],
-            rates["raw"],
-            "redis-py EVALSHA, same script",
+        result.add(
+            Row(
+                f"decisions/s, sliding log vs limits fixed window (inexact), {callers}",
+                rates["sliding log"],
+                rates["fixed"],
+                "limits fixed window, async redis-py",
+            )
         )
-    )
+        result.add(
+            Row(
+                f"decisions/s, sliding log through the store vs raw EVALSHA, {callers}",
+                rates["sliding log"],
+                rates["raw"],
+                "redis-py EVALSHA, same script",
+            )
+        )
 
     await memory_per_key(result, raw, limiter, storage)
     await raw.aclose()
@@ -204,9 +235,12 @@ def server(
     prefix: str | None = None,
     wrapper: Sequence[str] = (),
     start_timeout: float = 30,
+    module: str = "bench.peers.ratelimit_apps",
+    probe: str = "/items",
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, int]]:
-    """uvicorn serving `factory` (bench/peers/ratelimit_apps.py), optionally under `wrapper`
-    (valgrind); yields its base URL and pid once /items answers."""
+    """uvicorn serving `factory` (of `module`, bench/peers/ratelimit_apps.py by default),
+    optionally under `wrapper` (valgrind); yields its base URL and pid once `probe` answers."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="upak-bench-rl-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "UPAK_", "RATE_"))}
@@ -219,13 +253,14 @@ def server(
         LOG_LEVEL="WARNING",
         PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}",
     )
+    env.update(env_extra or {})
     proc = subprocess.Popen(
         [
             *wrapper,
             sys.executable,
             "-m",
             "uvicorn",
-            f"bench.peers.ratelimit_apps:{factory}",
+            f"{module}:{factory}",
             "--factory",
             "--host",
             "127.0.0.1",
@@ -253,7 +288,7 @@ def server(
                     f"{factory} server exited: {proc.stderr.read().decode()[-2000:]}"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/items", timeout=5).status_code == 200:
+                if httpx.get(base + probe, timeout=5).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{factory} server did not answer within {start_timeout} s")
@@ -335,9 +370,13 @@ def http(result: Result, redis: RedisServer) -> None:
         with server(factory, redis.url, prefix=f"http-{factory}-{turn}:") as (base, pid):
             pin(pid, SERVER_CPUS)
             wrk(base, requests, 1, LOAD_CPUS)  # warm-up: connections, scripts, memo tables
-            cpu_before = _cpu_seconds(pid)
+            cpu_before, redis_before = _cpu_seconds(pid), _cpu_seconds(redis.proc.pid)
             run = wrk(base, requests, HTTP_SECONDS, LOAD_CPUS)
             run["cpu_us"] = (_cpu_seconds(pid) - cpu_before) * 1e6 / run["requests"]
+            # The server has core 1 to itself while redis-server shares wrk's core 0: charge
+            # Redis's CPU of the run to the server it served (slowapi's and ours' alike).
+            redis_us = (_cpu_seconds(redis.proc.pid) - redis_before) * 1e6 / run["requests"]
+            run["cpu_with_redis_us"] = run["cpu_us"] + redis_us
         runs.setdefault(factory, []).append(run)
         print(
             f"    {factory:<10} {run['rps']:>9,.0f} req/s  p99 {run['p99_ms']:5.1f} ms  "
@@ -371,6 +410,17 @@ def http(result: Result, redis: RedisServer) -> None:
             higher_is_better=False,
         )
     )
+    for factory, peer in (("unlimited", "same route, no limiter"), ("slowapi", "slowapi")):
+        result.add(
+            Row(
+                f"server + redis-server CPU us per request, ours vs {FACTORIES[factory]}",
+                med["ours"]["cpu_with_redis_us"],
+                med[factory]["cpu_with_redis_us"],
+                peer,
+                unit="us",
+                higher_is_better=False,
+            )
+        )
     result.add(
         Row(
             "HTTP req/s, GET /items with our middleware vs slowapi",
@@ -412,7 +462,15 @@ CALLGRIND_CLIENTS = 500
 CALLGRIND_SECONDS = 25
 
 
-def instructions_per_request(factory: str, url: str, requests: Path) -> float:
+def instructions_per_request(
+    factory: str,
+    url: str,
+    requests: Path,
+    *,
+    warmup: float = CALLGRIND_WARMUP_S,
+    seconds: float = CALLGRIND_SECONDS,
+    **launch: Any,
+) -> float:
     """Instructions the uvicorn process executes per request, counted by callgrind between
     a warm-up and the end of a wrk run: deterministic for the same code and load, whatever
     the rest of the machine does (valgrind counts instructions, not seconds)."""
@@ -422,10 +480,13 @@ def instructions_per_request(factory: str, url: str, requests: Path) -> float:
         "--tool=callgrind",
         f"--callgrind-out-file={outdir}/cg.%p",
     ]
-    with server(factory, url, wrapper=wrapper, start_timeout=240) as (base, pid):
-        wrk(base, requests, CALLGRIND_WARMUP_S)  # memo tables and caches filled
+    with server(factory, url, wrapper=wrapper, start_timeout=240, **launch) as (base, pid):
+        wrk(base, requests, warmup)  # memo tables and caches filled
         subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
-        served = wrk(base, requests, CALLGRIND_SECONDS)["requests"]
+        counted_run = wrk(base, requests, seconds)
+        if counted_run["ok"] < 0.99:  # a count of 401s or 429s is not a count of the route
+            raise RuntimeError(f"{factory}: only {counted_run['ok']:.0%} of responses were 200")
+        served = counted_run["requests"]
         subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
         (dump,) = outdir.glob("cg.*.1")
         counted = int(re.search(r"^summary: (\d+)", dump.read_text(), re.M).group(1))  # type: ignore[union-attr]
@@ -470,12 +531,18 @@ def main() -> None:
         http(result, server_)
         instructions(result, server_.url)
     result.notes += [
-        f"{CONCURRENCY} concurrent callers in one process, {IDENTITIES} identities, "
-        f"{POLICY}: nobody reaches the limit, so every decision is a Redis script call.",
+        f"Decisions: 1 and {CONCURRENCY} concurrent callers in one process, {IDENTITIES} "
+        f"identities round robin, {POLICY}: nobody reaches the limit, so every decision is a "
+        "Redis script call. Every side warmed 0.3 s first, then "
+        f"{DECISION_ROUNDS} rounds of {SECONDS / DECISION_ROUNDS:.2f} s each, the order "
+        "reversed every round; the figure is the mean. `limits` runs on the redis-py of "
+        "this venv (its own RedisStorage, implementation=redispy), whatever it declares.",
         "HTTP: uvicorn, 1 worker, uvloop/httptools as installed, wrk -t1 -c"
         f"{HTTP_CONNECTIONS} from a separate process; 5,000 forwarded client IPs; "
         f"{HTTP_ROUNDS} rounds of unlimited and ours interleaved, each {HTTP_SECONDS} s "
-        "after a 1 s warm-up; the server on core 1, wrk and redis-server on core 0.",
+        "after a 1 s warm-up; the server on core 1 to itself, wrk and redis-server sharing "
+        "core 0, so req/s does not charge the limiter for Redis's CPU: the 'server + "
+        "redis-server CPU' rows do (Redis's CPU during the run, per request served).",
         f"Instructions: {CALLGRIND_CLIENTS} client IPs, each server under valgrind "
         "--tool=callgrind, counted over "
         f"{CALLGRIND_SECONDS} s of wrk load after {CALLGRIND_WARMUP_S} s of warm-up, "

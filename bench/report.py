@@ -16,6 +16,7 @@ ORDER = [
     "failover",
     "webhooks",
     "ratelimit",
+    "request_path",
     "cache",
     "sessions",
     "memory",
@@ -118,6 +119,7 @@ LABELS = {
     "failover": "one call",
     "ratelimit": "rate limiting",
     "cache": "caching",
+    "request_path": "request path",
 }
 HEADLINES = [
     ("chaos", "5xx responses during the whole run"),
@@ -131,6 +133,8 @@ HEADLINES = [
     ("ratelimit", "HTTP req/s, GET /items with our middleware vs slowapi"),
     ("ratelimit", "HTTP req/s with vs without our middleware, median of"),
     ("ratelimit", "server instructions per request, our middleware vs no limiter"),
+    ("request_path", "GET /plans: server instructions per request"),
+    ("request_path", "GET /me: server instructions per request"),
     ("cache", "cache-hit get, 64 concurrent"),
 ]
 

@@ -17,7 +17,8 @@ SCRIPTS = [
     ("ceiling", 60),
     ("failover", 90),
     ("webhooks", 90),
-    ("ratelimit", 480),  # the HTTP rounds, then three servers under callgrind
+    ("ratelimit", 540),  # decisions at 1 and 64 callers, HTTP rounds, 3 servers under callgrind
+    ("request_path", 540),  # 5 paired wrk rounds per route, then four servers under callgrind
     ("cache", 90),
     ("sessions", 90),
     ("memory", 60),
