@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -26,6 +27,21 @@ from upak.store.host import HostStore, HostTier, tier_name
 def pytest_configure(config: pytest.Config) -> None:
     if REDIS_SERVER is None:
         pytest.exit(INSTALL_HINT, returncode=4)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers the suite starts without UPAK_FALLBACK_PATH put their host tier under the
+    runtime directory: the suite's own, never the machine's /dev/shm."""
+    saved = {name: os.environ.get(name) for name in ("XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
+    os.environ.pop("RUNTIME_DIRECTORY", None)
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("runtime"))
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def make_settings(**overrides: Any) -> Settings:
