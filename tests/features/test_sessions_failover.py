@@ -28,12 +28,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def workers(fresh_redis: RedisServer, clock: Clock) -> AsyncIterator[Callable[[], Worker]]:
+async def workers(fresh_redis: RedisServer, clock: Clock) -> AsyncIterator[Callable[..., Worker]]:
+    """Start a worker (a store and its session manager) on the test's Redis; `overrides`
+    go to its settings (a host tier's path, say)."""
     stores: list[FailoverStore] = []
-    settings = quick_failover_settings(fresh_redis.url)
 
-    def start() -> Worker:
-        store = build_store(settings, clock=clock)
+    def start(**overrides: object) -> Worker:
+        store = build_store(quick_failover_settings(fresh_redis.url, **overrides), clock=clock)
         stores.append(store)
         manager = SessionManager(
             store, KeySpace("upak:"), idle_timeout=3600, max_age=86_400, clock=clock

@@ -3,46 +3,30 @@ what one worker did is what the other serves, before, during and after it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.features.test_ratelimit import limiter_for, one
-from tests.features.test_sessions import Clock, cookie
-from tests.store.test_failover import quick_failover_settings, wait_for_mode
+from tests.features.test_sessions import cookie
+from tests.features.test_sessions_failover import Worker, clock, workers  # noqa: F401 (fixtures)
+from tests.store.test_failover import wait_for_mode
 from tests.support.redis_servers import RedisServer
-from upak.features.sessions import SessionManager
-from upak.store import FailoverStore, KeySpace, Mode, build_store
+from upak.store import FailoverStore, Mode
 from upak.store.host import HostStore
 
-Worker = tuple[FailoverStore, SessionManager]
-
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def host(
-    fresh_redis: RedisServer, clock: Clock, tmp_path: Path
-) -> AsyncIterator[Callable[..., Worker]]:
-    stores: list[FailoverStore] = []
+def host(workers: Callable[..., Worker], tmp_path: Path) -> Callable[..., Worker]:  # noqa: F811
+    """A worker on the host tier at `path` (one path, one host)."""
 
     def start(path: Path = tmp_path / "host-a") -> Worker:
-        settings = quick_failover_settings(fresh_redis.url, upak_fallback_path=str(path))
-        store = build_store(settings, clock=clock)
-        assert isinstance(store.memory, HostStore)
-        stores.append(store)
-        manager = SessionManager(
-            store, KeySpace("upak:"), idle_timeout=3600, max_age=86_400, clock=clock
-        )
-        return store, manager
+        worker = workers(upak_fallback_path=str(path))
+        assert isinstance(worker[0].memory, HostStore)
+        return worker
 
-    yield start
-    for store in stores:
-        await store.close()
+    return start
 
 
 async def outage(*stores: FailoverStore) -> None:

@@ -27,6 +27,15 @@ from tests.support.redis_servers import free_port
 
 UPAK = [sys.executable, "-m", "upak"]
 
+# tests/store/test_failover.py's quick_failover_settings, as a served process reads them: an
+# outage is noticed, and a recovery followed, within a fraction of a second.
+QUICK_FAILOVER_ENV = {
+    "REDIS_SOCKET_TIMEOUT": "0.2",
+    "REDIS_CONNECT_TIMEOUT": "0.2",
+    "REDIS_HEALTH_INTERVAL": "0.1",
+    "REDIS_PROBE_BACKOFF_MAX": "0.2",
+}
+
 
 @dataclass
 class Service:

@@ -16,7 +16,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.support.redis_servers import RedisCluster, start_cluster
-from tests.support.service import running_service
+from tests.support.service import QUICK_FAILOVER_ENV, running_service
 
 pytestmark = pytest.mark.slow
 
@@ -63,10 +63,7 @@ async def test_one_master_killed_under_load(replicated_cluster: RedisCluster) ->
     ][:3]
     env = {
         "REDIS_URL": group.url,
-        "REDIS_SOCKET_TIMEOUT": "0.2",
-        "REDIS_CONNECT_TIMEOUT": "0.2",
-        "REDIS_HEALTH_INTERVAL": "0.1",
-        "REDIS_PROBE_BACKOFF_MAX": "0.2",
+        **QUICK_FAILOVER_ENV,
         "RATE_LIMIT_DEFAULT": f"{LIMIT}/minute",
         "RATE_LIMIT_REGISTER": "100/minute",
         "RATE_LIMIT_LOGIN_IP": "100/minute",

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support.redis_servers import RedisServer
-from tests.support.service import running_service
+from tests.support.service import QUICK_FAILOVER_ENV, running_service
 
 pytestmark = pytest.mark.slow
 
@@ -58,10 +58,7 @@ def all_in(url: str, mode: str, within: float) -> None:
 def test_four_workers_answer_as_one_through_an_outage(fresh_redis: RedisServer) -> None:
     env = {
         "REDIS_URL": fresh_redis.url,
-        "REDIS_SOCKET_TIMEOUT": "0.2",
-        "REDIS_CONNECT_TIMEOUT": "0.2",
-        "REDIS_HEALTH_INTERVAL": "0.1",
-        "REDIS_PROBE_BACKOFF_MAX": "0.2",
+        **QUICK_FAILOVER_ENV,
         "RATE_LIMIT_LOGIN_IP": "20/minute",
         "TRUSTED_PROXIES": "127.0.0.0/8",
     }
@@ -105,9 +102,7 @@ def test_a_worker_killed_mid_outage_leaves_no_lock_and_takes_nothing_from_the_ot
 ) -> None:
     env = {
         "REDIS_URL": fresh_redis.url,
-        "REDIS_SOCKET_TIMEOUT": "0.2",
-        "REDIS_CONNECT_TIMEOUT": "0.2",
-        "REDIS_HEALTH_INTERVAL": "0.1",
+        **QUICK_FAILOVER_ENV,
     }
     with running_service(env, workers=4) as service:
         url = service.url

@@ -20,19 +20,14 @@ import pytest
 
 from tests.support.redis_servers import RedisServer, redis_server
 from tests.support.scripts import BUSY_LUA
-from tests.support.service import Service, running_service
+from tests.support.service import QUICK_FAILOVER_ENV, Service, running_service
 
 pytestmark = pytest.mark.slow
 
 USERS = 4
 PASSWORD = "sick-redis-password-1"
-# Short timeouts, as tests/store/test_failover.py's quick settings: an outage is noticed
-# and a recovery followed within a fraction of a second.
 QUICK = {
-    "REDIS_SOCKET_TIMEOUT": "0.2",
-    "REDIS_CONNECT_TIMEOUT": "0.2",
-    "REDIS_HEALTH_INTERVAL": "0.1",
-    "REDIS_PROBE_BACKOFF_MAX": "0.2",
+    **QUICK_FAILOVER_ENV,
     "RATE_LIMIT_DEFAULT": "1000000/minute",
     "RATE_LIMIT_LOGIN": "1000000/minute",
     "RATE_LIMIT_REGISTER": "1000000/minute",
