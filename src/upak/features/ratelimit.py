@@ -5,9 +5,9 @@ clock (`TIME`; scripts are effects-replicated since Redis 5, so that is safe on 
 either every limit admits the request and each records it, or none records anything and the
 reply says when to retry. Two algorithms, chosen per limit:
 
-* sliding log (`window`, the default): a sorted set of admission times per key. Exact: at most
-  N admissions in ANY interval of the window's length, whatever the processes and timing.
-  Memory grows with N (one entry per admission still inside the window).
+* sliding log (`window`, the default): a list of admission times per key, newest first.
+  Exact: at most N admissions in ANY interval of the window's length, whatever the processes
+  and timing. Memory grows with N (one entry per admission still inside the window).
 * GCRA (`:gcra`): one timestamp per key (the theoretical arrival time). A burst of N, then one
   every window/N. O(1) memory, smooth; the right choice for big N where a hard count per
   interval matters less than memory.
