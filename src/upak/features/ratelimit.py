@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, NamedTuple
 
-from upak.features.ratelimit_policy import Limit, parse_policy
+from upak.ratelimit_policy import Limit, parse_policy
 from upak.store import KeySpace, Operation, Store
 from upak.store.memory import IntLog
 from upak.store.operation import Arg
@@ -264,9 +264,13 @@ class NamedLimit:
         return f'"{self.name}";q={self.limit.amount};w={self.limit.window_seconds}'
 
 
-def named_limits(policy_name: str, text: str) -> tuple[NamedLimit, ...]:
-    """Parse `text` into limits named for the headers: `default`, or `default-1m` for several."""
-    limits = parse_policy(text)
+def named_limits(policy_name: str, policy: str | Sequence[Limit]) -> tuple[NamedLimit, ...]:
+    """A policy's limits named for the headers: `default`, or `default-1m` for several.
+
+    `policy` is its text (a route's own limit, parsed here: a typo raises ValueError) or its
+    limits as Settings holds the RATE_LIMIT_* variables, parsed at start-up.
+    """
+    limits = parse_policy(policy) if isinstance(policy, str) else tuple(policy)
     out: list[NamedLimit] = []
     for limit in limits:
         name = policy_name

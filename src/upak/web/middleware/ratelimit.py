@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from upak.config import Settings, parse_networks
+from upak.config import Settings
 from upak.domain.emails import email_key
 from upak.features.ratelimit import (
     Check,
@@ -83,7 +83,7 @@ class RateLimitRules:
             password_failures=named_limits("password", settings.rate_limit_login),
             slowdown_seconds=settings.login_slowdown_seconds,
             ipv6_prefix=settings.rate_limit_ipv6_prefix,
-            trusted_proxies=parse_networks(settings.trusted_proxies),
+            trusted_proxies=settings.trusted_proxies,
         )
 
 
