@@ -26,7 +26,7 @@ from upak.features.replay import ReplayGuard, ReplayWindows
 from upak.features.sessions import SessionManager
 from upak.features.signatures import SigningKeys
 from upak.features.yookassa import allowed_networks
-from upak.store import FailoverStore, KeySpace
+from upak.store import ClusterFailoverStore, FailoverStore, KeySpace
 from upak.web.client_ip import Network
 from upak.web.metrics import Metrics
 
@@ -34,7 +34,7 @@ from upak.web.metrics import Metrics
 @dataclass
 class Services:
     settings: Settings
-    store: FailoverStore
+    store: FailoverStore | ClusterFailoverStore
     metrics: Metrics
     clock: Callable[[], float] = time.time
     ratelimit: RateLimiter | None = None  # None when RATE_LIMIT_ENABLED is false

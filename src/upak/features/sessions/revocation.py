@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from upak.features.sessions.mirror import _forget
 from upak.features.sessions.stored import _BASE_OF_INDEX, _base_of
@@ -37,6 +38,13 @@ def _revoke_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -
     return existed
 
 
+def _remember_revoked(
+    data: MemoryData, keys: Sequence[str], args: Sequence[Arg], reply: Any
+) -> None:
+    # Revoked on Redis: this process's mirrored copy must go too.
+    _revoke_memory(data, keys, args)
+
+
 def _revoke_replayed(args: Sequence[Arg], elapsed_ms: int) -> Sequence[Arg] | None:
     handle, now, max_age = args
     left = int(max_age) - elapsed_ms
@@ -52,8 +60,7 @@ REVOKE: Operation[bool] = Operation(
     precious=True,  # a dropped revocation is a logged-out session back on Redis
     durable=True,
     replay_args=_revoke_replayed,
-    # Revoked on Redis: this process's mirrored copy must go too.
-    remember=lambda data, keys, args, reply: _revoke_memory(data, keys, args),
+    remember=_remember_revoked,
 )
 
 
@@ -87,6 +94,13 @@ def _revoke_others_memory(data: MemoryData, keys: Sequence[str], args: Sequence[
     return ended
 
 
+def _remember_revoked_others(
+    data: MemoryData, keys: Sequence[str], args: Sequence[Arg], reply: Any
+) -> None:
+    # Ended on Redis: so are this process's mirrored copies, and the floor is raised here too.
+    _revoke_others_memory(data, keys, args)
+
+
 def _floor_ttl_left(args: Sequence[Arg], elapsed_ms: int) -> Sequence[Arg]:
     keep, now, ttl = args
     return (keep, now, max(int(ttl) - elapsed_ms, 1))
@@ -101,5 +115,5 @@ REVOKE_OTHERS: Operation[int] = Operation(
     precious=True,
     durable=True,
     replay_args=_floor_ttl_left,
-    remember=lambda data, keys, args, reply: _revoke_others_memory(data, keys, args),
+    remember=_remember_revoked_others,
 )

@@ -157,8 +157,8 @@ class RateLimitMiddleware:
         self.app = app
         self.limiter = limiter
         self.rules = rules
-        # (socket peer, X-Forwarded-For values) -> identity token: parsing addresses with
-        # `ipaddress` is most of this middleware's own cost, and clients repeat.
+        # client address (the scope's, behind trusted proxies) -> identity token: parsing
+        # addresses with `ipaddress` is most of this middleware's own cost, and clients repeat.
         self._identities: dict[str | None, str] = {}
         # (limits, identity) -> its checks (the key strings).
         self._checks_memo: dict[tuple[int, str], list[Check]] = {}
