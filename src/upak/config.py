@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, quote, unquote
@@ -236,7 +237,7 @@ def parse_webhook_secrets(value: str) -> list[bytes]:
     return keys
 
 
-def _parsed(parse: Any) -> BeforeValidator:
+def _parsed(parse: Callable[[str], Any]) -> BeforeValidator:
     """A field's text from the environment (or a caller) parsed by `parse`; values of the
     field's own type pass as they are."""
     return BeforeValidator(lambda value: parse(value) if isinstance(value, str) else value)
