@@ -132,3 +132,41 @@ def test_a_short_webhook_secret_refuses_start_in_one_line(monkeypatch: pytest.Mo
     result = CliRunner().invoke(app, ["serve"])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "WEBHOOK_SECRET" in result.stderr and "Traceback" not in result.output
+
+
+def test_lists_and_policies_are_parsed_once_into_typed_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ipaddress
+
+    from upak.ratelimit_policy import Limit
+
+    monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.1/8, ::1")  # host bits set: the network
+    monkeypatch.setenv("YOOKASSA_ALLOWED_IPS", "127.0.0.1")
+    monkeypatch.setenv("RATE_LIMIT_LOGIN", "3/minute;100/1h:gcra")
+    settings = load_settings(env_file=None)
+    assert settings.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert settings.yookassa_allowed_ips == (ipaddress.ip_network("127.0.0.1/32"),)
+    assert settings.rate_limit_login == (Limit(3, 60_000), Limit(100, 3_600_000, "gcra"))
+    assert settings.rate_limit_default == (Limit(120, 60_000),)  # the default, parsed too
+    # Blank YOOKASSA_ALLOWED_IPS means "not set" (YooKassa's own list), as before.
+    monkeypatch.setenv("YOOKASSA_ALLOWED_IPS", "")
+    assert load_settings(env_file=None).yookassa_allowed_ips is None
+    # Parsed values given directly (as a test or a caller holding them) pass as they are.
+    again = load_settings(env_file=None, trusted_proxies=settings.trusted_proxies)
+    assert again.trusted_proxies == settings.trusted_proxies
+
+
+@pytest.mark.parametrize("name", ["RATE_LIMIT_DEFAULT", "RATE_LIMIT_WEBHOOKS"])
+def test_a_bad_policy_stops_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "5/fortnight")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert message.startswith(f"{name} is invalid") and "fortnight" in message
+    assert "\n" not in message and "N/period" in message

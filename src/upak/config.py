@@ -11,15 +11,23 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, quote, unquote
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# Pure (stdlib only): the policy syntax is validated here so a typo stops start-up.
-from upak.features.ratelimit_policy import POLICY_SYNTAX, parse_policy
+# Pure (stdlib only) and below config: each RATE_LIMIT_* is parsed into limits here, once.
+from upak.ratelimit_policy import POLICY_SYNTAX, Limit, parse_policy
 
 REDACTED = "***"
 WEBHOOK_SECRET_MIN_BYTES = 24
@@ -189,9 +197,12 @@ def parse_csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
     """Comma-separated IPs and CIDRs. Raises ValueError naming the bad item."""
-    networks = []
+    networks: list[Network] = []
     for item in parse_csv(value):
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
@@ -224,6 +235,40 @@ def parse_webhook_secrets(value: str) -> list[bytes]:
     if not keys:
         raise ValueError("no secret given")
     return keys
+
+
+def _parsed(parse: Callable[[str], Any]) -> BeforeValidator:
+    """A field's text from the environment (or a caller) parsed by `parse`; values of the
+    field's own type pass as they are."""
+    return BeforeValidator(lambda value: parse(value) if isinstance(value, str) else value)
+
+
+# Settings kept parsed: each is read from text once, when Settings is built, and what the
+# service reads is the typed value. NoDecode: the environment's text is not JSON.
+Networks = Annotated[tuple[Network, ...], NoDecode, _parsed(parse_networks)]
+Policy = Annotated[tuple[Limit, ...], NoDecode, _parsed(parse_policy)]
+
+
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+
+def async_url(url: str) -> str:
+    """DATABASE_URL with its async driver; ValueError (password-free) when it is unusable."""
+    from sqlalchemy.engine import make_url  # SQLAlchemy is imported only when settings load
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ValueError("not a database URL") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgres":  # Heroku-style spelling
+        parsed, backend = parsed.set(drivername="postgresql"), "postgresql"
+    driver = _ASYNC_DRIVERS.get(backend)
+    if driver is None:
+        raise ValueError(f"the database {backend!r} is not supported")
+    if parsed.get_driver_name() != driver:
+        parsed = parsed.set(drivername=f"{backend}+{driver}")
+    return parsed.render_as_string(hide_password=False)
 
 
 # What each variable accepts, said once and used in every error message.
@@ -351,8 +396,8 @@ class Settings(BaseSettings):
     # --- Webhooks ---
     webhook_secret: SecretStr | None = None
     webhook_idempotency_ttl: int = Field(72 * 3600, ge=60)
-    yookassa_allowed_ips: str | None = None
-    trusted_proxies: str = ""
+    yookassa_allowed_ips: Networks | None = None  # None (or blank): YooKassa's own list
+    trusted_proxies: Networks = ()
     # Who may read /health's details (Redis address, worker pid, errors): the host itself.
     health_detail_networks: str = "127.0.0.0/8,::1/128"
 
@@ -364,19 +409,19 @@ class Settings(BaseSettings):
 
     # --- Rate limiting ---
     rate_limit_enabled: bool = True
-    rate_limit_default: str = "120/minute"
+    rate_limit_default: Policy = parse_policy("120/minute")
     # Failed logins (and password changes) per (email, client network): over it, that pair
     # is refused until the oldest failure ages out; the owner elsewhere is not affected.
-    rate_limit_login: str = "5/minute"
+    rate_limit_login: Policy = parse_policy("5/minute")
     # Every login and registration attempt per client network.
-    rate_limit_login_ip: str = "30/minute"
+    rate_limit_login_ip: Policy = parse_policy("30/minute")
     # Registrations per email (their own key: they never count against logins).
-    rate_limit_register: str = "5/minute"
+    rate_limit_register: Policy = parse_policy("5/minute")
     # Failed logins per email across all networks: over it, attempts for that email are
     # slowed by LOGIN_SLOWDOWN_SECONDS, never refused (that would be a lockout again).
-    rate_limit_login_slowdown: str = "100/hour"
+    rate_limit_login_slowdown: Policy = parse_policy("100/hour")
     login_slowdown_seconds: float = Field(2.0, ge=0, le=30)
-    rate_limit_webhooks: str = "600/minute"
+    rate_limit_webhooks: Policy = parse_policy("600/minute")
     # IPv6 clients are keyed by this prefix (one /64 is one subscriber); IPv4 by address.
     rate_limit_ipv6_prefix: int = Field(64, ge=32, le=128)
     rate_limit_fallback_divisor: int | None = Field(None, ge=1, le=1024)
@@ -394,6 +439,7 @@ class Settings(BaseSettings):
         "redis_ssl_ca_certs",
         "redis_ssl_certfile",
         "yookassa_shop_id",
+        "yookassa_allowed_ips",
         mode="before",
     )
     @classmethod
@@ -407,11 +453,11 @@ class Settings(BaseSettings):
     def _empty_secret_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("trusted_proxies", "yookassa_allowed_ips", "health_detail_networks")
+    @field_validator("health_detail_networks")
     @classmethod
-    def _networks(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_networks(value)
+    def _networks(cls, value: str) -> str:
+        # Kept as text: /health's route parses it (once per value) where it checks a caller.
+        parse_networks(value)
         return value
 
     @field_validator("webhook_secret")
@@ -424,22 +470,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr) -> SecretStr:
-        from upak.domain.db import async_url  # SQLAlchemy is imported only when settings load
-
         async_url(value.get_secret_value())  # ValueError names the problem, never the password
-        return value
-
-    @field_validator(
-        "rate_limit_default",
-        "rate_limit_login",
-        "rate_limit_login_ip",
-        "rate_limit_register",
-        "rate_limit_login_slowdown",
-        "rate_limit_webhooks",
-    )
-    @classmethod
-    def _rate_limit_policy(cls, value: str) -> str:
-        parse_policy(value)
         return value
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import make_settings
 from upak.config import ConfigError
 from upak.features.ratelimit import named_limits
-from upak.features.ratelimit_policy import Limit, parse_policy
+from upak.ratelimit_policy import Limit, parse_policy
 
 
 @pytest.mark.parametrize(

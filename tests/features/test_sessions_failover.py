@@ -161,7 +161,7 @@ async def test_touches_written_back_never_resurrect(
 async def test_the_mirror_is_bounded(
     workers, fresh_redis: RedisServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(feature, "MIRROR_MAX_SESSIONS", 3)
+    monkeypatch.setattr(feature.mirror, "MIRROR_MAX_SESSIONS", 3)  # where _mirror reads it
     (store_a, a) = workers()
     await store_a.start()
     issued = [await a.create(100 + i) for i in range(5)]

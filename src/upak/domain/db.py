@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import StaticPool
 
+from upak.config import async_url
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant works; it only has to be the same in every process that migrates this database.
 _PG_MIGRATION_LOCK = 0x75_70_61_6B  # "upak"
@@ -138,26 +140,6 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 # The async driver for each database we support, so a plain `postgresql://` URL works too.
-_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
-
-
-def async_url(url: str) -> str:
-    """DATABASE_URL with its async driver; ValueError (password-free) when it is unusable."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        raise ValueError("not a database URL") from None
-    backend = parsed.get_backend_name()
-    if backend == "postgres":  # Heroku-style spelling
-        parsed, backend = parsed.set(drivername="postgresql"), "postgresql"
-    driver = _ASYNC_DRIVERS.get(backend)
-    if driver is None:
-        raise ValueError(f"the database {backend!r} is not supported")
-    if parsed.get_driver_name() != driver:
-        parsed = parsed.set(drivername=f"{backend}+{driver}")
-    return parsed.render_as_string(hide_password=False)
-
-
 def make_engine(
     url: str,
     deadlines: Deadlines | None = None,

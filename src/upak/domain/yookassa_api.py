@@ -105,13 +105,18 @@ def _string(data: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
+def _object(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """The JSON object under `name`; an empty one when it is missing or not an object."""
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def read_payment(data: Any) -> RemotePayment:
     """A payment object as the API returns it (GET/POST /payments)."""
     if not isinstance(data, dict):
         raise YooKassaUnavailable("YooKassa's payment is not a JSON object")
     amount, currency = _amount(data, "payment")
-    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-    confirmation = data.get("confirmation") if isinstance(data.get("confirmation"), dict) else {}
+    metadata, confirmation = _object(data, "metadata"), _object(data, "confirmation")
     url = confirmation.get("confirmation_url")
     user_id, plan = metadata.get("user_id"), metadata.get("plan")
     return RemotePayment(

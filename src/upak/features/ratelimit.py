@@ -5,9 +5,9 @@ clock (`TIME`; scripts are effects-replicated since Redis 5, so that is safe on 
 either every limit admits the request and each records it, or none records anything and the
 reply says when to retry. Two algorithms, chosen per limit:
 
-* sliding log (`window`, the default): a sorted set of admission times per key. Exact: at most
-  N admissions in ANY interval of the window's length, whatever the processes and timing.
-  Memory grows with N (one entry per admission still inside the window).
+* sliding log (`window`, the default): a list of admission times per key, newest first.
+  Exact: at most N admissions in ANY interval of the window's length, whatever the processes
+  and timing. Memory grows with N (one entry per admission still inside the window).
 * GCRA (`:gcra`): one timestamp per key (the theoretical arrival time). A burst of N, then one
   every window/N. O(1) memory, smooth; the right choice for big N where a hard count per
   interval matters less than memory.
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, NamedTuple
 
-from upak.features.ratelimit_policy import Limit, parse_policy
+from upak.ratelimit_policy import Limit, parse_policy
 from upak.store import KeySpace, Operation, Store
 from upak.store.memory import IntLog
 from upak.store.operation import Arg
@@ -264,9 +264,13 @@ class NamedLimit:
         return f'"{self.name}";q={self.limit.amount};w={self.limit.window_seconds}'
 
 
-def named_limits(policy_name: str, text: str) -> tuple[NamedLimit, ...]:
-    """Parse `text` into limits named for the headers: `default`, or `default-1m` for several."""
-    limits = parse_policy(text)
+def named_limits(policy_name: str, policy: str | Sequence[Limit]) -> tuple[NamedLimit, ...]:
+    """A policy's limits named for the headers: `default`, or `default-1m` for several.
+
+    `policy` is its text (a route's own limit, parsed here: a typo raises ValueError) or its
+    limits as Settings holds the RATE_LIMIT_* variables, parsed at start-up.
+    """
+    limits = parse_policy(policy) if isinstance(policy, str) else tuple(policy)
     out: list[NamedLimit] = []
     for limit in limits:
         name = policy_name

@@ -11,10 +11,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from upak.config import parse_networks
+from upak.config import Network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # yookassa.domain.common.security_helper.SecurityHelper.YOOKASSA_NETWORKS (SDK 3.x)
 YOOKASSA_NETWORKS: tuple[Network, ...] = tuple(
@@ -34,11 +33,12 @@ YOOKASSA_NETWORKS: tuple[Network, ...] = tuple(
 )
 
 
-def allowed_networks(override: str | None) -> tuple[Network, ...]:
-    """YOOKASSA_ALLOWED_IPS when set (and not blank), else YooKassa's published networks."""
-    if override is None or not override.strip():
+def allowed_networks(override: Sequence[Network] | None) -> tuple[Network, ...]:
+    """YOOKASSA_ALLOWED_IPS (Settings holds it parsed) when it names any network, else
+    YooKassa's published networks."""
+    if not override:
         return YOOKASSA_NETWORKS
-    return parse_networks(override)
+    return tuple(override)
 
 
 def is_yookassa(address: IPAddress | None, networks: Sequence[Network]) -> bool:

@@ -24,6 +24,7 @@ from dotenv import dotenv_values
 from rich.console import Console
 
 from upak.config import ConfigError, load_settings
+from upak.ops.backup import Progress
 from upak.ops.diagnose import OpsError, explain, os_error
 from upak.ops.server import DEFAULT_SCAN_LIMIT, Ops
 
@@ -363,7 +364,7 @@ def write_config_files(out: Path, generated: Any, env_lines: list[str]) -> None:
         raise OpsError(os_error(exc, f"cannot write the config files into {out}")) from None
 
 
-class _RichProgress:
+class _RichProgress(Progress):
     """A transfer bar on stderr, shown only on a terminal (scripts get clean output)."""
 
     def __init__(self, enabled: bool) -> None:

@@ -98,7 +98,8 @@ def _check_crc(path: Path, version: int) -> str:
 
 
 def _command(*args: str | bytes) -> bytes:
-    return hiredis.pack_command(args)  # type: ignore[no-any-return]
+    # hiredis's stub types the command as a 1-tuple; it takes any number of arguments.
+    return hiredis.pack_command(args)  # type: ignore[arg-type,no-any-return]
 
 
 class _Reader:

@@ -13,7 +13,7 @@ from upak.store.failover import FailoverStats, FailoverStore
 from upak.store.host import Budgets, HostStore, HostTier, default_root, tier_name
 from upak.store.keys import KeySpace
 from upak.store.memory import MemoryData, MemoryStore
-from upak.store.operation import Arg, Fallback, Mode, Operation, StoreError, StoreUnavailable
+from upak.store.operation import Arg, Fallback, Mode, Operation, StoreError
 from upak.store.redis import RedisStore
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "RedisStore",
     "Store",
     "StoreError",
-    "StoreUnavailable",
     "build_store",
 ]
 

@@ -90,5 +90,5 @@ def condition_of(exc: BaseException) -> Condition | None:
     return None
 
 
-def refuses_writes_only(condition: Condition | None) -> bool:
+def refuses_writes_only(condition: Condition | str | None) -> bool:  # str: as FailoverStats has it
     return condition in WRITES_REFUSED

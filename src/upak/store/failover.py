@@ -328,9 +328,9 @@ class FailoverStore(Store):
             now = self._now_ms()
             calls, replayed = [], []
             for entry in batch:
-                args = entry.args
+                args: Sequence[Arg] | None = entry.args  # None: replay_args dropped it
                 if entry.op.replay_args is not None:
-                    args = entry.op.replay_args(args, now - entry.at_ms)
+                    args = entry.op.replay_args(entry.args, now - entry.at_ms)
                 replayed.append(args)
                 calls.append(
                     None if args is None else self.redis.run_raw(entry.op, entry.keys, args)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from upak.store.base import Store
@@ -35,7 +35,7 @@ def to_bytes(value: Arg) -> bytes:
 
 
 class MemoryData:
-    """A keyspace of bytes, hashes, sets and sorted sets with millisecond TTLs."""
+    """A keyspace of bytes, hashes and sorted sets with millisecond TTLs."""
 
     def __init__(self, clock: Clock = time.time, max_keys: int = 200_000) -> None:
         self._clock = clock
@@ -110,12 +110,6 @@ class MemoryData:
             self._keys[key][1] = self.now_ms() + ms
         return 1
 
-    def persist(self, key: str) -> int:
-        if self.entry(key) is None or self._keys[key][1] is None:
-            return 0
-        self._keys[key][1] = None
-        return 1
-
     # --- strings ---
 
     def get(self, key: str) -> bytes | None:
@@ -136,15 +130,6 @@ class MemoryData:
         expires = self.now_ms() + int(px) if px is not None else None
         self.put(key, to_bytes(value), expires, keep_ttl=keepttl)
         return True
-
-    def incrby(self, key: str, amount: int = 1) -> int:
-        current = self.entry(key, bytes)
-        try:
-            value = int(current or b"0") + amount
-        except ValueError:
-            raise StoreError("ERR value is not an integer or out of range") from None
-        self.put(key, str(value).encode(), keep_ttl=True)
-        return value
 
     # --- hashes ---
 
@@ -171,54 +156,6 @@ class MemoryData:
 
     def hgetall(self, key: str) -> dict[bytes, bytes]:
         return dict(self._hash(key) or {})
-
-    def hdel(self, key: str, *fields: Arg) -> int:
-        data = self._hash(key)
-        if data is None:
-            return 0
-        removed = sum(data.pop(to_bytes(f), None) is not None for f in fields)
-        if not data:
-            self.delete(key)
-        return removed
-
-    def hincrby(self, key: str, field: Arg, amount: int = 1) -> int:
-        data = self._hash(key, create=True)
-        assert data is not None
-        value = int(data.get(to_bytes(field), b"0")) + amount
-        data[to_bytes(field)] = str(value).encode()
-        return value
-
-    # --- sets ---
-
-    def _set(self, key: str, create: bool = False) -> set[bytes] | None:
-        value = self.entry(key, set)
-        if value is None and create:
-            value = set()
-            self.put(key, value)
-        return value
-
-    def sadd(self, key: str, *members: Arg) -> int:
-        data = self._set(key, create=True)
-        assert data is not None
-        before = len(data)
-        data.update(to_bytes(m) for m in members)
-        return len(data) - before
-
-    def srem(self, key: str, *members: Arg) -> int:
-        data = self._set(key)
-        if data is None:
-            return 0
-        before = len(data)
-        data.difference_update(to_bytes(m) for m in members)
-        if not data:
-            self.delete(key)
-        return before - len(data)
-
-    def smembers(self, key: str) -> set[bytes]:
-        return set(self._set(key) or ())
-
-    def sismember(self, key: str, member: Arg) -> int:
-        return int(to_bytes(member) in (self._set(key) or ()))
 
     # --- sorted sets (member -> score) ---
 
@@ -250,21 +187,6 @@ class MemoryData:
 
     def zcard(self, key: str) -> int:
         return len(self._zset(key) or ())
-
-    def zrangebyscore(self, key: str, low: float, high: float) -> list[bytes]:
-        data = self._zset(key) or {}
-        return [m for m, s in sorted(data.items(), key=lambda i: (i[1], i[0])) if low <= s <= high]
-
-    def zremrangebyscore(self, key: str, low: float, high: float) -> int:
-        data = self._zset(key)
-        if data is None:
-            return 0
-        doomed = [m for m, s in data.items() if low <= s <= high]
-        for member in doomed:
-            del data[member]
-        if not data:
-            self.delete(key)
-        return len(doomed)
 
     def zrange_withscores(self, key: str) -> list[tuple[bytes, float]]:
         data = self._zset(key) or {}
@@ -311,8 +233,3 @@ class MemoryStore(Store):
 
     async def ping(self) -> float | None:
         return None
-
-
-def flatten(pairs: Iterable[tuple[Any, Any]]) -> list[Any]:
-    """[(a, 1), (b, 2)] -> [a, 1, b, 2], the shape HGETALL and WITHSCORES reply with."""
-    return [item for pair in pairs for item in pair]

@@ -44,11 +44,6 @@ class StoreError(Exception):
     """Redis answered, but not as the operation expects (wrong type, script error)."""
 
 
-class StoreUnavailable(StoreError):
-    """Redis could not be reached and the operation has no fallback. Features never see it
-    through a FailoverStore; it surfaces only from a bare RedisStore."""
-
-
 def _identity(reply: Reply) -> Any:
     return reply
 

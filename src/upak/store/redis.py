@@ -493,7 +493,7 @@ class RedisStore(Store):
         try:
             async with asyncio.timeout(self.call_timeout):
                 master = await self.target.locate()
-        except (*UNAVAILABLE, rex.RedisError):
+        except (*UNAVAILABLE, rex.RedisError):  # type: ignore[misc]  # mypy: a starred except
             # No sentinel answers: the master we talk to still does, so that is no outage
             # (the breaker would switch to memory for nothing); check again next heartbeat.
             return

@@ -77,7 +77,8 @@ class Wire(asyncio.Protocol):
         if self.error is not None:
             raise fresh_error(self.error)
         future = self._loop.create_future()
-        self._outgoing.append(hiredis.pack_command(command))
+        # hiredis's stub types the command as a 1-tuple; it takes any number of arguments.
+        self._outgoing.append(hiredis.pack_command(command))  # type: ignore[arg-type]
         self._waiting.append((future, self._loop.time() + self.timeout))
         if not self._flush_scheduled:
             self._flush_scheduled = True

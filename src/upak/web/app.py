@@ -15,7 +15,7 @@ from upak.config import Settings, load_settings
 from upak.domain.db import DatabaseError, redacted, upgrade
 from upak.domain.passwords import Passwords, PasswordsBusy, passwords_from_settings
 from upak.logs import configure_logging
-from upak.store import FailoverStore, Mode, build_store
+from upak.store import ClusterFailoverStore, FailoverStore, Mode, build_store
 from upak.web.client_ip import trusted_proxy_headers
 from upak.web.metrics import Metrics
 from upak.web.middleware.body_limit import BodySizeLimit
@@ -41,7 +41,7 @@ log = logging.getLogger("upak.web")
 def create_app(
     settings: Settings,
     *,
-    store: FailoverStore | None = None,
+    store: FailoverStore | ClusterFailoverStore | None = None,
     clock: Callable[[], float] = time.time,
     passwords: Passwords | None = None,
     freeze_startup_heap: bool = False,

@@ -32,7 +32,7 @@ from prometheus_client import (
 
 from upak.domain.availability import DatabaseAvailability
 from upak.features.cache import Cache
-from upak.store import FailoverStore, Mode
+from upak.store import ClusterFailoverStore, FailoverStore, Mode
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -44,7 +44,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class Metrics:
-    def __init__(self, store: FailoverStore) -> None:
+    def __init__(self, store: FailoverStore | ClusterFailoverStore) -> None:
         self.registry = CollectorRegistry()
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self._synced: list[tuple[Callable[[], float], Any, list[float]]] = []
@@ -77,8 +77,9 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         for each in Mode:
-            self._gauge(lambda each=each: 1.0 if stats.mode is each else 0.0, mode.labels(each))
-        for name, help_text, mode, read in (
+            # The default argument binds this loop's mode; mypy cannot infer such a lambda.
+            self._gauge(lambda each=each: 1.0 if stats.mode is each else 0.0, mode.labels(each))  # type: ignore[misc]
+        for name, help_text, aggregate, read in (
             (
                 "upak_store_mode_since_seconds",
                 "Unix time of the last mode switch (the latest over workers)",
@@ -98,7 +99,8 @@ class Metrics:
                 lambda: stats.latency or 0.0,
             ),
         ):
-            self._gauge(read, Gauge(name, help_text, registry=r, multiprocess_mode=mode))
+            # The modes above are Gauge's literals; mypy reads the tuple's items as str.
+            self._gauge(read, Gauge(name, help_text, registry=r, multiprocess_mode=aggregate))  # type: ignore[arg-type]
         switches = Counter("upak_store_switches", "Mode switches", ["to"], registry=r)
         self._count(lambda: stats.switches_to_memory, switches.labels("memory"))
         self._count(lambda: stats.switches_to_redis, switches.labels("redis"))
@@ -134,7 +136,8 @@ class Metrics:
             ("invalidations", "Tags invalidated"),
         ):
             counter = Counter(f"upak_cache_{name}", help_text, registry=self.registry)
-            self._count(lambda name=name: getattr(stats, name), counter)
+            # The default argument binds this loop's name; mypy cannot infer such a lambda.
+            self._count(lambda name=name: getattr(stats, name), counter)  # type: ignore[misc]
         waits = Counter(
             "upak_cache_singleflight_waits",
             "Misses that waited for another caller's computation instead of computing",

@@ -151,7 +151,8 @@ def build_schema(
     )
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for model in (Problem, ValidationProblem, *_RAW_BODY_MODELS.values()):
+    models: list[type[BaseModel]] = [Problem, ValidationProblem, *_RAW_BODY_MODELS.values()]
+    for model in models:
         _add_model(schemas, model)
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
@@ -163,7 +164,7 @@ def build_schema(
             "description": "The session cookie `POST /auth/login` sets (HttpOnly).",
         }
     }
-    by_operation: dict[tuple[str, str], Dependant] = {
+    by_operation: dict[tuple[str | None, str], Dependant] = {
         (route.path_format, method.lower()): route.dependant
         for route in iter_route_contexts(app.routes)
         if getattr(route, "include_in_schema", False) and hasattr(route, "dependant")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from upak.config import Settings, parse_networks
+from upak.config import Settings
 from upak.domain.availability import DatabaseAvailability
 from upak.domain.billing import SubscriptionHook
 from upak.domain.db import Deadlines, make_engine, make_sessionmaker
@@ -26,7 +26,7 @@ from upak.features.replay import ReplayGuard, ReplayWindows
 from upak.features.sessions import SessionManager
 from upak.features.signatures import SigningKeys
 from upak.features.yookassa import allowed_networks
-from upak.store import FailoverStore, KeySpace
+from upak.store import ClusterFailoverStore, FailoverStore, KeySpace
 from upak.web.client_ip import Network
 from upak.web.metrics import Metrics
 
@@ -34,7 +34,7 @@ from upak.web.metrics import Metrics
 @dataclass
 class Services:
     settings: Settings
-    store: FailoverStore
+    store: FailoverStore | ClusterFailoverStore
     metrics: Metrics
     clock: Callable[[], float] = time.time
     ratelimit: RateLimiter | None = None  # None when RATE_LIMIT_ENABLED is false
@@ -85,7 +85,7 @@ class Services:
         secret = self.settings.webhook_secret
         self.webhook_keys = SigningKeys.from_setting(secret.get_secret_value()) if secret else None
         self.yookassa_networks = allowed_networks(self.settings.yookassa_allowed_ips)
-        self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        self.trusted_proxies = self.settings.trusted_proxies
         self.yookassa = api_from_settings(self.settings)
         self.idempotency = IdempotencyKeys(self.store, self.keys)
         self.cache = Cache(

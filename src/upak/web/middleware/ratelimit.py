@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from upak.config import Settings, parse_networks
+from upak.config import Settings
 from upak.domain.emails import email_key
 from upak.features.ratelimit import (
     Check,
@@ -83,7 +83,7 @@ class RateLimitRules:
             password_failures=named_limits("password", settings.rate_limit_login),
             slowdown_seconds=settings.login_slowdown_seconds,
             ipv6_prefix=settings.rate_limit_ipv6_prefix,
-            trusted_proxies=parse_networks(settings.trusted_proxies),
+            trusted_proxies=settings.trusted_proxies,
         )
 
 
@@ -157,8 +157,8 @@ class RateLimitMiddleware:
         self.app = app
         self.limiter = limiter
         self.rules = rules
-        # (socket peer, X-Forwarded-For values) -> identity token: parsing addresses with
-        # `ipaddress` is most of this middleware's own cost, and clients repeat.
+        # client address (the scope's, behind trusted proxies) -> identity token: parsing
+        # addresses with `ipaddress` is most of this middleware's own cost, and clients repeat.
         self._identities: dict[str | None, str] = {}
         # (limits, identity) -> its checks (the key strings).
         self._checks_memo: dict[tuple[int, str], list[Check]] = {}

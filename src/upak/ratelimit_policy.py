@@ -1,7 +1,8 @@
 """Rate-limit policies as text: `N/period`, several joined by `;`.
 
-Pure (no store, no web) so that `upak.config` can validate the RATE_LIMIT_* variables at
-start-up without importing anything heavier.
+A value type of the settings, below every layer: `upak.config` parses each RATE_LIMIT_*
+variable into limits once, at start-up (a typo stops it), and the rate limiter reads them.
+Pure (stdlib only), so config imports nothing heavier and no feature.
 
     120/minute            at most 120 in any minute (sliding log, exact)
     10/30s;1000/1h        both limits at once

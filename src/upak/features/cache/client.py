@@ -1,313 +1,36 @@
-"""Caching over the store: TTLs, single-flight, stale-while-revalidate, tags, a decorator.
-
-The seed's third use of Redis ("caching: better performance"; in fallback mode "caching is
-disabled"). What holds, and how:
-
-* **Outage = caching off.** Every read/write operation here declares `Fallback.BYPASS`: while
-  Redis is away a read is a miss, a write is dropped, and the caller's source answers. Nothing
-  is cached in process memory. Deletes and tag invalidations are the exception: they run on the
-  memory twin and are *written back* when Redis returns, so an invalidation made during an
-  outage still removes the entry the outage kept in Redis (no old `/me` after recovery).
-* **Tags without cross-slot scripts.** A tag is a version token in its own key
-  (`cache:{t:TAG}`). Before computing, a writer captures the current token of each of its tags;
-  the entry is stored stamped with them. Invalidating a tag replaces its token with a fresh
-  random one. A reader accepts an entry only when every stamp equals the tag's current token,
-  so an entry written by a computation that raced an invalidation is dead the moment the
-  invalidation lands, whichever of the two reached Redis first. Tokens are random, not
-  counters: a version key lost to eviction or expiry can never come back equal to an old stamp
-  (a missing version key means "no entry under this tag is valid").
-* **Redis Cluster.** Every script touches one slot: an entry and its single-flight lease share
-  the hash tag `{e:KEY}`; a tag's version is alone in `{t:TAG}`. A read sends the entry GET
-  and the tag GETs in one event-loop step, which the RedisStore pipelines into one round trip
-  (on a Cluster, one per node, in parallel). No MULTI, no cross-slot Lua, any topology.
-* **Single-flight.** Concurrent misses of one key in a process share one computation (a task
-  the callers await, so one cancelled caller does not cancel the others). Across processes a
-  short lease key (SET NX PX, in the entry's slot) lets one process compute while the others
-  serve the stale value if there is one, or poll briefly for the winner's write.
-* **Values** are JSON or msgpack inside a small msgpack envelope; never pickle. An entry that
-  fails to decode is a miss, logged and counted, and is overwritten by the next computation.
+"""The Cache: plain reads and writes, get_or_compute (single-flight, stale-while-revalidate),
+tag snapshots and invalidation, over the operations of `operations.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import inspect
-import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
-import msgpack
-
-from upak.store import Arg, Fallback, KeySpace, Operation, Store
+from upak.features.cache.codec import (
+    CacheDecodeError,
+    Codec,
+    Entry,
+    _bytes,
+    encode_value,
+    pack_entry,
+    unpack_entry,
+)
+from upak.features.cache.decorator import cached
+from upak.features.cache.names import _safe, user_tag
+from upak.features.cache.operations import BYPASSED, CACHING_OFF, LEASE, READ, RELEASE, STAMP, WRITE
+from upak.store import KeySpace, Store
 from upak.store.primitives import DELETE, SET
-
-if TYPE_CHECKING:
-    from upak.store import MemoryData
 
 log = logging.getLogger("upak.cache")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-Codec = Literal["json", "msgpack"]
-
-
-class _Marker:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-# The reply of a cache operation while Redis is away (caching is off).
-BYPASSED: Any = _Marker("BYPASSED")
-# What a lookup returns while Redis is away: not a miss (the counters tell them apart).
-CACHING_OFF: Any = _Marker("CACHING_OFF")
-
-
-# --- operations: each Lua script next to its memory twin ----------------------------------
-
-
-def _read_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> bytes | None:
-    return data.get(keys[0])
-
-
-# A plain GET, but BYPASS: during an outage the read is a miss served by the source.
-READ: Operation[Any] = Operation(
-    name="cache_read",
-    lua="return redis.call('GET', KEYS[1])",
-    memory=_read_memory,
-    fallback=Fallback.BYPASS,
-    bypass=lambda args: BYPASSED,
-)
-
-
-def _stamp_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
-    token, min_ttl = args[0], int(args[1])
-    current = data.get(keys[0])
-    if current is None:
-        data.set(keys[0], token, px=min_ttl)
-        return data.get(keys[0]) or b""
-    if data.pttl(keys[0]) < min_ttl:
-        data.pexpire(keys[0], min_ttl)
-    return current
-
-
-# The tag's current version token, created if missing; the key lives at least `min_ttl` ms so
-# an entry stamped now is not killed by its tag's version expiring before the entry does.
-STAMP: Operation[Any] = Operation(
-    name="cache_stamp",
-    lua="""
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return ARGV[1]
-end
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return v
-""",
-    memory=_stamp_memory,
-    fallback=Fallback.BYPASS,
-    bypass=lambda args: BYPASSED,
-)
-
-
-def _lease_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    return int(data.set(keys[0], args[0], px=int(args[1]), nx=True))
-
-
-# One computation across processes: the first to take the lease computes. During an outage
-# every caller "has" it: each process computes for itself (caching is off anyway).
-LEASE: Operation[bool] = Operation(
-    name="cache_lease",
-    lua="return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0",
-    memory=_lease_memory,
-    parse=bool,
-    fallback=Fallback.BYPASS,
-    bypass=lambda args: True,
-)
-
-
-def _write_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    data.set(keys[0], args[0], px=int(args[1]))
-    if args[2] != "" and data.get(keys[1]) == _bytes(args[2]):
-        data.delete(keys[1])
-    return 1
-
-
-# Store the entry and release our lease (if we still hold it) in one step: waiters polling the
-# entry see it the moment the lease goes. KEYS: entry, lease (one slot: `{e:KEY}`).
-WRITE: Operation[bool] = Operation(
-    name="cache_write",
-    lua="""
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
-  redis.call('DEL', KEYS[2])
-end
-return 1
-""",
-    memory=_write_memory,
-    parse=bool,
-    fallback=Fallback.BYPASS,
-    bypass=lambda args: False,
-)
-
-
-def _release_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    if data.get(keys[0]) == _bytes(args[0]):
-        return data.delete(keys[0])
-    return 0
-
-
-# Give the lease back after a failed computation, only if it is still ours.
-RELEASE: Operation[bool] = Operation(
-    name="cache_release",
-    lua="""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-""",
-    memory=_release_memory,
-    parse=bool,
-    fallback=Fallback.BYPASS,
-    bypass=lambda args: False,
-)
-
-
-# Deletes and invalidations are the store's own primitives, and like them written back after
-# an outage: the entry Redis kept must not outlive a delete, and a payment processed while
-# Redis was away (a fresh random version for the user's tag) must still kill what Redis holds
-# when it returns.
-
-
-def _bytes(value: Arg) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-# --- values -------------------------------------------------------------------------------
-
-_FORMAT = 1
-_CODECS: dict[str, int] = {"json": 1, "msgpack": 2}
-
-
-class CacheDecodeError(ValueError):
-    """A stored entry is not one this code wrote (corrupt, truncated, another format)."""
-
-
-def encode_value(value: Any, codec: Codec) -> bytes:
-    if codec == "json":
-        try:
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"cache value is not JSON-serialisable ({exc}); convert it to dicts, lists, "
-                "strings and numbers, or use codec='msgpack'"
-            ) from None
-    try:
-        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(
-            f"cache value is not msgpack-serialisable ({exc}); convert it to dicts, lists, "
-            "strings, bytes and numbers"
-        ) from None
-
-
-def decode_value(payload: bytes, codec_id: int) -> Any:
-    if codec_id == _CODECS["json"]:
-        return json.loads(payload)
-    if codec_id == _CODECS["msgpack"]:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    raise CacheDecodeError(f"unknown codec {codec_id!r}")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A decoded entry: the value, when it goes stale, and the tag versions it was made under."""
-
-    value: Any
-    fresh_until_ms: int
-    stamps: dict[str, bytes]
-
-
-def pack_entry(
-    payload: bytes, codec: Codec, fresh_until_ms: int, stamps: dict[str, bytes]
-) -> bytes:
-    return msgpack.packb(  # type: ignore[no-any-return]
-        [_FORMAT, fresh_until_ms, _CODECS[codec], payload, stamps], use_bin_type=True
-    )
-
-
-def unpack_entry(blob: bytes) -> Entry:
-    """The entry in `blob`; CacheDecodeError for anything this module did not write."""
-    try:
-        fmt, fresh_until, codec_id, payload, stamps = msgpack.unpackb(
-            blob, raw=False, strict_map_key=False
-        )
-        if fmt != _FORMAT or not isinstance(fresh_until, int) or not isinstance(stamps, dict):
-            raise CacheDecodeError("unexpected envelope")
-        if not isinstance(payload, bytes):
-            raise CacheDecodeError("payload is not bytes")
-        value = decode_value(payload, codec_id)
-    except CacheDecodeError:
-        raise
-    except Exception as exc:  # msgpack and json raise a zoo of types on garbage
-        raise CacheDecodeError(f"{type(exc).__name__}: {exc}") from None
-    return Entry(value, fresh_until, {str(k): _bytes(v) for k, v in stamps.items()})
-
-
-# --- names --------------------------------------------------------------------------------
-
-# Printable ASCII without braces (they would change the Cluster hash tag) or spaces.
-_SAFE_NAME = re.compile(r"^[!-z|~]{1,200}$")
-
-
-def _safe(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise ValueError(
-            f"cache {what} {name!r:.60} must be 1-200 printable ASCII characters without "
-            "spaces or braces; hash anything else (see `digest`)"
-        )
-    return name
-
-
-def digest(*parts: Any) -> str:
-    """A short stable name for arbitrary key material (JSON-able values), safe in any key."""
-    try:
-        text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
-        raise TypeError(
-            "cache key arguments must be JSON values (str, int, float, bool, None, lists, "
-            "dicts); exclude others from the key with `key_args=`"
-        ) from None
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
-
-
-def user_tag(user_id: Any) -> str:
-    """The tag every per-user entry carries: invalidate it when the user's data changes."""
-    return f"user:{_user_part(user_id)}"
-
-
-def user_key(user_id: Any, name: str) -> str:
-    """A per-user key: the user id is part of the key, so users never share an entry."""
-    return f"u:{_user_part(user_id)}:{_safe(name, 'key')}"
-
-
-def _user_part(user_id: Any) -> str:
-    if user_id is None or user_id == "":
-        raise ValueError("a per-user cache entry needs a user id (got none)")
-    text = str(user_id)
-    return text if _SAFE_NAME.match(text) and len(text) <= 64 else "h" + digest(text)
-
-
-# --- the cache ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -350,7 +73,7 @@ class CacheStats:
 
 
 class Cache:
-    """Cached values in the store: see the module docstring for the guarantees."""
+    """Cached values in the store: see the package docstring for the guarantees."""
 
     def __init__(
         self,
@@ -678,49 +401,15 @@ class Cache:
         stale_ttl: float = 0,
         codec: Codec | None = None,
     ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-        """Cache an async function's results, keyed explicitly.
-
-        The key is `name` + the values of `key_args` (default: every parameter; each must be a
-        JSON value). `user` is required and must be spelled out: the name of the parameter that
-        holds the user id for per-user data (the id goes into the key and the entry gets the
-        user's tag, so `invalidate_user` drops it), or None for data shared by everyone.
-        `tags` is a list, or a function of the call's arguments returning one.
-        """
-        _safe(name, "function name")
-
-        def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-            signature = inspect.signature(fn)
-            names = list(signature.parameters)
-            if user is not None and user not in names:
-                raise TypeError(f"@cached({name!r}, user={user!r}): {fn.__name__} has no {user!r}")
-            keyed = list(names if key_args is None else key_args)
-            unknown = [n for n in keyed if n not in names]
-            if unknown:
-                raise TypeError(f"@cached({name!r}): {fn.__name__} has no parameter {unknown}")
-            if user is not None and user not in keyed:
-                keyed.append(user)
-
-            @functools.wraps(fn)
-            async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-                bound = signature.bind(*args, **kwargs)
-                bound.apply_defaults()
-                values = bound.arguments
-                material = digest(name, [[n, values[n]] for n in keyed])
-                entry_tags = list(tags(*args, **kwargs) if callable(tags) else tags)
-                if user is not None:
-                    key = user_key(values[user], f"fn:{name}:{material}")
-                    entry_tags.append(user_tag(values[user]))
-                else:
-                    key = f"fn:{name}:{material}"
-                return await self.get_or_compute(
-                    key,
-                    lambda: fn(*args, **kwargs),
-                    ttl,
-                    entry_tags,
-                    stale_ttl=stale_ttl,
-                    codec=codec,
-                )
-
-            return wrapper
-
-        return decorate
+        """Cache an async function's results, keyed explicitly (`upak.features.cache.decorator`
+        says how the key is made and what `user` must be)."""
+        return cached(
+            self,
+            name,
+            user=user,
+            ttl=ttl,
+            tags=tags,
+            key_args=key_args,
+            stale_ttl=stale_ttl,
+            codec=codec,
+        )
