@@ -10,8 +10,10 @@ any operation's logic.
 
 Write transactions are serialised with `flock` on a lock file rather than SQLite's busy
 handler (which sleeps a millisecond or more per collision). The lock is tried without
-blocking first, then polled until `lock_timeout` s; a tier that cannot be locked in time (its
-holder stopped) makes `HostStore` serve that call from process memory, the "none" tier.
+blocking first, then polled until `lock_timeout` s (0.2 s: a holder preempted on a loaded
+host must not count as stuck, and a stuck one costs a call no more than that); a tier that
+cannot be locked in time (its holder stopped) makes `HostStore` serve that call from process
+memory, the "none" tier.
 A process that dies releases its locks with it, and SQLite's WAL recovers its half-written
 transaction, so a crash leaves no stale lock.
 
@@ -271,7 +273,7 @@ class HostTier:
         root: Path,
         name: str,
         budgets: Budgets = Budgets(),
-        lock_timeout: float = 0.05,
+        lock_timeout: float = 0.2,
         clock: Clock = time.time,
     ) -> None:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -660,24 +662,37 @@ class HostStore(MemoryStore):
         journal `entry` in the same one."""
         twin = twin or op.memory
         try:
-            with self.tier.locked():
-                data = HostData(self.tier, mirrored=mirrored)
-                reply = twin(data, keys, args)
-                data.commit()
-                if entry is not None:
-                    self.tier.append(entry, self.journal_max)
-                return reply
+            return self._in_tier(twin, keys, args, entry, mirrored)
         except TierLocked:
-            self.unlocked_calls += 1
-            log.warning(
-                "host tier busy past %.3f s; %s served from process memory",
-                self.tier.lock_timeout,
-                op.name,
-            )
+            self._note_locked(op)
             reply = twin(self.local, keys, args)
             if entry is not None:
                 self.journal.append(entry)
             return reply
+
+    def _in_tier(
+        self,
+        twin: Callable[[MemoryData, Sequence[str], Sequence[Arg]], Any],
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        entry: Entry | None,
+        mirrored: bool,
+    ) -> Any:
+        with self.tier.locked():
+            data = HostData(self.tier, mirrored=mirrored)
+            reply = twin(data, keys, args)
+            data.commit()
+            if entry is not None:
+                self.tier.append(entry, self.journal_max)
+            return reply
+
+    def _note_locked(self, op: Operation[Any]) -> None:
+        self.unlocked_calls += 1
+        log.warning(
+            "host tier busy past %.3f s; %s served from process memory",
+            self.tier.lock_timeout,
+            op.name,
+        )
 
     def remember(
         self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
@@ -685,19 +700,27 @@ class HostStore(MemoryStore):
         """The mirror, written into the tier only when Redis's answer changed or at most once
         per `remember_interval` s (a per-process memo), so the request path while Redis is up
         stays cheap. A revocation (`Operation.precious`) is applied at once, every time: every
-        worker's outage copy must end with it."""
+        worker's outage copy must end with it. A copy the tier could not take in time goes
+        to process memory and is not memoised, so the next call tries the tier again."""
         assert op.remember is not None
+        memo_key = (op.name, *keys)
+        now = time.monotonic()
         if not op.precious:
-            memo_key = (op.name, *keys)
             seen = self._memo.get(memo_key)
-            now = time.monotonic()
             if seen is not None and seen[0] == reply and now - seen[1] < self.remember_interval:
                 self.skipped_remembers += 1
                 return
+        twin = partial(_remember, op, reply)
+        try:
+            self._in_tier(twin, keys, args, None, mirrored=True)
+        except TierLocked:
+            self._note_locked(op)
+            twin(self.local, keys, args)
+            return
+        if not op.precious:
             if len(self._memo) >= self.memo_max:
                 self._memo.clear()
             self._memo[memo_key] = (reply, now)
-        self.execute(op, keys, args, twin=partial(_remember, op, reply), mirrored=True)
 
     # --- the outage, shared by the host's workers ---
 
