@@ -73,6 +73,7 @@ class FailoverStats:
     switches_to_redis: int = 0
     # Of the switches to memory, those that followed another worker of the host.
     followed_host: int = 0
+    fallback: str = "process"  # "host": the tier the host's workers share
     written_back: int = 0
     replay_dropped: int = 0  # write-backs Redis refused as a programming error
     read_through_calls: int = 0
@@ -100,6 +101,7 @@ class FailoverStats:
             "switches_to_memory": self.switches_to_memory,
             "switches_to_redis": self.switches_to_redis,
             "followed_host": self.followed_host,
+            "fallback": self.fallback,
             "written_back": self.written_back,
             "writeback_dropped": self.writeback_dropped,
             "pending_writeback": self.pending_writeback,
@@ -157,6 +159,7 @@ class FailoverStore(Store):
         self.stats = FailoverStats(
             mode=Mode.REDIS if redis else Mode.MEMORY,
             journal=lambda: (memory.pending(self.partition), memory.dropped(self.partition)),
+            fallback=memory.shared_by,
         )
         self._mode = self.stats.mode
 

@@ -624,6 +624,8 @@ class HostStore(MemoryStore):
     The outage (the host's breaker), the journal and the write-back's writer live in the
     tier, so the workers of the host degrade, journal and write back as one."""
 
+    shared_by = "host"
+
     def __init__(self, tier: HostTier, remember_interval: float = 5.0) -> None:
         self.tier = tier
         self.local = MemoryData(clock=lambda: self.tier.clock())

@@ -296,6 +296,8 @@ class MemoryStore(Store):
     For a process of its own the host is the process; the host tier (`upak.store.host`)
     keeps the same things in a file every worker of the host shares."""
 
+    shared_by = "process"  # who sees this fallback's state: this process only
+
     def __init__(
         self, clock: Clock = time.time, max_keys: int = 200_000, journal_max: int = 1_000_000
     ) -> None:
