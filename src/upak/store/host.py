@@ -563,6 +563,8 @@ class HostData(MemoryData):
     """A MemoryData that reads keys from the tier on first use and, at `commit`, writes back
     the keys whose value or expiry changed. Live only within one locked transaction."""
 
+    bounded_in_bytes = True
+
     def __init__(self, tier: HostTier, mirrored: bool = False) -> None:
         super().__init__(clock=tier.clock, max_keys=1 << 62)
         self.tier = tier

@@ -39,6 +39,10 @@ def to_bytes(value: Arg) -> bytes:
 class MemoryData:
     """A keyspace of bytes, hashes, sets and sorted sets with millisecond TTLs."""
 
+    # Whether something other than `max_keys` bounds this keyspace (the host tier's byte
+    # budgets): a twin may then skip bookkeeping it keeps only to bound process memory.
+    bounded_in_bytes = False
+
     def __init__(self, clock: Clock = time.time, max_keys: int = 200_000) -> None:
         self._clock = clock
         self.max_keys = max_keys
