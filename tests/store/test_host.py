@@ -11,9 +11,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from upak.features.sessions import REVOKE, TOUCH
 from upak.store.host import (
     Budgets,
     HostData,
@@ -24,7 +26,9 @@ from upak.store.host import (
     encode,
     tier_name,
 )
+from upak.store.journal import Entry, Outage, decode_call, encode_call
 from upak.store.memory import IntLog, KeyRegistry, _ZSet
+from upak.store.operation import Operation
 from upak.store.primitives import CLAIM_ONCE, GET, SET
 
 NAME = tier_name("127.0.0.1:6379/0", "upak:")
@@ -211,3 +215,84 @@ def test_the_main_budget_evicts_the_soonest_expiring(tmp_path: Path) -> None:
         store.execute(SET, [f"k{i}"], ["x" * 100, 1_000 + i])
     assert tier.used("main") <= 5_000
     assert HostData(tier).get("forever") is not None and HostData(tier).get("k0") is None
+
+
+# --- the tier's journal ---
+
+
+def test_a_journaled_call_round_trips_with_its_argument_types() -> None:
+    keys = ("upak:sessions:{u1}:s:h", "ключ")
+    args = ("text", b"\x00\xff", 2**40, -1, 1.5, True)
+    assert decode_call(encode_call(keys, args)) == (keys, ("text", b"\x00\xff", 2**40, -1, 1.5, 1))
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"",
+        b"\x00\x00\x00\x02\x00\x00\x00\x01k",
+        b"\x00\x00\x00\x00x",
+        b"\x00\x00\x00\x00s\x00\x00\x00\x09ab",
+    ],
+)
+def test_a_malformed_journal_entry_is_refused(blob: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_call(blob)
+
+
+def journaled(op: Operation[Any], i: int) -> Entry:
+    return Entry(op, (f"k{i}",), (f"v{i}", 60_000), i, "redis-a")
+
+
+def test_a_full_tier_journal_drops_touches_first_and_never_a_revocation(tmp_path: Path) -> None:
+    tier = HostTier(tmp_path, NAME)
+    calls = [TOUCH] * 3 + [CLAIM_ONCE] * 5 + [REVOKE] * 2
+    with tier.locked():
+        for i, op in enumerate(calls):
+            tier.append(journaled(op, i), max_entries=10)
+        tier.append(journaled(CLAIM_ONCE, 10), max_entries=10)  # full: a tenth of room made
+    kept = [(entry.op.name, entry.at_ms) for entry in tier.pending("redis-a", 100)]
+    assert kept[0] == ("sessions.touch", 1) and len(kept) == 10  # the oldest touch went
+    assert tier.dropped == {"redis-a": 1}
+    with tier.locked():  # a journal of revocations only grows past its cap
+        for i in range(11, 40):
+            tier.append(journaled(REVOKE, i), max_entries=10)
+    names = [entry.op.name for entry in tier.pending("redis-a", 100)]
+    assert names.count("sessions.revoke") == 31 and "sessions.touch" not in names
+    assert tier.journal_size("redis-a") == len(names)
+    assert tier.pending("redis-b", 100) == []  # another partition's journal is its own
+
+
+def test_an_entry_this_process_cannot_replay_is_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tier = HostTier(tmp_path, NAME)
+    with tier.locked():
+        tier.append(journaled(CLAIM_ONCE, 1), max_entries=10)
+        tier.db.execute(
+            "INSERT INTO journal (part, op, call, at_ms, kind)"
+            " VALUES ('redis-a', 'gone', x'00', 2, 1)"
+        )
+    with caplog.at_level(logging.ERROR, logger="upak.store.host"):
+        first, second = tier.pending("redis-a", 10)
+    assert first.op is CLAIM_ONCE and first.keys == ("k1",)
+    assert second.op.replay_args is not None and second.op.replay_args((), 0) is None
+    assert "unknown operation 'gone'" in caplog.text or "does not decode" in caplog.text
+    tier.done("redis-a", second.seq)
+    assert tier.journal_size("redis-a") == 0 and tier.pending("redis-a", 10) == []
+
+
+def test_the_host_s_breaker_is_one_word_every_worker_reads(tmp_path: Path) -> None:
+    a, b = HostStore(HostTier(tmp_path, NAME)), HostStore(HostTier(tmp_path, NAME))
+    assert a.outage("redis-a") is None
+    a.mark_down("redis-a", Outage("oom", 100.0))
+    assert b.outage("redis-a") == Outage("oom", 100.0)
+    b.mark_down("redis-a", Outage("timeout", 50.0))  # a shorter hold never shortens it
+    assert a.outage("redis-a") == Outage("oom", 100.0)
+    assert not b.mark_up("redis-a", now=99.0)  # the hold has not passed
+    a.execute(CLAIM_ONCE, ["k"], ["v", 1000], journaled(CLAIM_ONCE, 1))
+    assert not b.mark_up("redis-a", now=101.0)  # a call is still owed to Redis
+    b.tier.done("redis-a", b.tier.pending("redis-a", 1)[0].seq)
+    assert b.mark_up("redis-a", now=101.0) and a.outage("redis-a") is None
+    with a.writer("redis-a") as journals_a, b.writer("redis-a") as journals_b:
+        assert len(journals_a) == 2 and journals_b == [b.journal]  # one writer per host

@@ -3,6 +3,12 @@ what one worker did is what the other serves, before, during and after it."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,3 +119,103 @@ async def test_while_redis_is_up_the_mirror_is_written_once_and_revocations_ever
     assert tier.data.exists(session_key)
     assert await a.revoke(5, issued.session.handle)
     assert not tier.data.exists(session_key)  # applied to the tier at once
+
+
+async def test_a_worker_whose_sibling_tripped_follows_it_onto_the_tier(
+    host, fresh_redis: RedisServer
+) -> None:
+    (store_a, a), (store_b, b) = host(), host()
+    await store_a.start()
+    await store_b.start()
+    # Worker a alone loses Redis (its connection, say); Redis answers b as ever. Without the
+    # host's breaker, b would serve from Redis what a serves from the tier.
+    store_a._trip(ConnectionError("simulated: this worker lost Redis"))
+    during = await b.create(6)  # no await between: a's watcher has not run yet
+    assert store_b.mode is Mode.MEMORY and store_b.stats.followed_host == 1
+    assert store_b.stats.condition == "unreachable"
+    assert fresh_redis.client().keys("upak:sessions:*:s:*") == []  # in the tier, journaled
+    assert await a.resolve(cookie(during)) is not None  # and a serves it from there
+    await wait_for_mode(store_a, Mode.REDIS, within=3.0)
+    await wait_for_mode(store_b, Mode.REDIS, within=3.0)
+    assert len(fresh_redis.client().keys("upak:sessions:*:s:*")) == 1  # written back
+    assert store_a.stats.written_back + store_b.stats.written_back == 1  # once, not per worker
+
+
+async def test_the_calls_of_a_worker_that_died_mid_outage_are_written_back_by_another(
+    host, fresh_redis: RedisServer
+) -> None:
+    (store_a, a), (store_b, b) = host(), host()
+    await store_a.start()
+    await store_b.start()
+    before = await b.create(8)
+    assert await b.resolve(cookie(before)) is not None
+    fresh_redis.kill()
+    await outage(store_a, store_b)
+    on_a = await a.create(8)  # a login and a logout on worker a, which then dies
+    assert await a.revoke(8, before.session.handle)
+    on_b = await b.create(9)
+    await store_a.close()  # a's memory is gone; its calls are in the tier's journal
+    assert store_b.stats.pending_writeback == 3
+    fresh_redis.start()  # empty: what it learns comes from b's write-back alone
+    await wait_for_mode(store_b, Mode.REDIS, within=3.0)
+    assert store_b.stats.written_back == 3 and store_b.stats.pending_writeback == 0
+    assert await b.resolve(cookie(on_a)) is not None
+    assert await b.resolve(cookie(on_b)) is not None
+    assert await b.resolve(cookie(before)) is None
+
+
+CLAIMS = 400
+# The writer: a worker of the host, started on a Redis that answers every call 10 ms late,
+# writing back in batches of 5, so the write-back takes long enough to be killed mid-way.
+SLOW_WRITER = """
+import asyncio, sys
+from tests.store.test_failover import quick_failover_settings
+from upak.store import build_store
+
+async def main(url, path):
+    store = build_store(quick_failover_settings(url, upak_fallback_path=path))
+    store.writeback_batch = 5
+    fast = store.redis.run_raw
+    async def slow(op, keys, args):
+        await asyncio.sleep(0.01)
+        return await fast(op, keys, args)
+    store.redis.run_raw = slow
+    await store.start()  # the host is degraded and the journal full: it writes back
+    print("started", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_writer_killed_mid_write_back_is_taken_over_and_nothing_is_lost(
+    host, fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    store, _ = host()  # never started: its watcher stays out of the way until the kill
+    store._trip(ConnectionError("simulated: an outage"))
+    for i in range(CLAIMS):
+        assert await store.claim_once(f"upak:replay:w:{i}", 600_000)
+    assert store.stats.pending_writeback == CLAIMS
+    raw = fresh_redis.client()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, fresh_redis.url, str(tmp_path / "host-a")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 20
+        while len(raw.keys("upak:replay:w:*")) < 50:
+            assert time.monotonic() < deadline, "the writer never started writing back"
+            await asyncio.sleep(0.005)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(5)
+    finally:
+        writer.kill()
+    landed = len(raw.keys("upak:replay:w:*"))
+    assert 50 <= landed < CLAIMS  # killed mid-way
+    assert 0 < store.stats.pending_writeback <= CLAIMS - landed + 5  # its last batch, at most
+    await store.start()  # its flock is free: this worker takes over where it stopped
+    await wait_for_mode(store, Mode.REDIS, within=10.0)
+    assert len(raw.keys("upak:replay:w:*")) == CLAIMS and store.stats.pending_writeback == 0
+    assert await store.claim_once("upak:replay:w:0", 600_000) is False  # still a replay

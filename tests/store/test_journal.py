@@ -23,7 +23,7 @@ async def small_journal(fresh_redis: RedisServer) -> AsyncIterator[FailoverStore
         ),
         clock=Clock(),
     )
-    store.journal_max = store._compact_at = 10
+    store.memory.journal.max_entries = 10
     store.backoff_min = 0.5  # time to fill the journal before the probe finds Redis up
     await store.start()
     yield store
@@ -40,7 +40,7 @@ async def test_a_full_journal_never_drops_a_revocation(
     assert await manager.revoke(21, issued.session.handle)  # the journal's oldest entry
     for i in range(40):  # four times the cap of calls that come after it
         assert await store.claim_once(f"replay:after:{i}", 60_000)
-    assert len(store._journal) <= 11
+    assert store.stats.pending_writeback <= 11
     assert store.stats.writeback_dropped >= 30
     await wait_for_mode(store, Mode.REDIS, within=3.0)
     assert fresh_redis.client().keys("upak:sessions:*:s:*") == []  # the logout reached Redis
@@ -56,7 +56,7 @@ async def test_touches_go_before_anything_else(small_journal: FailoverStore) -> 
     for _ in range(5):
         await store.run(feature.TOUCH, ["upak:sessions:{u1}:s:x"], [0, 1000, 0])
     assert await store.claim_once("replay:overflow", 60_000)
-    kept = [entry.op.name for entry in store._journal]
+    kept = [entry.op.name for entry in store.memory.journal.entries(store.partition)]
     # Room for a tenth of the cap was made, from the touches: every claim, older or not, stays.
     assert kept.count("claim_once") == 6 and kept.count("sessions.touch") == 4
 
@@ -69,4 +69,4 @@ async def test_a_journal_of_revocations_only_grows_past_its_cap(
     store._trip(ConnectionError("simulated"))
     for i in range(25):
         await manager.revoke(30 + i, "0" * 31 + "1")
-    assert len(store._journal) == 25 and store.stats.writeback_dropped == 0
+    assert store.stats.pending_writeback == 25 and store.stats.writeback_dropped == 0

@@ -69,9 +69,23 @@ def test_four_workers_answer_as_one_through_an_outage(fresh_redis: RedisServer) 
                 assert (
                     c.post("/auth/register", json={"email": email, "password": PASSWORD})
                 ).status_code == 201
+            assert (
+                c.post("/auth/register", json={"email": "pw@example.com", "password": PASSWORD})
+            ).status_code == 201
         before, gone = login(url, "before@example.com"), login(url, "gone@example.com")
         assert me(url, before, 1) == {200: 1}  # used once, on whichever worker
         assert me(url, gone, 1) == {200: 1}
+        # A password change while Redis is up ends every other session of the account, and
+        # the cookie it was made with: each had been mirrored by whichever worker served it.
+        changed, other = login(url, "pw@example.com"), login(url, "pw@example.com")
+        assert me(url, other, 1) == {200: 1}
+        with client(url, changed, ip="198.51.100.252") as c:
+            answer = c.post(
+                "/auth/password",
+                json={"current_password": PASSWORD, "new_password": "a new horse battery"},
+            )
+            assert answer.status_code == 204, answer.text
+            renewed = answer.cookies["upak_session"]
 
         fresh_redis.kill()
         all_in(url, "memory", within=10)
@@ -81,6 +95,9 @@ def test_four_workers_answer_as_one_through_an_outage(fresh_redis: RedisServer) 
         with client(url, gone, ip="198.51.100.250") as c:
             assert c.post("/auth/logout").status_code == 204
         assert me(url, gone) == {401: TRIES}  # a logout on one worker holds on all
+        assert me(url, other) == {401: TRIES}  # the password change holds on every worker
+        assert me(url, changed) == {401: TRIES}
+        assert me(url, renewed) == {200: TRIES}
         with client(url, ip="203.0.113.9") as c:  # one client, 40 logins of unknown emails
             statuses = Counter(
                 c.post(
@@ -94,10 +111,11 @@ def test_four_workers_answer_as_one_through_an_outage(fresh_redis: RedisServer) 
         all_in(url, "redis", within=20)
         assert me(url, during) == {200: TRIES}
         assert me(url, gone) == {401: TRIES}
+        assert me(url, other) == {401: TRIES}
         assert "Traceback" not in service.log_path.read_text()
 
 
-def test_a_worker_killed_mid_outage_leaves_no_lock_and_takes_nothing_from_the_others(
+def test_a_worker_killed_mid_outage_leaves_no_lock_and_loses_nothing(
     fresh_redis: RedisServer,
 ) -> None:
     env = {
@@ -112,6 +130,9 @@ def test_a_worker_killed_mid_outage_leaves_no_lock_and_takes_nothing_from_the_ot
         assert me(url, before, 1) == {200: 1}
         fresh_redis.kill()
         all_in(url, "memory", within=10)
+        # Logins on whichever workers take them: with 4 workers, the one killed next almost
+        # surely made some. They are journaled in the tier, not in that worker's memory.
+        logins = [login(url, "k@example.com") for _ in range(8)]
         with client(url) as c:
             victim = int(c.get("/health").json()["worker"])
         os.kill(victim, signal.SIGKILL)  # mid-outage, perhaps inside a tier transaction
@@ -122,3 +143,10 @@ def test_a_worker_killed_mid_outage_leaves_no_lock_and_takes_nothing_from_the_ot
         with client(url, before, ip="198.51.100.251") as c:
             assert c.post("/auth/logout").status_code == 204
         assert me(url, before) == {401: TRIES}
+
+        fresh_redis.start()  # empty: every login below is in it only if it was written back
+        all_in(url, "redis", within=20)
+        for cookie in logins:
+            assert me(url, cookie, 4) == {200: 4}
+        assert me(url, before) == {401: TRIES}
+        assert "Traceback" not in service.log_path.read_text()

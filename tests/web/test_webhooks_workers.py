@@ -44,6 +44,7 @@ class Server:
     service: Service
     db_path: str
     prefix: str
+    worker_count: int
 
     @property
     def url(self) -> str:
@@ -86,8 +87,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def upak_serve(tmp_path: Path, redis: RedisServer, **env: str) -> Iterator[Server]:
-    """`upak serve --workers 2` (tests/support/service.py) on `redis` and a SQLite file."""
+def upak_serve(
+    tmp_path: Path, redis: RedisServer, workers: int = 2, **env: str
+) -> Iterator[Server]:
+    """`upak serve --workers N` (tests/support/service.py) on `redis` and a SQLite file."""
     db_path = str(tmp_path / "upak.db")
     prefix = f"w{uuid.uuid4().hex[:8]}:"
     settings = {
@@ -100,8 +103,8 @@ def upak_serve(tmp_path: Path, redis: RedisServer, **env: str) -> Iterator[Serve
         "LOG_LEVEL": "INFO",
         **env,
     }
-    with running_service(settings, workers=2) as service:
-        yield Server(service, db_path, prefix)
+    with running_service(settings, workers=workers) as service:
+        yield Server(service, db_path, prefix, workers)
 
 
 async def burst(server: Server, path: str, body: bytes, headers: dict[str, str]):
@@ -123,10 +126,11 @@ def assert_exactly_once(server: Server, responses, spread: dict[int, int], start
     results = [r.json()["status"] for r in responses if r.status_code == 200]
     assert results.count("processed") == 1, results
     assert set(results) <= {"processed", "duplicate"}
-    # Both workers took part: each held some of the burst's connections. (The third child
-    # of `upak serve`, multiprocessing's resource tracker, holds none.)
+    # Several workers took part: each held some of the burst's connections (with 2, both;
+    # with 4, the kernel may leave one idle). `upak serve`'s other child, multiprocessing's
+    # resource tracker, holds none.
     serving = [n for n in spread.values() if n > 0]
-    assert len(serving) == 2 and sum(serving) == BURST, spread
+    assert len(serving) >= min(server.worker_count, 3) and sum(serving) == BURST, spread
     payments, expires, plan = read_state(server.db_path)
     assert (payments, plan) == (1, "start")
     assert expires is not None
@@ -179,7 +183,8 @@ async def test_fifty_yookassa_copies_over_two_workers_take_effect_once(
 async def test_with_redis_killed_before_the_burst_the_effect_is_still_once(
     tmp_path: Path, fresh_redis: RedisServer
 ) -> None:
-    with upak_serve(tmp_path, fresh_redis, YOOKASSA_ALLOWED_IPS="127.0.0.1") as server:
+    # Four workers, the issue's host: one replay gate in the host tier for all of them.
+    with upak_serve(tmp_path, fresh_redis, 4, YOOKASSA_ALLOWED_IPS="127.0.0.1") as server:
         body = notification()
         headers = signed_headers(body, at=time.time())
         fresh_redis.kill()

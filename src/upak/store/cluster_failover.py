@@ -258,6 +258,7 @@ class ClusterStats:
             "latency_ms": None if latency is None else round(latency * 1000, 3),
             **{name: self._sum(name) for name in _COUNTERS},
             "hold_seconds": self.hold_seconds,
+            "fallback": self._owner.memory.shared_by,
         }
 
 
@@ -266,6 +267,7 @@ _COUNTERS = (
     "bypassed_calls",
     "switches_to_memory",
     "switches_to_redis",
+    "followed_host",
     "written_back",
     "writeback_dropped",
     "pending_writeback",

@@ -1,4 +1,4 @@
-"""FailoverStore: Redis first, process memory when Redis is away, and back by itself.
+"""FailoverStore: Redis first, the fallback when Redis is away, and back by itself.
 
 The one failover mechanism for every feature (ARCHITECTURE.md, principle 1):
 
@@ -20,6 +20,13 @@ The one failover mechanism for every feature (ARCHITECTURE.md, principle 1):
   claimed during the outage is still a replay afterwards and nobody is logged out by recovery.
 * Memory is kept across a recovery: the session mirror and the outage's own state are what
   the next outage needs (two short outages in a row must not log anybody out).
+* The workers of one host degrade as one. The fallback (`MemoryStore`, or the host tier that
+  all of a host's workers share) holds the outage itself: a worker that trips marks its
+  partition down there, and every other worker reads that mark on its next call (an mmap
+  read) and follows, so no worker serves from Redis while another serves the same session
+  from the tier. The journal lives there too, and one worker at a time (an flock) writes it
+  back; the partition goes back up only when the journal is empty and the hold has passed,
+  checked and set under the tier's lock, and every worker follows again.
 """
 
 from __future__ import annotations
@@ -28,13 +35,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from upak.store.base import Store
 from upak.store.conditions import Condition, condition_of, refuses_writes_only
+from upak.store.journal import Entry, Journal, Outage
 from upak.store.memory import MemoryData, MemoryStore
 from upak.store.operation import Arg, Fallback, Mode, Operation
 from upak.store.primitives import WRITE_PROBE
@@ -44,8 +51,9 @@ T = TypeVar("T")
 log = logging.getLogger("upak.store")
 
 DEGRADED_MEANING = (
-    "replay protection and sessions work per process, rate limiting is per process "
-    "(less accurate), caching is off"
+    "replay protection, sessions and rate limits work per host (every worker of this host "
+    "shares the fallback; per process when it runs alone), rate limits are divided by "
+    "RATE_LIMIT_FALLBACK_DIVISOR (the number of hosts), caching is off"
 )
 
 
@@ -63,11 +71,23 @@ class FailoverStats:
     bypassed_calls: int = 0
     switches_to_memory: int = 0
     switches_to_redis: int = 0
+    # Of the switches to memory, those that followed another worker of the host.
+    followed_host: int = 0
+    fallback: str = "process"  # "host": the tier the host's workers share
     written_back: int = 0
-    writeback_dropped: int = 0
-    pending_writeback: int = 0
+    replay_dropped: int = 0  # write-backs Redis refused as a programming error
     read_through_calls: int = 0
     hold_seconds: float = 0.0  # the hysteresis hold of the current outage
+    # (pending, dropped by the journal's cap), read from the fallback when asked.
+    journal: Callable[[], tuple[int, int]] = field(default=lambda: (0, 0), repr=False)
+
+    @property
+    def pending_writeback(self) -> int:
+        return self.journal()[0]
+
+    @property
+    def writeback_dropped(self) -> int:
+        return self.replay_dropped + self.journal()[1]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,20 +100,14 @@ class FailoverStats:
             "bypassed_calls": self.bypassed_calls,
             "switches_to_memory": self.switches_to_memory,
             "switches_to_redis": self.switches_to_redis,
+            "followed_host": self.followed_host,
+            "fallback": self.fallback,
             "written_back": self.written_back,
             "writeback_dropped": self.writeback_dropped,
             "pending_writeback": self.pending_writeback,
             "read_through_calls": self.read_through_calls,
             "hold_seconds": self.hold_seconds,
         }
-
-
-@dataclass(frozen=True)
-class _Journaled:
-    op: Operation[Any]
-    keys: Sequence[str]
-    args: Sequence[Arg]
-    at_ms: int
 
 
 class FailoverStore(Store):
@@ -109,7 +123,6 @@ class FailoverStore(Store):
         health_interval: float = 0.25,
         backoff_min: float = 0.05,
         backoff_max: float = 1.0,
-        journal_max: int = 1_000_000,
         writeback_batch: int = 256,
         probe_key: str = "upak:store:probe",
         flap_window: float = 10.0,
@@ -121,11 +134,12 @@ class FailoverStore(Store):
         self.redis = redis
         self.memory = memory
         self.target = target
+        # Which of the fallback's outages and journals are this breaker's.
+        self.partition = target
         self._secrets = [s for s in secrets if s]
         self.health_interval = health_interval
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        self.journal_max = journal_max
         self.writeback_batch = writeback_batch
         self.probe_key = probe_key
         # Hysteresis: a trip within `flap_window` s of the last recovery is a flap; each flap
@@ -138,13 +152,15 @@ class FailoverStore(Store):
         self._recovered_at: float | None = None
         self._clock = clock
         self._monotonic = monotonic
-        self._journal: deque[_Journaled] = deque()
-        self._compact_at = journal_max
-        self._writing_back = False
+        self._wake = asyncio.Event()  # the host went back up: probe now, not at the backoff
         self._watcher: asyncio.Task[None] | None = None
         self._recovery_callbacks: list[Callable[[MemoryData], Awaitable[None]]] = []
         self._recovery_task: asyncio.Task[None] | None = None
-        self.stats = FailoverStats(mode=Mode.REDIS if redis else Mode.MEMORY)
+        self.stats = FailoverStats(
+            mode=Mode.REDIS if redis else Mode.MEMORY,
+            journal=lambda: (memory.pending(self.partition), memory.dropped(self.partition)),
+            fallback=memory.shared_by,
+        )
         self._mode = self.stats.mode
 
     @property
@@ -158,6 +174,9 @@ class FailoverStore(Store):
 
     async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
         if self._mode is Mode.REDIS and self.redis is not None:
+            if self.memory.outage(self.partition) is not None:
+                self._follow_host()  # another worker of this host found Redis unable to serve
+                return await self._serve_from_fallback(op, keys, args)
             try:
                 reply = await self.redis.run_raw(op, keys, args)
             except Exception as exc:
@@ -180,11 +199,16 @@ class FailoverStore(Store):
             assert op.bypass is not None
             return op.bypass(args)
         memory_args = op.fallback_args(args) if op.fallback_args is not None else args
-        reply = self.memory.execute(op, keys, memory_args)
+        entry = None
+        if op.writeback:
+            entry = Entry(op, tuple(keys), tuple(args), self._now_ms(), self.partition)
+        reply = self.memory.execute(op, keys, memory_args, entry)
         if op.read_through is not None and op.read_through(reply) and self._reads_served():
             reply = await self._read_through(op, keys, args, reply)
-        if op.writeback:
-            self._journal_call(op, keys, args)
+        if self.redis is not None and self.memory.outage(self.partition) is None:
+            # The host went back up while this worker was still on the fallback (this call
+            # may have been journaled just after): write back and follow at once.
+            self._wake.set()
         return op.parse(reply)
 
     def _reads_served(self) -> bool:
@@ -207,39 +231,6 @@ class FailoverStore(Store):
             self.memory.remember(op, keys, args, reply)
         return reply
 
-    def _journal_call(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> None:
-        if len(self._journal) >= self._compact_at and not self._writing_back:
-            # (Not while a write-back walks the journal: it pops the entries it replayed.)
-            self._compact_journal()
-        self._journal.append(_Journaled(op, tuple(keys), tuple(args), self._now_ms()))
-        self.stats.pending_writeback = len(self._journal)
-
-    def _compact_journal(self) -> None:
-        """Make room in a full journal: touches go first, then the oldest calls that are not
-        precious. A revocation is never dropped (a bounded process beats an OOM kill, but
-        not at the price of a logged-out session coming back); a journal holding nothing
-        else grows past its cap. One pass frees a tenth of the cap, so appends stay O(1)
-        amortised."""
-        room = max(1, self.journal_max // 10)
-        for droppable in (
-            lambda e: e.op.expendable,
-            lambda e: not e.op.precious,
-        ):
-            kept: deque[_Journaled] = deque()
-            for entry in self._journal:
-                if room and droppable(entry):
-                    room -= 1
-                    self.stats.writeback_dropped += 1
-                else:
-                    kept.append(entry)
-            self._journal = kept
-            if not room:
-                break
-        # Whatever is left is precious: the next compaction waits until a tenth more came.
-        self._compact_at = max(
-            self.journal_max, len(self._journal) + max(1, self.journal_max // 10)
-        )
-
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
@@ -257,6 +248,8 @@ class FailoverStore(Store):
         if self._mode is Mode.MEMORY:
             if self.stats.condition != condition:
                 self.stats.condition = str(condition)
+            if self.memory.outage(self.partition) is None:  # a probe failed after the host
+                self.memory.mark_down(self.partition, Outage(str(condition), self._monotonic()))
             return
         now = self._monotonic()
         flapping = self._recovered_at is not None and now - self._recovered_at < self.flap_window
@@ -264,23 +257,40 @@ class FailoverStore(Store):
         self.stats.hold_seconds = (
             min(self.hold_min * 2 ** (self._flaps - 1), self.hold_max) if self._flaps else 0.0
         )
-        self._tripped_at = now
-        self._mode = self.stats.mode = Mode.MEMORY
-        self.stats.condition = str(condition)
-        self.stats.since = self._clock()
-        self.stats.switches_to_memory += 1
-        self.stats.latency = None
+        # The host's workers degrade as one: they read this on their next call and follow.
+        self.memory.mark_down(self.partition, Outage(str(condition), now + self.stats.hold_seconds))
+        self._switch_to_memory(str(condition))
         log.warning(
-            "Redis at %s cannot serve (%s: %s): serving from process memory until it can; %s",
+            "Redis at %s cannot serve (%s: %s): serving from the fallback until it can; %s",
             self.target,
             condition,
             self.stats.last_error,
             DEGRADED_MEANING,
         )
 
+    def _follow_host(self) -> None:
+        outage = self.memory.outage(self.partition)
+        condition = outage.condition if outage else str(Condition.UNREACHABLE)
+        self.stats.last_error = f"another worker of this host found Redis {condition}"
+        self.stats.followed_host += 1
+        self._switch_to_memory(condition)
+        log.warning(
+            "Redis at %s: another worker of this host found it %s; following it onto the fallback",
+            self.target,
+            condition,
+        )
+
+    def _switch_to_memory(self, condition: str) -> None:
+        self._mode = self.stats.mode = Mode.MEMORY
+        self.stats.condition = condition
+        self.stats.since = self._clock()
+        self.stats.switches_to_memory += 1
+        self.stats.latency = None
+
     def _held(self) -> float:
-        """Seconds the hysteresis hold still keeps the store on memory."""
-        return max(0.0, self._tripped_at + self.stats.hold_seconds - self._monotonic())
+        """Seconds the host's hysteresis hold still keeps this partition on the fallback."""
+        outage = self.memory.outage(self.partition)
+        return 0.0 if outage is None else max(0.0, outage.hold_until - self._monotonic())
 
     def _recover(self) -> None:
         self._mode = self.stats.mode = Mode.REDIS
@@ -311,20 +321,18 @@ class FailoverStore(Store):
             self._recovery_task = None
 
     async def _write_back(self) -> None:
-        """Replay the journal against Redis in order; raises if Redis fails again."""
-        assert self.redis is not None
-        self._writing_back = True
-        try:
-            await self._replay_journal()
-        finally:
-            self._writing_back = False
-            if not self._journal:
-                self._compact_at = self.journal_max
+        """Replay the journals this worker may write back, in order; raises if Redis fails
+        again. The host's journal is written by one worker at a time (`MemoryStore.writer`)."""
+        with self.memory.writer(self.partition) as journals:
+            for journal in journals:
+                await self._replay_journal(journal)
 
-    async def _replay_journal(self) -> None:
+    async def _replay_journal(self, journal: Journal) -> None:
+        """Replay batch after batch and clear each as it lands. A writer killed between the
+        two leaves its batch in the journal, and the next writer replays it again: every
+        journaled operation is idempotent (`Operation.durable` asks the same)."""
         assert self.redis is not None
-        while self._journal:
-            batch = [self._journal[i] for i in range(min(self.writeback_batch, len(self._journal)))]
+        while batch := journal.pending(self.partition, self.writeback_batch):
             now = self._now_ms()
             calls, replayed = [], []
             for entry in batch:
@@ -339,22 +347,28 @@ class FailoverStore(Store):
                 *(c for c in calls if c is not None), return_exceptions=True
             )
             outcomes = iter(results)
-            for entry, call, args in zip(batch, calls, replayed, strict=True):
-                outcome = None if call is None else next(outcomes)
-                if isinstance(outcome, Exception) and condition_of(outcome) is not None:
-                    self.stats.pending_writeback = len(self._journal)
-                    raise outcome
-                self._journal.popleft()
-                if isinstance(outcome, BaseException):
-                    self.stats.writeback_dropped += 1
-                    log.error("write-back of %s failed and was dropped: %s", entry.op.name, outcome)
-                elif call is not None:
-                    self.stats.written_back += 1
-                    if entry.op.remember is not None:
-                        # Redis's answer to the replay is the truth memory keeps: a session
-                        # whose create was refused (revoked elsewhere) is forgotten here.
-                        self.memory.remember(entry.op, entry.keys, args or (), outcome)
-            self.stats.pending_writeback = len(self._journal)
+            landed = None  # the last entry replayed, in order, before any condition
+            try:
+                for entry, call, args in zip(batch, calls, replayed, strict=True):
+                    outcome = None if call is None else next(outcomes)
+                    if isinstance(outcome, Exception) and condition_of(outcome) is not None:
+                        raise outcome
+                    landed = entry.seq
+                    if isinstance(outcome, BaseException):
+                        self.stats.replay_dropped += 1
+                        log.error(
+                            "write-back of %s failed and was dropped: %s", entry.op.name, outcome
+                        )
+                    elif call is not None:
+                        self.stats.written_back += 1
+                        if entry.op.remember is not None:
+                            # Redis's answer to the replay is the truth memory keeps: a
+                            # session whose create was refused (revoked elsewhere) is
+                            # forgotten here.
+                            self.memory.remember(entry.op, entry.keys, args or (), outcome)
+            finally:
+                if landed is not None:
+                    journal.done(self.partition, landed)
 
     # --- background: heartbeat while up, probe while down ---
 
@@ -371,6 +385,15 @@ class FailoverStore(Store):
             log.info("Store: Redis at %s (%.1f ms)", self.target, self.stats.latency * 1000)
         except Exception as exc:
             self._trip(exc, _probe_condition(exc))
+        else:
+            if self._mode is Mode.MEMORY:
+                pass  # tripped before start (a test, or a caller that knew): nothing to join
+            elif self.memory.outage(self.partition) is not None:
+                self._follow_host()  # the host is degraded: join it, whatever this PING saw
+            elif self.memory.pending(self.partition):
+                # Calls of an earlier outage (a worker that died before writing them back)
+                # are still owed to Redis: nobody may serve from Redis before they land.
+                self._trip(RuntimeError("an earlier outage's calls are still owed to Redis"))
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="upak-redis")
 
     async def _watch(self) -> None:
@@ -385,7 +408,9 @@ class FailoverStore(Store):
                     self._trip(exc, _probe_condition(exc))
                     backoff = self.backoff_min
                 continue
-            await asyncio.sleep(max(backoff, self._held()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(backoff, self._held()))
             try:
                 self.stats.latency = await self.redis.ping()
                 await self.redis.reset_connections()
@@ -396,8 +421,9 @@ class FailoverStore(Store):
                 self.stats.condition = str(_probe_condition(exc))
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
-            # No await between the last journal check and the switch: nothing slips between.
-            if not self._journal:
+            backoff = self.backoff_min  # Redis answers: what remains is the host's hold
+            # Checked and set in one step (no await): no journaled call slips between.
+            if self.memory.mark_up(self.partition, self._monotonic()):
                 self._recover()
 
     async def ping(self) -> float | None:

@@ -10,8 +10,10 @@ any operation's logic.
 
 Write transactions are serialised with `flock` on a lock file rather than SQLite's busy
 handler (which sleeps a millisecond or more per collision). The lock is tried without
-blocking first, then polled until `lock_timeout` s; a tier that cannot be locked in time (its
-holder stopped) makes `HostStore` serve that call from process memory, the "none" tier.
+blocking first, then polled until `lock_timeout` s (0.2 s: a holder preempted on a loaded
+host must not count as stuck, and a stuck one costs a call no more than that); a tier that
+cannot be locked in time (its holder stopped) makes `HostStore` serve that call from process
+memory, the "none" tier.
 A process that dies releases its locks with it, and SQLite's WAL recovers its half-written
 transaction, so a crash leaves no stale lock.
 
@@ -34,18 +36,33 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from upak.store.conditions import Condition
+from upak.store.journal import (
+    EXPENDABLE,
+    ORDINARY,
+    Entry,
+    Journal,
+    MemoryJournal,
+    Outage,
+    decode_call,
+    encode_call,
+    kind_of,
+)
 from upak.store.memory import Clock, IntLog, KeyRegistry, MemoryData, MemoryStore, _ZSet
-from upak.store.operation import Arg, Mode, Operation
+from upak.store.operation import Arg, Mode, Operation, journaled_operation
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -199,7 +216,53 @@ CREATE TABLE IF NOT EXISTS kv (
     ns TEXT NOT NULL, mirrored INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS kv_expiry ON kv (ns, expires IS NULL, expires);
 CREATE TABLE IF NOT EXISTS usage (ns TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, part TEXT NOT NULL, op TEXT NOT NULL,
+    call BLOB NOT NULL, at_ms INTEGER NOT NULL, kind INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_order ON journal (part);
+CREATE INDEX IF NOT EXISTS journal_kind ON journal (part, kind);
+CREATE TABLE IF NOT EXISTS journal_size (
+    part TEXT PRIMARY KEY, n INTEGER NOT NULL, compact_at INTEGER NOT NULL);
 """
+
+# The host's breaker: one 8-byte word per partition slot in a small shared file, read on
+# every call while Redis is up (an mmap read, no system call, no lock). 0 is "on Redis";
+# anything else packs the hysteresis hold's end (monotonic ms) and the condition.
+FLAG_SLOTS = 512
+_FLAG = struct.Struct("<q")
+_CONDITIONS = list(Condition)
+
+
+def flag_slot(partition: str) -> int:
+    """A partition's word in the flags file. Two partitions that share a slot degrade
+    together: more degraded than needed, never less."""
+    return zlib.crc32(partition.encode()) % FLAG_SLOTS
+
+
+def pack_outage(outage: Outage) -> int:
+    try:
+        index = _CONDITIONS.index(Condition(outage.condition))
+    except ValueError:
+        index = _CONDITIONS.index(Condition.UNREACHABLE)
+    return (max(0, int(outage.hold_until * 1000)) << 5) | (index + 1)
+
+
+def unpack_outage(word: int) -> Outage | None:
+    if word <= 0:
+        return None
+    index = (word & 31) - 1
+    condition = _CONDITIONS[index] if 0 <= index < len(_CONDITIONS) else Condition.UNREACHABLE
+    return Outage(str(condition), (word >> 5) / 1000)
+
+
+# What `HostTier.pending` returns for a journal row it cannot replay: its write-back is a
+# no-op (`replay_args` gives None), so the row is cleared with the batch around it.
+_SKIPPED: Operation[Any] = Operation(
+    name="journal.unreadable",
+    lua="return 0",
+    memory=lambda data, keys, args: 0,
+    replay_args=lambda args, elapsed_ms: None,
+)
 
 
 class HostTier:
@@ -210,7 +273,7 @@ class HostTier:
         root: Path,
         name: str,
         budgets: Budgets = Budgets(),
-        lock_timeout: float = 0.05,
+        lock_timeout: float = 0.2,
         clock: Clock = time.time,
     ) -> None:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -224,8 +287,17 @@ class HostTier:
         self.lock_timeout = lock_timeout
         self.clock = clock
         self._undecodable: set[str] = set()
+        self.root, self.name = root, name
+        self.dropped: dict[str, int] = {}  # per partition: journaled calls the cap dropped here
+        self._unknown_ops: set[str] = set()
+        self._writer_fds: dict[int, int] = {}
+        self._offsets: dict[str, int] = {}
         self._lock_fd = os.open(root / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._members_fd = os.open(root / f"{name}.members", os.O_RDWR | os.O_CREAT, 0o600)
+        self._flags_fd = os.open(root / f"{name}.flags", os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self._flags_fd).st_size < FLAG_SLOTS * _FLAG.size:
+            os.ftruncate(self._flags_fd, FLAG_SLOTS * _FLAG.size)
+        self._flags = mmap.mmap(self._flags_fd, FLAG_SLOTS * _FLAG.size)
         self.db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=lock_timeout
         )
@@ -242,8 +314,10 @@ class HostTier:
         current = boot_id()
         if row is not None and row[0] != current:
             log.warning("host tier %s is from another boot; wiping it", self.path.name)
-            self.db.execute("DELETE FROM kv")
-            self.db.execute("DELETE FROM usage")
+            for table in ("kv", "usage", "journal", "journal_size"):
+                self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - names from this module
+            # A hold is a point on the old boot's monotonic clock: meaningless now.
+            self._flags[:] = bytes(len(self._flags))
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_id', ?)", (current,))
 
     def _join(self) -> None:
@@ -265,8 +339,118 @@ class HostTier:
 
     def close(self) -> None:
         self.db.close()
-        os.close(self._lock_fd)
-        os.close(self._members_fd)
+        self._flags.close()
+        for fd in (self._lock_fd, self._members_fd, self._flags_fd, *self._writer_fds.values()):
+            os.close(fd)
+        self._writer_fds.clear()
+
+    # --- the host's breaker, per partition ---
+
+    def outage(self, partition: str) -> Outage | None:
+        # On every call while Redis is up: one dict lookup and one 8-byte read.
+        offset = self._offsets.get(partition)
+        if offset is None:
+            offset = self._offsets[partition] = flag_slot(partition) * _FLAG.size
+        word = _FLAG.unpack_from(self._flags, offset)[0]
+        return None if word == 0 else unpack_outage(word)
+
+    def set_outage(self, partition: str, outage: Outage | None) -> None:
+        word = 0 if outage is None else pack_outage(outage)
+        _FLAG.pack_into(self._flags, flag_slot(partition) * _FLAG.size, word)
+
+    @contextmanager
+    def writer(self, partition: str) -> Iterator[bool]:
+        """Whether this process is the one writing `partition`'s journal back: an flock per
+        partition slot, tried without waiting, released by the kernel if the writer dies."""
+        slot = flag_slot(partition)
+        fd = self._writer_fds.get(slot)
+        if fd is None:
+            path = self.root / f"{self.name}.writer-{slot}"
+            fd = self._writer_fds[slot] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # --- the host's journal (call `append` inside `locked()`) ---
+
+    def append(self, entry: Entry, max_entries: int) -> None:
+        """Journal one call, making room as `MemoryJournal` does once `max_entries` are held:
+        touches first, then the oldest non-revocations, never a revocation."""
+        part = entry.partition
+        row = self.db.execute(
+            "SELECT n, compact_at FROM journal_size WHERE part = ?", (part,)
+        ).fetchone()
+        held, compact_at = row if row else (0, max_entries)
+        if held >= compact_at:
+            tenth = max(1, max_entries // 10)
+            room = tenth
+            for kind in (EXPENDABLE, ORDINARY):
+                if room:
+                    room -= self.db.execute(
+                        "DELETE FROM journal WHERE seq IN (SELECT seq FROM journal"
+                        " WHERE part = ? AND kind = ? ORDER BY seq LIMIT ?)",
+                        (part, kind, room),
+                    ).rowcount
+            freed = tenth - room
+            self.dropped[part] = self.dropped.get(part, 0) + freed
+            held -= freed
+            compact_at = max(max_entries, held + tenth)
+        self.db.execute(
+            "INSERT INTO journal (part, op, call, at_ms, kind) VALUES (?, ?, ?, ?, ?)",
+            (
+                part,
+                entry.op.name,
+                encode_call(entry.keys, entry.args),
+                entry.at_ms,
+                kind_of(entry.op),
+            ),
+        )
+        self.db.execute(
+            "INSERT OR REPLACE INTO journal_size VALUES (?, ?, ?)", (part, held + 1, compact_at)
+        )
+
+    def pending(self, partition: str, limit: int) -> list[Entry]:
+        """The oldest `limit` journaled calls of `partition`. An entry that does not decode,
+        or names an operation this process does not have, is logged and skipped."""
+        rows = self.db.execute(
+            "SELECT seq, op, call, at_ms FROM journal WHERE part = ? ORDER BY seq LIMIT ?",
+            (partition, limit),
+        ).fetchall()
+        entries = []
+        for seq, name, call, at_ms in rows:
+            op = journaled_operation(name)
+            try:
+                keys, args = decode_call(call)
+            except ValueError as exc:
+                log.error("host tier journal entry %d does not decode (%s); dropped", seq, exc)
+                op = None
+            if op is None:
+                if name not in self._unknown_ops:
+                    self._unknown_ops.add(name)
+                    log.error("host tier journal names an unknown operation %r; dropped", name)
+                entries.append(Entry(_SKIPPED, (), (), at_ms, partition, seq))
+                continue
+            entries.append(Entry(op, keys, args, at_ms, partition, seq))
+        return entries
+
+    def done(self, partition: str, upto_seq: int) -> None:
+        with self.locked():
+            gone = self.db.execute(
+                "DELETE FROM journal WHERE part = ? AND seq <= ?", (partition, upto_seq)
+            ).rowcount
+            self.db.execute(
+                "UPDATE journal_size SET n = max(0, n - ?) WHERE part = ?", (gone, partition)
+            )
+
+    def journal_size(self, partition: str) -> int:
+        row = self.db.execute("SELECT n FROM journal_size WHERE part = ?", (partition,)).fetchone()
+        return row[0] if row else 0
 
     # --- the write lock ---
 
@@ -379,6 +563,8 @@ class HostData(MemoryData):
     """A MemoryData that reads keys from the tier on first use and, at `commit`, writes back
     the keys whose value or expiry changed. Live only within one locked transaction."""
 
+    bounded_in_bytes = True
+
     def __init__(self, tier: HostTier, mirrored: bool = False) -> None:
         super().__init__(clock=tier.clock, max_keys=1 << 62)
         self.tier = tier
@@ -436,11 +622,19 @@ class HostStore(MemoryStore):
     served from this process's memory instead (the "none" tier), as before the tier.
 
     It is a MemoryStore to its callers (Mode.MEMORY, a `data` keyspace to inspect); `data`
-    reads the tier outside any transaction, and assigning a MemoryData adopts its clock."""
+    reads the tier outside any transaction, and assigning a MemoryData adopts its clock.
+    The outage (the host's breaker), the journal and the write-back's writer live in the
+    tier, so the workers of the host degrade, journal and write back as one."""
+
+    shared_by = "host"
 
     def __init__(self, tier: HostTier, remember_interval: float = 5.0) -> None:
         self.tier = tier
         self.local = MemoryData(clock=lambda: self.tier.clock())
+        # Calls served by `local` (tier locked) that must still reach Redis: this process's.
+        self.journal = MemoryJournal()
+        # The tier's journal holds about one entry per 512 bytes of the main budget.
+        self.journal_max = max(1_000, tier.budgets.main // 512)
         self.unlocked_calls = 0
         self.remember_interval = remember_interval
         self.memo_max = 100_000
@@ -464,25 +658,45 @@ class HostStore(MemoryStore):
         op: Operation[Any],
         keys: Sequence[str],
         args: Sequence[Arg],
+        entry: Entry | None = None,
         twin: Callable[[MemoryData, Sequence[str], Sequence[Arg]], Any] | None = None,
         mirrored: bool = False,
     ) -> Any:
-        """Run `twin` (by default the op's memory half) on the tier in one transaction."""
+        """Run `twin` (by default the op's memory half) on the tier in one transaction, and
+        journal `entry` in the same one."""
         twin = twin or op.memory
         try:
-            with self.tier.locked():
-                data = HostData(self.tier, mirrored=mirrored)
-                reply = twin(data, keys, args)
-                data.commit()
-                return reply
+            return self._in_tier(twin, keys, args, entry, mirrored)
         except TierLocked:
-            self.unlocked_calls += 1
-            log.warning(
-                "host tier busy past %.3f s; %s served from process memory",
-                self.tier.lock_timeout,
-                op.name,
-            )
-            return twin(self.local, keys, args)
+            self._note_locked(op)
+            reply = twin(self.local, keys, args)
+            if entry is not None:
+                self.journal.append(entry)
+            return reply
+
+    def _in_tier(
+        self,
+        twin: Callable[[MemoryData, Sequence[str], Sequence[Arg]], Any],
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        entry: Entry | None,
+        mirrored: bool,
+    ) -> Any:
+        with self.tier.locked():
+            data = HostData(self.tier, mirrored=mirrored)
+            reply = twin(data, keys, args)
+            data.commit()
+            if entry is not None:
+                self.tier.append(entry, self.journal_max)
+            return reply
+
+    def _note_locked(self, op: Operation[Any]) -> None:
+        self.unlocked_calls += 1
+        log.warning(
+            "host tier busy past %.3f s; %s served from process memory",
+            self.tier.lock_timeout,
+            op.name,
+        )
 
     def remember(
         self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
@@ -490,19 +704,71 @@ class HostStore(MemoryStore):
         """The mirror, written into the tier only when Redis's answer changed or at most once
         per `remember_interval` s (a per-process memo), so the request path while Redis is up
         stays cheap. A revocation (`Operation.precious`) is applied at once, every time: every
-        worker's outage copy must end with it."""
+        worker's outage copy must end with it. A copy the tier could not take in time goes
+        to process memory and is not memoised, so the next call tries the tier again."""
         assert op.remember is not None
+        memo_key = (op.name, *keys)
+        now = time.monotonic()
         if not op.precious:
-            memo_key = (op.name, *keys)
             seen = self._memo.get(memo_key)
-            now = time.monotonic()
             if seen is not None and seen[0] == reply and now - seen[1] < self.remember_interval:
                 self.skipped_remembers += 1
                 return
+        twin = partial(_remember, op, reply)
+        try:
+            self._in_tier(twin, keys, args, None, mirrored=True)
+        except TierLocked:
+            self._note_locked(op)
+            twin(self.local, keys, args)
+            return
+        if not op.precious:
             if len(self._memo) >= self.memo_max:
                 self._memo.clear()
             self._memo[memo_key] = (reply, now)
-        self.execute(op, keys, args, twin=partial(_remember, op, reply), mirrored=True)
+
+    # --- the outage, shared by the host's workers ---
+
+    def outage(self, partition: str) -> Outage | None:
+        return self.tier.outage(partition)
+
+    def mark_down(self, partition: str, outage: Outage) -> None:
+        try:
+            with self.tier.locked():
+                known = self.tier.outage(partition)
+                if known is None or known.hold_until < outage.hold_until:
+                    self.tier.set_outage(partition, outage)
+        except TierLocked:
+            # Degrading is always safe: set the word without the lock rather than not at all.
+            self.tier.set_outage(partition, outage)
+
+    def mark_up(self, partition: str, now: float) -> bool:
+        if self.journal.size(partition):
+            return False
+        try:
+            with self.tier.locked():
+                outage = self.tier.outage(partition)
+                if self.tier.journal_size(partition) or (
+                    outage is not None and outage.hold_until > now
+                ):
+                    return False
+                self.tier.set_outage(partition, None)
+                return True
+        except TierLocked:
+            return False
+
+    @contextmanager
+    def writer(self, partition: str) -> Iterator[list[Journal]]:
+        """This process's own journal always; the host's too when no other worker is
+        writing it back (if that worker dies, its flock goes with it and the next probe of
+        another worker takes over where it stopped)."""
+        with self.tier.writer(partition) as leading:
+            yield [self.journal, self.tier] if leading else [self.journal]
+
+    def pending(self, partition: str) -> int:
+        return self.journal.size(partition) + self.tier.journal_size(partition)
+
+    def dropped(self, partition: str) -> int:
+        return self.journal.dropped.get(partition, 0) + self.tier.dropped.get(partition, 0)
 
     async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
         return op.parse(self.execute(op, keys, args))

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from upak.store.base import Store
+from upak.store.journal import Entry, Journal, MemoryJournal, Outage
 from upak.store.operation import Arg, Mode, Operation, StoreError
 
 T = TypeVar("T")
@@ -36,6 +38,10 @@ def to_bytes(value: Arg) -> bytes:
 
 class MemoryData:
     """A keyspace of bytes, hashes and sorted sets with millisecond TTLs."""
+
+    # Whether something other than `max_keys` bounds this keyspace (the host tier's byte
+    # budgets): a twin may then skip bookkeeping it keeps only to bound process memory.
+    bounded_in_bytes = False
 
     def __init__(self, clock: Clock = time.time, max_keys: int = 200_000) -> None:
         self._clock = clock
@@ -208,18 +214,41 @@ class IntLog(deque):  # type: ignore[type-arg]
 
 
 class MemoryStore(Store):
-    """The Store served entirely from process memory (the seed's fallback mode)."""
+    """The Store served entirely from process memory (the seed's fallback mode).
 
-    def __init__(self, clock: Clock = time.time, max_keys: int = 200_000) -> None:
+    As a FailoverStore's fallback it also keeps what the fallback knows of an outage: the
+    journal of calls owed to Redis, and, per partition (one breaker: a Redis, or one master's
+    slot range), whether the host is degraded and until when its hysteresis holds it there.
+    For a process of its own the host is the process; the host tier (`upak.store.host`)
+    keeps the same things in a file every worker of the host shares."""
+
+    shared_by = "process"  # who sees this fallback's state: this process only
+
+    def __init__(
+        self, clock: Clock = time.time, max_keys: int = 200_000, journal_max: int = 1_000_000
+    ) -> None:
         self.data = MemoryData(clock=clock, max_keys=max_keys)
+        self.journal = MemoryJournal(journal_max)
+        self._outages: dict[str, Outage] = {}
+        self._writing: set[str] = set()
 
     @property
     def mode(self) -> Mode:
         return Mode.MEMORY
 
-    def execute(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """Run the memory half of `op` and return its raw, Redis-shaped reply."""
-        return op.memory(self.data, keys, args)
+    def execute(
+        self,
+        op: Operation[Any],
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        entry: Entry | None = None,
+    ) -> Any:
+        """Run the memory half of `op` and return its raw, Redis-shaped reply; journal
+        `entry` (a call Redis must see after the outage) in the same step."""
+        reply = op.memory(self.data, keys, args)
+        if entry is not None:
+            self.journal.append(entry)
+        return reply
 
     def remember(
         self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
@@ -227,6 +256,47 @@ class MemoryStore(Store):
         """Keep the copy `op.remember` makes of Redis's `reply` for the next outage."""
         assert op.remember is not None
         op.remember(self.data, keys, args, reply)
+
+    # --- the outage, as every worker of the host sees it (here: this process) ---
+
+    def outage(self, partition: str) -> Outage | None:
+        """The host's outage of `partition`, None while the host is on Redis."""
+        return self._outages.get(partition)
+
+    def mark_down(self, partition: str, outage: Outage) -> None:
+        """The host is degraded for `partition`; a longer hold already set is kept."""
+        known = self._outages.get(partition)
+        if known is None or known.hold_until < outage.hold_until:
+            self._outages[partition] = outage
+
+    def mark_up(self, partition: str, now: float) -> bool:
+        """Back on Redis, if nothing is still owed to it and the hold has passed. Checked
+        and set in one step, so no journaled call slips in between."""
+        outage = self._outages.get(partition)
+        if self.journal.size(partition) or (outage is not None and outage.hold_until > now):
+            return False
+        self._outages.pop(partition, None)
+        return True
+
+    @contextmanager
+    def writer(self, partition: str) -> Iterator[list[Journal]]:
+        """The journals this caller may write back now; one writer per partition at a time."""
+        if partition in self._writing:
+            yield []
+            return
+        self._writing.add(partition)
+        try:
+            yield [self.journal]
+        finally:
+            self._writing.discard(partition)
+
+    def pending(self, partition: str) -> int:
+        """Journaled calls of `partition` not yet written back."""
+        return self.journal.size(partition)
+
+    def dropped(self, partition: str) -> int:
+        """Journaled calls of `partition` the journal's cap dropped."""
+        return self.journal.dropped.get(partition, 0)
 
     async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
         return op.parse(self.execute(op, keys, args))

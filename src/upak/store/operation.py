@@ -44,6 +44,26 @@ class StoreError(Exception):
     """Redis answered, but not as the operation expects (wrong type, script error)."""
 
 
+# Journaled operations by name: a journal kept outside process memory (the host tier's) names
+# each call's operation, and whichever worker writes it back finds the code here.
+_JOURNALED: dict[str, Operation[Any]] = {}
+
+
+def _register_journaled(op: Operation[Any]) -> None:
+    known = _JOURNALED.get(op.name)
+    if known is not None and known.lua != op.lua:
+        raise ValueError(
+            f"two journaled operations are named {op.name!r}: a write-back could not tell "
+            "them apart; give one another name"
+        )
+    _JOURNALED[op.name] = op
+
+
+def journaled_operation(name: str) -> Operation[Any] | None:
+    """The journaled operation called `name` in this process, if there is one."""
+    return _JOURNALED.get(name)
+
+
 def _identity(reply: Reply) -> Any:
     return reply
 
@@ -93,6 +113,8 @@ class Operation(Generic[T]):
     def __post_init__(self) -> None:
         if self.fallback is Fallback.BYPASS and self.bypass is None:
             raise ValueError(f"operation {self.name}: a BYPASS fallback needs a bypass result")
+        if self.writeback:
+            _register_journaled(self)
 
     def __repr__(self) -> str:
         return f"Operation({self.name!r})"

@@ -125,6 +125,16 @@ class Health(BaseModel):
     bypassed_calls: int | None = None
     switches_to_memory: int | None = None
     switches_to_redis: int | None = None
+    followed_host: int | None = Field(
+        None,
+        description="Switches to the fallback made because another worker of this "
+        "host found Redis unable to serve (the host's workers degrade as one).",
+    )
+    fallback: Literal["host", "process"] | None = Field(
+        None,
+        description="Where the outage is served from: the host tier every worker of "
+        "this host shares, or this process's memory (one worker).",
+    )
     written_back: int | None = None
     writeback_dropped: int | None = None
     pending_writeback: int | None = None

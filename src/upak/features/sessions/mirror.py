@@ -44,6 +44,9 @@ def _mirror(
     data.zadd(index_key, {handle: float(int(fields[b"c"]))})
     if data.pttl(index_key) < ends - now_ms:
         data.pexpire(index_key, ends - now_ms)
+    if data.bounded_in_bytes:
+        return  # the host tier's byte budget bounds the mirror; a registry row would be
+        # rewritten whole on every copy, O(sessions) bytes per request
     registry_key = _mirror_registry_key(session_key)
     registry = data.entry(registry_key, _MirrorRegistry)
     if registry is None:
