@@ -17,6 +17,7 @@ from upak.domain.passwords import Passwords, PasswordsBusy, passwords_from_setti
 from upak.logs import configure_logging
 from upak.store import FailoverStore, Mode, build_store
 from upak.web.client_ip import trusted_proxy_headers
+from upak.web.hot_routes import install_hot_routes
 from upak.web.metrics import Metrics
 from upak.web.middleware.body_limit import BodySizeLimit
 from upak.web.middleware.head import HeadAsGet
@@ -113,6 +114,11 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(me.router)
     install_docs(app)
+    # The GETs every client repeats skip FastAPI's route scan and dependency solving; their
+    # declarations above stay what routing of other methods and the OpenAPI schema use.
+    install_hot_routes(
+        app, {"/plans": plans.hot_list_plans(services.cache), "/me": me.hot_me(services)}
+    )
     install_openapi(
         app,
         cookie_name=cookie_name(settings),
