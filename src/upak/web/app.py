@@ -35,6 +35,7 @@ from upak.web.problems import install_problem_handlers
 from upak.web.routes import auth, health, me, payments, plans, webhooks
 from upak.web.routes.docs import install_docs
 from upak.web.services import Services
+from upak.web.telemetry import settle_native_telemetry
 
 log = logging.getLogger("upak.web")
 
@@ -88,6 +89,7 @@ def create_app(
             # promoted, and the full collections they trigger cost 70 ms at p99 otherwise.
             gc.collect()
             gc.freeze()
+        settle_native_telemetry(app)
         services.metrics.start()
         try:
             yield
