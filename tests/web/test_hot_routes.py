@@ -29,9 +29,9 @@ EMAIL = "hot@example.com"
 
 def declared_routes_only(app: FastAPI) -> None:
     """Take the hot routes out: requests go through FastAPI's routing to the declared routes."""
-    hot = app.router.middleware_stack
-    assert isinstance(hot, HotRoutes)
-    app.router.middleware_stack = hot.app
+    (hot,) = [m for m in app.user_middleware if m.cls is HotRoutes]
+    app.user_middleware.remove(hot)
+    app.middleware_stack = None  # rebuilt at the next request, without it
 
 
 def answer(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -109,3 +109,10 @@ def test_only_declared_static_get_routes_can_be_hot() -> None:
     for path in ("/nowhere", "/only-post"):
         with pytest.raises(ValueError, match="not a declared static GET route"):
             install_hot_routes(app, {path: endpoint})
+
+    @app.get("/fine")
+    async def fine() -> None: ...
+
+    app.add_middleware(HotRoutes, fastapi=app, routes={})
+    with pytest.raises(ValueError, match="innermost"):
+        install_hot_routes(app, {"/fine": endpoint})

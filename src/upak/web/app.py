@@ -116,11 +116,6 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(me.router)
     install_docs(app)
-    # The GETs every client repeats skip FastAPI's route scan and dependency solving; their
-    # declarations above stay what routing of other methods and the OpenAPI schema use.
-    install_hot_routes(
-        app, {"/plans": plans.hot_list_plans(services.cache), "/me": me.hot_me(services)}
-    )
     install_openapi(
         app,
         cookie_name=cookie_name(settings),
@@ -129,7 +124,12 @@ def create_app(
     )
     # Middleware added later wraps what was added before. The session is resolved inside the
     # origin check (a refused request costs no store call) and outside anything that reads it.
-    app.add_middleware(HeadAsGet)  # innermost: only the router sees a HEAD as its GET
+    # Innermost, the hot routes: the GETs every client repeats skip FastAPI's route scan and
+    # dependency solving (their declarations above stay for OpenAPI and other methods).
+    install_hot_routes(
+        app, {"/plans": plans.hot_list_plans(services.cache), "/me": me.hot_me(services)}
+    )
+    app.add_middleware(HeadAsGet)  # only the routes see a HEAD as its GET
     if services.ratelimit is not None:  # inside sessions, so user ids key the default limit
         install_rate_limiting(app, services.ratelimit, settings)
     app.add_middleware(SessionMiddleware, sessions=services.sessions, settings=settings)
