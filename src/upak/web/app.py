@@ -19,9 +19,8 @@ from upak.store import FailoverStore, Mode, build_store
 from upak.web.client_ip import trusted_proxy_headers
 from upak.web.hot_routes import install_hot_routes
 from upak.web.metrics import Metrics
-from upak.web.middleware.body_limit import BodySizeLimit
+from upak.web.middleware.guard import RequestGuard
 from upak.web.middleware.head import HeadAsGet
-from upak.web.middleware.http_metrics import HttpMetrics
 from upak.web.middleware.origin import OriginCheck
 from upak.web.middleware.ratelimit import (
     RateLimitRules,
@@ -29,7 +28,6 @@ from upak.web.middleware.ratelimit import (
     install_rate_limiting,
 )
 from upak.web.middleware.sessions import SessionMiddleware, cookie_name
-from upak.web.middleware.store_errors import StoreErrorGuard
 from upak.web.openapi import install_openapi
 from upak.web.problems import install_problem_handlers
 from upak.web.routes import auth, health, me, payments, plans, webhooks
@@ -142,12 +140,11 @@ def create_app(
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Content-Type", "If-None-Match", "If-Match"],
         )
-    app.add_middleware(BodySizeLimit)
-    # Around every middleware that talks to the store: a StoreError is a 503, never a 500.
-    app.add_middleware(StoreErrorGuard)
+    # Around every middleware that talks to the store or reads a body: every answer counted,
+    # a StoreError a 503 (never a 500), bodies within the limit.
+    app.add_middleware(RequestGuard, metrics=services.metrics)
     if services.trusted_proxies:  # the client behind them, for everything inside and the log
         app.add_middleware(trusted_proxy_headers, trusted_proxies=services.trusted_proxies)
-    app.add_middleware(HttpMetrics, metrics=services.metrics)  # outermost: sees every answer
     return app
 
 
