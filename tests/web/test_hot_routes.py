@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from tests.web.test_auth import (
     Build,
@@ -104,7 +105,7 @@ def test_only_declared_static_get_routes_can_be_hot() -> None:
     @app.post("/only-post")
     async def only_post() -> None: ...
 
-    async def endpoint(scope: Any, receive: Any, send: Any) -> None: ...
+    async def endpoint(scope: Any) -> Any: ...
 
     for path in ("/nowhere", "/only-post"):
         with pytest.raises(ValueError, match="not a declared static GET route"):
@@ -116,3 +117,47 @@ def test_only_declared_static_get_routes_can_be_hot() -> None:
     app.add_middleware(HotRoutes, fastapi=app, routes={})
     with pytest.raises(ValueError, match="innermost"):
         install_hot_routes(app, {"/fine": endpoint})
+
+
+class Refused(Exception):
+    pass
+
+
+class RefusedSlowly(Refused):
+    pass
+
+
+async def test_what_a_hot_endpoint_raises_gets_the_apps_handler() -> None:
+    app = FastAPI()
+
+    @app.get("/hot")
+    async def declared() -> None: ...
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"refused": type(exc).__name__}, status_code=409)
+
+    @app.exception_handler(418)
+    def teapot(request: Request, exc: Exception) -> JSONResponse:  # sync: run in a thread
+        return JSONResponse({"teapot": True}, status_code=418)
+
+    raised: list[Exception] = []
+
+    async def endpoint(scope: Any) -> Any:
+        raise raised[0]
+
+    install_hot_routes(app, {"/hot": endpoint})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    ) as client:
+        for exc, status, body in [
+            (RefusedSlowly(), 409, {"refused": "RefusedSlowly"}),  # nearest class in the MRO
+            (HTTPException(418), 418, {"teapot": True}),  # a status code's handler first
+            (HTTPException(404, "Nope"), 404, {"detail": "Nope"}),  # FastAPI's own
+            (KeyError("unhandled"), 500, None),  # to ServerErrorMiddleware, as any route's
+        ]:
+            raised[:] = [exc]
+            response = await client.get("/hot")
+            assert response.status_code == status
+            if body is not None:
+                assert response.json() == body

@@ -9,27 +9,34 @@ a hot path exactly goes on to FastAPI as before.
 
 `HotRoutes` is the innermost middleware (inside `HeadAsGet`, so a HEAD is answered as its
 GET, and inside everything that limits or resolves a request). That is outside FastAPI's own
-exception middleware, so a hot endpoint runs under a Starlette `ExceptionMiddleware` of its
-own, built from the app's exception handlers the way FastAPI builds its: what a hot endpoint
-raises (401's HTTPException, a StoreError, DatabaseUnavailable) gets the same answer.
+exception middleware, so it answers what a hot endpoint raises (401's HTTPException, a
+StoreError, DatabaseUnavailable) itself, with the app's handler for it, looked up as
+Starlette's exception middleware looks it up: the same answer as from any route. A hot
+endpoint returns its answer rather than sending it, so an exception is always raised before
+anything was sent, and the answer goes out after.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
-from starlette._utils import get_route_path
-from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette._utils import get_route_path, is_async_callable
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-HotEndpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+from upak.web.http_cache import Answer
+
+HotEndpoint = Callable[[Scope], Awaitable[Answer]]
 
 
 class HotRoutes:
-    """`app` with `routes` (path -> its declared route and its raw endpoint) answered first."""
+    """`app` with `routes` (path -> its declared route and its endpoint) answered first."""
 
     def __init__(
         self,
@@ -41,7 +48,6 @@ class HotRoutes:
         self.app = app
         self.fastapi = fastapi
         self.routes = dict(routes)
-        self._handled: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -49,30 +55,46 @@ class HotRoutes:
             if hot is not None:
                 # What the router would have left in the scope: HttpMetrics labels by the
                 # route's template, url_for needs the router.
-                scope["route"] = hot[0]
+                route, endpoint = hot
+                scope["route"] = route
                 scope["path_params"] = {}
                 scope.setdefault("router", self.fastapi.router)
-                await (self._handled or self._with_handlers())(scope, receive, send)
+                try:
+                    status, headers, body = await endpoint(scope)
+                except Exception as exc:
+                    await self._handle(exc, scope, receive, send)
+                    return
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.routes[get_route_path(scope)][1](scope, receive, send)
+    async def _handle(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self._handler_for(exc)
+        if handler is None:
+            raise exc  # ServerErrorMiddleware's 500, as for any route
+        request = Request(scope, receive, send)
+        if is_async_callable(handler):
+            response = await handler(request, exc)
+        else:
+            response = await run_in_threadpool(handler, request, exc)
+        if response is not None:
+            await response(scope, receive, send)
+        exc.__traceback__ = None  # as Starlette does: reused exceptions keep no traceback
 
-    def _with_handlers(self) -> ASGIApp:
-        # Built at the first hot request, as Starlette builds its middleware stack at the
-        # first request: handlers added until then count. FastAPI gives its exception
-        # middleware every handler but 500/Exception's (those go to ServerErrorMiddleware,
-        # outside us, for hot routes as for the rest).
-        handlers = {
-            key: handler
-            for key, handler in self.fastapi.exception_handlers.items()
-            if key not in (500, Exception)
-        }
-        self._handled = ExceptionMiddleware(
-            self._dispatch, handlers=handlers, debug=self.fastapi.debug
-        )
-        return self._handled
+    def _handler_for(self, exc: Exception) -> Callable[..., Any] | None:
+        # Starlette's lookup over what FastAPI gives its exception middleware (every handler
+        # but 500/Exception's, which ServerErrorMiddleware, outside us, uses): a status code's
+        # handler for an HTTPException first, then the nearest class in the exception's MRO.
+        # Read per failure, not per request: handlers added after start-up count too.
+        handlers = self.fastapi.exception_handlers
+        status = exc.status_code if isinstance(exc, HTTPException) else None
+        if status is not None and status != 500 and status in handlers:
+            return handlers[status]
+        for cls in type(exc).__mro__:
+            if cls in handlers and cls is not Exception:
+                return handlers[cls]
+        return None
 
 
 def install_hot_routes(app: FastAPI, endpoints: Mapping[str, HotEndpoint]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Scope, Send
+from starlette.types import Scope
 
 from upak.features.cache import Cache, user_key, user_tag
 
@@ -116,27 +116,24 @@ def _first_header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def send_representation(
-    scope: Scope,
-    send: Send,
-    representation: Representation,
-    cache_control: bytes,
-    vary: bytes | None,
-) -> None:
+# An answer as raw ASGI sends it: status, header fields, body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def answer_representation(
+    scope: Scope, representation: Representation, cache_control: bytes, vary: bytes | None
+) -> Answer:
     """`respond` for a raw ASGI endpoint (`upak.web.hot_routes`): the same status, headers
-    (in the same order) and body, sent without building a Request or a Response."""
+    (in the same order) and body, without building a Request or a Response."""
     headers = [(b"etag", representation.etag.encode("latin-1")), (b"cache-control", cache_control)]
     if vary:
         headers.append((b"vary", vary))
     if if_none_match(_first_header(scope, b"if-none-match"), representation.etag):
-        await send({"type": "http.response.start", "status": 304, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
-        return
+        return 304, headers, b""
     body = representation.body
     headers.append((b"content-length", b"%d" % len(body)))
     headers.append((b"content-type", representation.media_type.encode("latin-1")))
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return 200, headers, body
 
 
 async def cached_representation(

@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
 from upak.domain.accounts import get_user
 from upak.domain.models import User
@@ -27,10 +27,11 @@ from upak.web.hot_routes import HotEndpoint
 from upak.web.http_cache import (
     PRIVATE_CACHE_CONTROL,
     PRIVATE_VARY,
+    Answer,
     Representation,
+    answer_representation,
     private_representation,
     respond,
-    send_representation,
 )
 from upak.web.middleware.sessions import SESSION
 from upak.web.openapi import not_modified
@@ -88,12 +89,12 @@ def hot_me(services: Services) -> HotEndpoint:
     cache_control = PRIVATE_CACHE_CONTROL.encode()
     vary = PRIVATE_VARY.encode()
 
-    async def me_hot(scope: Scope, receive: Receive, send: Send) -> None:
+    async def me_hot(scope: Scope) -> Answer:
         session: LoginSession | None = scope.get(SESSION)
         request = Request(scope)  # only a reference to the scope; read on a 401 or a miss
         if session is None:
             raise not_logged_in(request)
         representation = await me_representation(services, session, request)
-        await send_representation(scope, send, representation, cache_control, vary)
+        return answer_representation(scope, representation, cache_control, vary)
 
     return me_hot

@@ -11,16 +11,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
 from upak.domain.billing import PLANS
 from upak.features.cache import Cache
 from upak.web.hot_routes import HotEndpoint
 from upak.web.http_cache import (
+    Answer,
+    answer_representation,
     cached_representation,
     public_cache_control,
     public_json,
-    send_representation,
 )
 from upak.web.openapi import not_modified
 from upak.web.schemas import Plan
@@ -53,8 +54,8 @@ def hot_list_plans(cache: Cache) -> HotEndpoint:
     """`GET /plans` as a raw ASGI endpoint over `cache`: what `list_plans` answers."""
     cache_control = _CACHE_CONTROL.encode()
 
-    async def list_plans_hot(scope: Scope, receive: Receive, send: Send) -> None:
+    async def list_plans_hot(scope: Scope) -> Answer:
         representation = await cached_representation(cache, PLANS_KEY, catalogue, tags=_TAGS)
-        await send_representation(scope, send, representation, cache_control, None)
+        return answer_representation(scope, representation, cache_control, None)
 
     return list_plans_hot
