@@ -17,10 +17,10 @@ from upak.domain.passwords import Passwords, PasswordsBusy, passwords_from_setti
 from upak.logs import configure_logging
 from upak.store import ClusterFailoverStore, FailoverStore, Mode, build_store
 from upak.web.client_ip import trusted_proxy_headers
+from upak.web.hot_routes import install_hot_routes
 from upak.web.metrics import Metrics
-from upak.web.middleware.body_limit import BodySizeLimit
+from upak.web.middleware.guard import RequestGuard
 from upak.web.middleware.head import HeadAsGet
-from upak.web.middleware.http_metrics import HttpMetrics
 from upak.web.middleware.origin import OriginCheck
 from upak.web.middleware.ratelimit import (
     RateLimitRules,
@@ -28,12 +28,12 @@ from upak.web.middleware.ratelimit import (
     install_rate_limiting,
 )
 from upak.web.middleware.sessions import SessionMiddleware, cookie_name
-from upak.web.middleware.store_errors import StoreErrorGuard
 from upak.web.openapi import install_openapi
 from upak.web.problems import install_problem_handlers
 from upak.web.routes import auth, health, me, payments, plans, webhooks
 from upak.web.routes.docs import install_docs
 from upak.web.services import Services
+from upak.web.telemetry import settle_native_telemetry
 
 log = logging.getLogger("upak.web")
 
@@ -87,6 +87,7 @@ def create_app(
             # promoted, and the full collections they trigger cost 70 ms at p99 otherwise.
             gc.collect()
             gc.freeze()
+        settle_native_telemetry(app)
         services.metrics.start()
         try:
             yield
@@ -121,7 +122,12 @@ def create_app(
     )
     # Middleware added later wraps what was added before. The session is resolved inside the
     # origin check (a refused request costs no store call) and outside anything that reads it.
-    app.add_middleware(HeadAsGet)  # innermost: only the router sees a HEAD as its GET
+    # Innermost, the hot routes: the GETs every client repeats skip FastAPI's route scan and
+    # dependency solving (their declarations above stay for OpenAPI and other methods).
+    install_hot_routes(
+        app, {"/plans": plans.hot_list_plans(services.cache), "/me": me.hot_me(services)}
+    )
+    app.add_middleware(HeadAsGet)  # only the routes see a HEAD as its GET
     if services.ratelimit is not None:  # inside sessions, so user ids key the default limit
         install_rate_limiting(app, services.ratelimit, settings)
     app.add_middleware(SessionMiddleware, sessions=services.sessions, settings=settings)
@@ -134,12 +140,11 @@ def create_app(
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Content-Type", "If-None-Match", "If-Match"],
         )
-    app.add_middleware(BodySizeLimit)
-    # Around every middleware that talks to the store: a StoreError is a 503, never a 500.
-    app.add_middleware(StoreErrorGuard)
+    # Around every middleware that talks to the store or reads a body: every answer counted,
+    # a StoreError a 503 (never a 500), bodies within the limit.
+    app.add_middleware(RequestGuard, metrics=services.metrics)
     if services.trusted_proxies:  # the client behind them, for everything inside and the log
         app.add_middleware(trusted_proxy_headers, trusted_proxies=services.trusted_proxies)
-    app.add_middleware(HttpMetrics, metrics=services.metrics)  # outermost: sees every answer
     return app
 
 

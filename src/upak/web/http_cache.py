@@ -25,6 +25,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from upak.features.cache import Cache, user_key, user_tag
 
@@ -108,6 +109,33 @@ def respond(
     return Response(representation.body, media_type=representation.media_type, headers=headers)
 
 
+def _first_header(scope: Scope, name: bytes) -> str | None:
+    for header, value in scope["headers"]:
+        if header == name:
+            return value.decode("latin-1")
+    return None
+
+
+# An answer as raw ASGI sends it: status, header fields, body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def answer_representation(
+    scope: Scope, representation: Representation, cache_control: bytes, vary: bytes | None
+) -> Answer:
+    """`respond` for a raw ASGI endpoint (`upak.web.hot_routes`): the same status, headers
+    (in the same order) and body, without building a Request or a Response."""
+    headers = [(b"etag", representation.etag.encode("latin-1")), (b"cache-control", cache_control)]
+    if vary:
+        headers.append((b"vary", vary))
+    if if_none_match(_first_header(scope, b"if-none-match"), representation.etag):
+        return 304, headers, b""
+    body = representation.body
+    headers.append((b"content-length", b"%d" % len(body)))
+    headers.append((b"content-type", representation.media_type.encode("latin-1")))
+    return 200, headers, body
+
+
 async def cached_representation(
     cache: Cache,
     key: str,
@@ -161,7 +189,20 @@ async def private_json(
 
     `cache.invalidate_user(user_id)` drops it (e.g. on a subscription change).
     """
-    representation = await cached_representation(
+    representation = await private_representation(cache, user_id, name, load, ttl=ttl, tags=tags)
+    return respond(request, representation, PRIVATE_CACHE_CONTROL, vary=PRIVATE_VARY)
+
+
+async def private_representation(
+    cache: Cache,
+    user_id: Any,
+    name: str,
+    load: Callable[[], Awaitable[Any]],
+    *,
+    ttl: float | None = None,
+    tags: Iterable[str] = (),
+) -> Representation:
+    """What `private_json` answers, before it is a response: under the user's key and tag."""
+    return await cached_representation(
         cache, user_key(user_id, name), load, ttl=ttl, tags=(*tags, user_tag(user_id))
     )
-    return respond(request, representation, PRIVATE_CACHE_CONTROL, vary=PRIVATE_VARY)

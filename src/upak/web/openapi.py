@@ -4,7 +4,7 @@ Route decorators declare what only that route can answer (`responses=problems({4
 what the middleware and dependencies answer on every route they wrap is added here, from
 the same facts the middleware acts on, so a new route is documented right without repeating it:
 
-* every route: 400 (an invalid Content-Length), 413 (BodySizeLimit);
+* every route: 400 (an invalid Content-Length), 413 (the body limit, RequestGuard);
 * rate-limited routes (all but the limiter's exempt paths): 429 with Retry-After, and the
   RateLimit / RateLimit-Policy fields on every answer; 503 when the store fails;
 * POST/PUT/PATCH/DELETE: 403 from the origin check;

@@ -3,6 +3,10 @@
 Own rather than starlette-exporter or prometheus-fastapi-instrumentator: both find the
 template by matching the request against every route again, while the router has already
 put the matched route in the scope; bench/http_metrics.py measures the three.
+
+The app counts through `RequestGuard` (upak.web.middleware.guard), which does this in the
+same frame as the body limit and the store-error answer; `HttpMetrics` is the same count as
+a middleware of its own (the form bench/http_metrics.py compares).
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from upak.web.metrics import Metrics
 
 UNMATCHED = "unmatched"  # 404s: one label value, whatever paths clients try
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template, which the router put on the shared scope."""
+    return getattr(scope.get("route"), "path", UNMATCHED)
 
 
 class HttpMetrics:
@@ -37,9 +46,8 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")  # set by the router on the shared scope
             self.metrics.observe_request(
-                getattr(route, "path", UNMATCHED),
+                route_template(scope),
                 scope["method"],
                 status,
                 time.perf_counter() - started,

@@ -276,7 +276,7 @@ class RateLimitMiddleware:
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
-    """Read the whole body (BodySizeLimit, outside us, bounds it) and replay it downstream."""
+    """Read the whole body (RequestGuard, outside us, bounds it) and replay it downstream."""
     chunks: list[bytes] = []
     while True:
         message = await receive()

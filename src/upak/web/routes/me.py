@@ -4,6 +4,10 @@ The session middleware already knows who is calling, so a cache hit costs no dat
 a payment that changes the subscription drops the entry (`Cache.invalidate_user`). While the
 database is away a cached document is still served: it cannot be stale from a payment, since
 none can land meanwhile; a miss answers 503 (see `upak.web.problems`).
+
+The route is declared for FastAPI (its OpenAPI entry and session security, routing of other
+methods); `GET /me` itself is answered by `hot_me` (`upak.web.hot_routes`): the session from
+the scope the session middleware filled, the same answer without dependency solving.
 """
 
 from __future__ import annotations
@@ -13,12 +17,23 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from upak.domain.accounts import get_user
 from upak.domain.models import User
 from upak.features.sessions import LoginSession
 from upak.web.dependencies import not_logged_in, require_session
-from upak.web.http_cache import private_json
+from upak.web.hot_routes import HotEndpoint
+from upak.web.http_cache import (
+    PRIVATE_CACHE_CONTROL,
+    PRIVATE_VARY,
+    Answer,
+    Representation,
+    answer_representation,
+    private_representation,
+    respond,
+)
+from upak.web.middleware.sessions import SESSION
 from upak.web.openapi import not_modified
 from upak.web.schemas import Me
 from upak.web.services import Services, get_services
@@ -44,12 +59,11 @@ def me_body(user: User) -> dict[str, Any]:
     }
 
 
-@router.get("/me", response_model=Me, responses=not_modified())
-async def me(
-    request: Request,
-    session: LoginSession = Depends(require_session),
-    services: Services = Depends(get_services),
-) -> Response:
+async def me_representation(
+    services: Services, session: LoginSession, request: Request
+) -> Representation:
+    """The caller's /me document, rendered, from the cache or (a miss) the database."""
+
     async def load() -> dict[str, Any]:
         async with services.db() as db:
             user = await get_user(db, session.user_id)
@@ -57,4 +71,30 @@ async def me(
             raise not_logged_in(request, "The account of this session no longer exists.")
         return me_body(user)
 
-    return await private_json(request, services.cache, session.user_id, "me", load)
+    return await private_representation(services.cache, session.user_id, "me", load)
+
+
+@router.get("/me", response_model=Me, responses=not_modified())
+async def me(
+    request: Request,
+    session: LoginSession = Depends(require_session),
+    services: Services = Depends(get_services),
+) -> Response:
+    representation = await me_representation(services, session, request)
+    return respond(request, representation, PRIVATE_CACHE_CONTROL, vary=PRIVATE_VARY)
+
+
+def hot_me(services: Services) -> HotEndpoint:
+    """`GET /me` as a raw ASGI endpoint: what `me` answers, `require_session` included."""
+    cache_control = PRIVATE_CACHE_CONTROL.encode()
+    vary = PRIVATE_VARY.encode()
+
+    async def me_hot(scope: Scope) -> Answer:
+        session: LoginSession | None = scope.get(SESSION)
+        request = Request(scope)  # only a reference to the scope; read on a 401 or a miss
+        if session is None:
+            raise not_logged_in(request)
+        representation = await me_representation(services, session, request)
+        return answer_representation(scope, representation, cache_control, vary)
+
+    return me_hot

@@ -1,4 +1,9 @@
-"""`GET /plans`: the plan catalogue, public, served from the cache with an ETag and 304s."""
+"""`GET /plans`: the plan catalogue, public, served from the cache with an ETag and 304s.
+
+The route is declared for FastAPI (routing of other methods, OpenAPI); `GET /plans` itself is
+answered by `hot_list_plans` (`upak.web.hot_routes`), the same answer without FastAPI's
+per-request machinery.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from upak.domain.billing import PLANS
-from upak.web.http_cache import public_json
+from upak.features.cache import Cache
+from upak.web.hot_routes import HotEndpoint
+from upak.web.http_cache import (
+    Answer,
+    answer_representation,
+    cached_representation,
+    public_cache_control,
+    public_json,
+)
 from upak.web.openapi import not_modified
 from upak.web.schemas import Plan
 from upak.web.services import services_of
@@ -19,6 +33,9 @@ router = APIRouter(tags=["billing"])
 PLANS_MAX_AGE = 60
 # Invalidate this tag when the catalogue changes.
 PLANS_TAG = "plans"
+PLANS_KEY = "plans:list"
+_TAGS = (PLANS_TAG,)
+_CACHE_CONTROL = public_cache_control(PLANS_MAX_AGE)
 
 
 async def catalogue() -> list[dict[str, Any]]:
@@ -29,5 +46,16 @@ async def catalogue() -> list[dict[str, Any]]:
 async def list_plans(request: Request) -> Response:
     cache = services_of(request).cache
     return await public_json(
-        request, cache, "plans:list", catalogue, max_age=PLANS_MAX_AGE, tags=[PLANS_TAG]
+        request, cache, PLANS_KEY, catalogue, max_age=PLANS_MAX_AGE, tags=_TAGS
     )
+
+
+def hot_list_plans(cache: Cache) -> HotEndpoint:
+    """`GET /plans` as a raw ASGI endpoint over `cache`: what `list_plans` answers."""
+    cache_control = _CACHE_CONTROL.encode()
+
+    async def list_plans_hot(scope: Scope) -> Answer:
+        representation = await cached_representation(cache, PLANS_KEY, catalogue, tags=_TAGS)
+        return answer_representation(scope, representation, cache_control, None)
+
+    return list_plans_hot

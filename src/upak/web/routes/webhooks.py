@@ -6,7 +6,7 @@ the body, then claim the delivery in the replay gate and apply the payment once.
     200 {"status": "processed" | "duplicate" | "ignored"}
     400 malformed body · 401 bad or missing signature or timestamp · 403 untrusted source
     409 + Retry-After: the same delivery is being processed right now (the sender retries)
-    413 body over 64 KiB (BodySizeLimit) · 503 + Retry-After: processing failed, or YooKassa's
+    413 body over 64 KiB (the body limit) · 503 + Retry-After: processing failed, or YooKassa's
     API could not confirm the notification; nothing applied, the claim released
 
 With shop credentials (YOOKASSA_SHOP_ID) a notification is only a hint: what is applied is
