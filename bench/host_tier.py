@@ -494,8 +494,17 @@ def mirror_write_cost(result: Result, tiers: Path) -> None:
 
 
 def section(data: dict) -> list[str]:
-    """This result's section, in bench/report.py's layout (table, then the notes)."""
-    lines = [f"## {data['title']}", "", "| measure | ours | peer | peer figure | ratio |"]
+    """This result's section, in bench/report.py's layout (table, then the notes), opened by
+    the line saying when and how it was measured (the page's header is of `make bench`)."""
+    extra = data.get("extra", {})
+    lines = [f"## {data['title']}", ""]
+    if "measured_utc" in extra:
+        lines += [
+            f"Measured on {extra['measured_utc']} by `bench/host_tier.py` alone, in "
+            f"{extra['seconds']:.0f} s, while other sessions' tests shared the 2 cores.",
+            "",
+        ]
+    lines.append("| measure | ours | peer | peer figure | ratio |")
     lines.append("|---|---:|---|---:|---:|")
     for row in data["rows"]:
         ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else ""
@@ -576,6 +585,7 @@ def main() -> Result:
         shutil.rmtree(workdir, ignore_errors=True)
     result.notes += notes(result)
     result.extra["phase_seconds"] = phases
+    result.extra["measured_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result.extra["seconds"] = round(time.monotonic() - started, 1)
     result.write()
     return result
