@@ -118,7 +118,8 @@ class HostService:
 
     def redis_away(self, within: float = 10.0) -> float:
         """Snapshot, kill -9, wait for every worker on its fallback; the seconds waited."""
-        self.redis.client().save()
+        with self.redis.client() as client:
+            client.save()
         self.redis.kill()
         return self.wait_all("memory", within)
 
@@ -140,8 +141,9 @@ def served(
     server_cpus: set[int] | None,
     load_cpus: set[int] | None,
 ) -> Iterator[HostService]:
-    """`upak serve --workers N` with `env` on `redis`, its processes on `server_cpus`."""
-    with running_service(env, workers=workers, timeout=60) as service:
+    """`upak serve --workers N` with `env` on `redis` (never the machine's default Redis),
+    its processes on `server_cpus`."""
+    with running_service({**env, "REDIS_URL": redis.url}, workers=workers, timeout=60) as service:
         if pin_group(service.proc.pid, server_cpus) < workers + 1:
             raise RuntimeError("could not pin the supervisor and every worker")
         host = HostService(service, redis, workers, load_cpus=load_cpus)
