@@ -22,7 +22,7 @@ SCRIPTS = [
     ("cache", 90),
     ("sessions", 90),
     ("memory", 60),
-    ("host_tier", 60),
+    ("host_tier", 300),  # 4 workers: 4 outage/up pairs of 3 routes; 1 worker with/without tier
     ("payments", 90),
     ("load", 120),
     ("chaos", 200),  # Redis faults, then the database faults on a PostgreSQL of its own
