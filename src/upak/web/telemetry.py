@@ -21,5 +21,6 @@ def settle_native_telemetry(app: FastAPI) -> bool:
     telemetry = app._native_telemetry
     if telemetry.enabled():
         return True
-    telemetry.config.update(tracing=False, metrics=False, logs=False)
+    for signal in ("tracing", "metrics", "logs"):  # a TypedDict: set key by key
+        telemetry.config[signal] = False
     return False
