@@ -103,12 +103,15 @@ async def test_a_rate_limit_is_exact_across_the_host_s_workers_in_an_outage(
     assert admitted == 20
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["host tier", "process memory"])
 async def test_while_redis_is_up_the_mirror_is_written_once_and_revocations_every_time(
     host,
+    workers,  # noqa: F811
+    shared: bool,
 ) -> None:
-    (store_a, a), _ = host(), host()
+    store_a, a = host() if shared else workers()
     tier = store_a.memory
-    assert isinstance(tier, HostStore)
+    assert isinstance(tier, HostStore) is shared
     issued = await a.create(5)
     for _ in range(10):
         assert await a.resolve(cookie(issued)) is not None

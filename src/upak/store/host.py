@@ -707,13 +707,8 @@ class HostStore(MemoryStore):
         worker's outage copy must end with it. A copy the tier could not take in time goes
         to process memory and is not memoised, so the next call tries the tier again."""
         assert op.remember is not None
-        memo_key = (op.name, *keys)
-        now = time.monotonic()
-        if not op.precious:
-            seen = self._memo.get(memo_key)
-            if seen is not None and seen[0] == reply and now - seen[1] < self.remember_interval:
-                self.skipped_remembers += 1
-                return
+        if self._memoised(op, keys, reply):
+            return
         twin = partial(_remember, op, reply)
         try:
             self._in_tier(twin, keys, args, None, mirrored=True)
@@ -721,10 +716,10 @@ class HostStore(MemoryStore):
             self._note_locked(op)
             twin(self.local, keys, args)
             return
-        if not op.precious:
-            if len(self._memo) >= self.memo_max:
-                self._memo.clear()
-            self._memo[memo_key] = (reply, now)
+        self._memoise(op, keys, reply)
+
+    def _memo_clock(self) -> float:
+        return self.tier.clock()
 
     # --- the outage, shared by the host's workers ---
 
@@ -752,9 +747,10 @@ class HostStore(MemoryStore):
                 ):
                     return False
                 self.tier.set_outage(partition, None)
-                return True
         except TierLocked:
             return False
+        self._memo.clear()  # the outage changed the copies: the next answers are copied again
+        return True
 
     @contextmanager
     def writer(self, partition: str) -> Iterator[list[Journal]]:

@@ -231,6 +231,12 @@ class MemoryStore(Store):
         self.journal = MemoryJournal(journal_max)
         self._outages: dict[str, Outage] = {}
         self._writing: set[str] = set()
+        # The mirror's memo: Redis's last answer per (operation, keys), and when it was
+        # copied. The same answer again within `remember_interval` s is not copied again.
+        self.remember_interval = 5.0
+        self.memo_max = 100_000
+        self.skipped_remembers = 0
+        self._memo: dict[tuple[str, ...], tuple[Any, float]] = {}
 
     @property
     def mode(self) -> Mode:
@@ -253,9 +259,36 @@ class MemoryStore(Store):
     def remember(
         self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
     ) -> None:
-        """Keep the copy `op.remember` makes of Redis's `reply` for the next outage."""
+        """Keep the copy `op.remember` makes of Redis's `reply` for the next outage: only
+        when Redis's answer changed, or at most once per `remember_interval` s, so the
+        request path while Redis is up does not rebuild the same copy on every call. A
+        revocation (`Operation.precious`) is applied every time."""
         assert op.remember is not None
+        if self._memoised(op, keys, reply):
+            return
         op.remember(self.data, keys, args, reply)
+        self._memoise(op, keys, reply)
+
+    def _memo_clock(self) -> float:
+        return self.data._clock()
+
+    def _memoised(self, op: Operation[Any], keys: Sequence[str], reply: Any) -> bool:
+        if op.precious:
+            return False
+        seen = self._memo.get((op.name, *keys))
+        if seen is None or seen[0] != reply:
+            return False
+        if self._memo_clock() - seen[1] >= self.remember_interval:
+            return False
+        self.skipped_remembers += 1
+        return True
+
+    def _memoise(self, op: Operation[Any], keys: Sequence[str], reply: Any) -> None:
+        if op.precious:
+            return
+        if len(self._memo) >= self.memo_max:
+            self._memo.clear()
+        self._memo[(op.name, *keys)] = (reply, self._memo_clock())
 
     # --- the outage, as every worker of the host sees it (here: this process) ---
 
@@ -276,6 +309,7 @@ class MemoryStore(Store):
         if self.journal.size(partition) or (outage is not None and outage.hold_until > now):
             return False
         self._outages.pop(partition, None)
+        self._memo.clear()  # the outage changed the copies: the next answers are copied again
         return True
 
     @contextmanager
