@@ -36,7 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -80,9 +80,14 @@ def tmpfs_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="upak-bench-tier-", dir=shm if shm.is_dir() else None))
 
 
+# The service's database: a throwaway PostgreSQL cluster (production's database) when its
+# binaries are here, else a SQLite file. Set by `main`.
+DATABASE: dict[str, str] = {}
+
+
 def service_env(workdir: Path) -> dict[str, str]:
     return {
-        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/upak.db",
+        "DATABASE_URL": DATABASE.get("url", f"sqlite+aiosqlite:///{workdir}/upak.db"),
         "REDIS_KEY_PREFIX": PREFIX,
         "RATE_LIMIT_DEFAULT": UNREACHED,
         "RATE_LIMIT_LOGIN": UNREACHED,
@@ -543,6 +548,35 @@ def write_docs_section() -> Path:
 # --- the run ---
 
 
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """PostgreSQL on the load core (as Redis is: both are services the workers call), else
+    SQLite inside the workers; yields the note that says which."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support.postgres import postgres_bin, postgres_server
+
+    if postgres_bin() is None:
+        yield "database: SQLite (aiosqlite) in the workers' own processes; no PostgreSQL here"
+        return
+    with postgres_server() as pg:
+        assert pg.proc is not None
+        for pid in [pg.proc.pid, *_children(pg.proc.pid)]:
+            pin_process(pid, LOAD_CPUS)
+        DATABASE["url"] = pg.url()
+        try:
+            yield (
+                "database: a throwaway PostgreSQL cluster (asyncpg), pinned with Redis and wrk "
+                f"to CPU {LOAD_CPUS}: like Redis, a service the workers call"
+            )
+        finally:
+            DATABASE.clear()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
 def main() -> Result:
     started = time.monotonic()
     phases: dict[str, float] = {}
@@ -555,7 +589,8 @@ def main() -> Result:
     workdir = Path(tempfile.mkdtemp(prefix="upak-bench-host-"))
     tiers = tmpfs_dir()
     try:
-        with redis_server() as server:
+        with redis_server() as server, database() as db_note:
+            result.notes.append(db_note)
             assert server.proc is not None
             pin_process(server.proc.pid, LOAD_CPUS)
             env = service_env(workdir)
@@ -609,8 +644,8 @@ def notes(result: Result) -> list[str]:
     # The memo skips a session's mirror for 5 s after writing it, then the next visit writes.
     rewrites = 1.0 if comes_round >= 5 else 1 / math.ceil(5 / comes_round)
     return [
-        f"Outage vs Redis up: `upak serve --workers {WORKERS}` (SQLite database, a private "
-        "redis-server, QUICK_FAILOVER_ENV: 0.2 s socket timeouts, 0.1 s heartbeat), its "
+        f"Outage vs Redis up: `upak serve --workers {WORKERS}` (the database named above, a "
+        "private redis-server, QUICK_FAILOVER_ENV: 0.2 s socket timeouts, 0.1 s heartbeat), its "
         f"host tier in a private directory on /dev/shm. {ROUNDS} paired rounds, the order "
         "alternating (up then away, away then up, ...); between sides Redis is SAVEd and "
         "killed -9, or started from that snapshot (as a persistent Redis restarts), and the "
@@ -622,7 +657,8 @@ def notes(result: Result) -> list[str]:
         f"Load: wrk -t1 -c{HTTP_CONNECTIONS}, one URL per route. Logged-in routes: "
         f"{ACCOUNTS} accounts, one session each (logged in over HTTP), cookies round robin. "
         "GET /me is a cache hit while Redis is up; while it is away the cache is bypassed "
-        "and every /me reads the database (SQLAlchemy, aiosqlite). GET /auth/sessions "
+        "and every /me reads the database (SQLAlchemy; caching is off in an outage, the "
+        "seed's meaning, so this row measures the database read, not the tier). GET /auth/sessions "
         "resolves the session and lists the user's sessions from the store, no database, "
         f"no cache: away/up {ratio('sessions'):.2f}x against /me's {ratio('me 16'):.2f}x. "
         "GET /plans: anonymous, "
@@ -644,10 +680,11 @@ def notes(result: Result) -> list[str]:
         f"and with {wide:,} sessions ({SESSIONS_PER_ACCOUNT} on each of {ACCOUNTS} other "
         "accounts, made in-process with the login's create operation), round robin: at the "
         f"tier side's rate a session came round every {comes_round:.1f} s, so about "
-        f"{rewrites:.0%} of those requests rewrote their mirror. Every mirror "
-        "write rewrites the tier's one registry row of mirrored sessions "
-        f"(`sessions:mirror`, {registry or 0:,} bytes at the end of the {wide:,}-session "
-        "rounds) and the user's index: the in-process row times one such write with "
+        f"{rewrites:.0%} of those requests rewrote their mirror. The tier keeps no registry "
+        "row of mirrored sessions (its byte budget bounds the mirror; `sessions:mirror` "
+        f"held {registry or 0:,} bytes at the end of the {wide:,}-session rounds), so a "
+        "mirror write rewrites the session and the user's index only: the in-process row "
+        "times one such write with "
         f"{wide:,} sessions mirrored (registry row "
         f"{mirror[str(wide)]['registry_row_bytes']:,} bytes) and with {ACCOUNTS} "
         f"({mirror[str(ACCOUNTS)]['registry_row_bytes']:,} bytes), one session per user, "
@@ -659,7 +696,7 @@ def notes(result: Result) -> list[str]:
         "logs), the same keys on Redis and in a tier of their own; the tier's figure is "
         "what its byte budget counts (`HostTier.used`: key + encoded value). The tier "
         f"file on tmpfs per record (SQLite pages and indexes), bytes: {files}.",
-        "Calls that found the tier locked past 50 ms (served from that worker's own memory "
+        "Calls that found the tier locked past its 0.2 s deadline (served from that worker's own memory "
         f"instead) while the 4-worker service ran: {extra['tier_lock_misses_logged']} (from "
         "the workers' log).",
         "Two other engineers ran tests on the same 2 cores during this run: compare ratios "
