@@ -697,8 +697,8 @@ def notes(result: Result) -> list[str]:
         "what its byte budget counts (`HostTier.used`: key + encoded value). The tier "
         f"file on tmpfs per record (SQLite pages and indexes), bytes: {files}.",
         "Calls that found the tier locked past its 0.2 s deadline (served from that "
-        f"worker's own memory instead) while the 4-worker service ran: {extra['tier_lock_misses_logged']} (from "
-        "the workers' log).",
+        "worker's own memory instead) while the 4-worker service ran: "
+        f"{extra['tier_lock_misses_logged']} (from the workers' log).",
         "Two other engineers ran tests on the same 2 cores during this run: compare ratios "
         "within the run, not absolute figures across runs.",
     ]
