@@ -116,8 +116,8 @@ def test_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
 # --- locks and processes ---
 
 
-def _holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    """A process that takes the tier's write lock and keeps it until killed."""
+def lock_holder(lock: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process that takes a tier's write lock (its `.lock` file) and keeps it until killed."""
     code = (
         "import fcntl, os, sys, time\n"
         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
@@ -126,7 +126,7 @@ def _holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
         "time.sleep(60)\n"
     )
     child = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path / f"{NAME}.lock")],
+        [sys.executable, "-c", code, str(lock)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -141,7 +141,7 @@ def _holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     HostTier(tmp_path, NAME).close()  # create the files first
-    yield from _holder(tmp_path)
+    yield from lock_holder(tmp_path / f"{NAME}.lock")
 
 
 def test_a_killed_holder_leaves_no_lock(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
@@ -154,7 +154,7 @@ def test_a_killed_holder_leaves_no_lock(tmp_path: Path, holder: subprocess.Popen
 
 def test_a_stuck_holder_costs_a_bounded_wait_then_process_memory(tmp_path: Path) -> None:
     store = HostStore(HostTier(tmp_path, NAME, lock_timeout=0.05))
-    for child in _holder(tmp_path):
+    for child in lock_holder(tmp_path / f"{NAME}.lock"):
         os.kill(child.pid, signal.SIGSTOP)  # holds the lock and will never let go by itself
         started = time.monotonic()
         store.execute(SET, ["k"], ["v", 10_000])

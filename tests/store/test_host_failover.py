@@ -18,6 +18,7 @@ from tests.features.test_ratelimit import limiter_for, one
 from tests.features.test_sessions import cookie
 from tests.features.test_sessions_failover import Worker, clock, workers  # noqa: F401 (fixtures)
 from tests.store.test_failover import wait_for_mode
+from tests.store.test_host import lock_holder
 from tests.support.redis_servers import RedisServer
 from upak.store import FailoverStore, Mode
 from upak.store.host import HostStore
@@ -222,3 +223,23 @@ async def test_a_writer_killed_mid_write_back_is_taken_over_and_nothing_is_lost(
     await wait_for_mode(store, Mode.REDIS, within=10.0)
     assert len(raw.keys("upak:replay:w:*")) == CLAIMS and store.stats.pending_writeback == 0
     assert await store.claim_once("upak:replay:w:0", 600_000) is False  # still a replay
+
+
+async def test_a_revocation_the_busy_tier_could_not_take_is_owed_and_applied_next(
+    host, fresh_redis: RedisServer
+) -> None:
+    (store_a, a), (store_b, b) = host(), host()
+    tier = store_a.memory
+    assert isinstance(tier, HostStore)
+    doomed, kept = await a.create(11), await a.create(12)
+    assert await a.resolve(cookie(doomed)) is not None  # mirrored in the tier
+    tier.tier.lock_timeout = 0.05
+    for _holder in lock_holder(tier.tier.path.with_suffix(".lock")):  # a stuck worker
+        assert await a.revoke(11, doomed.session.handle)  # Redis took it; the tier could not
+        assert tier.data.exists(a._session_key(11, doomed.session.handle))
+    assert await a.resolve(cookie(kept)) is not None  # a's next tier write pays the debt
+    assert not tier.data.exists(a._session_key(11, doomed.session.handle))
+    fresh_redis.kill()
+    await outage(store_a, store_b)
+    assert await b.resolve(cookie(doomed)) is None  # no worker serves it in the outage
+    assert await b.resolve(cookie(kept)) is not None

@@ -640,6 +640,10 @@ class HostStore(MemoryStore):
         self.memo_max = 100_000
         self.skipped_remembers = 0
         self._memo: dict[tuple[str, ...], tuple[Any, float]] = {}
+        # Revocations Redis answered that the tier was too busy to take (see `remember`).
+        self._owed_revocations: list[
+            tuple[Operation[Any], tuple[str, ...], tuple[Arg, ...], Any]
+        ] = []
 
     @property  # type: ignore[override]
     def data(self) -> MemoryData:
@@ -683,6 +687,8 @@ class HostStore(MemoryStore):
         mirrored: bool,
     ) -> Any:
         with self.tier.locked():
+            if self._owed_revocations:
+                self._apply_owed_revocations()
             data = HostData(self.tier, mirrored=mirrored)
             reply = twin(data, keys, args)
             data.commit()
@@ -690,13 +696,18 @@ class HostStore(MemoryStore):
                 self.tier.append(entry, self.journal_max)
             return reply
 
-    def _note_locked(self, op: Operation[Any]) -> None:
+    def _apply_owed_revocations(self) -> None:
+        """Inside a tier transaction: the revocations the tier could not take when Redis
+        answered them, oldest first, before anything else reads the tier."""
+        owed, self._owed_revocations = self._owed_revocations, []
+        for op, keys, args, reply in owed:
+            data = HostData(self.tier, mirrored=True)
+            _remember(op, reply, data, keys, args)
+            data.commit()
+
+    def _note_locked(self, op: Operation[Any], what: str = "served from process memory") -> None:
         self.unlocked_calls += 1
-        log.warning(
-            "host tier busy past %.3f s; %s served from process memory",
-            self.tier.lock_timeout,
-            op.name,
-        )
+        log.warning("host tier busy past %.3f s; %s %s", self.tier.lock_timeout, op.name, what)
 
     def remember(
         self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
@@ -704,17 +715,23 @@ class HostStore(MemoryStore):
         """The mirror, written into the tier only when Redis's answer changed or at most once
         per `remember_interval` s (a per-process memo), so the request path while Redis is up
         stays cheap. A revocation (`Operation.precious`) is applied at once, every time: every
-        worker's outage copy must end with it. A copy the tier could not take in time goes
-        to process memory and is not memoised, so the next call tries the tier again."""
+        worker's outage copy must end with it.
+
+        No copy is ever kept in process memory, so no other worker's revocation has a
+        per-process copy to reach. A copy the tier could not take in time is skipped (not
+        memoised: the next call tries again); a revocation it could not take is owed, and
+        applied first in this worker's next tier transaction, before anything reads it."""
         assert op.remember is not None
         if self._memoised(op, keys, reply):
             return
-        twin = partial(_remember, op, reply)
         try:
-            self._in_tier(twin, keys, args, None, mirrored=True)
+            self._in_tier(partial(_remember, op, reply), keys, args, None, mirrored=True)
         except TierLocked:
-            self._note_locked(op)
-            twin(self.local, keys, args)
+            if op.precious:
+                self._note_locked(op, "owed to the tier: applied by this worker's next call")
+                self._owed_revocations.append((op, tuple(keys), tuple(args), reply))
+            else:
+                self._note_locked(op, "not copied for an outage (the next call tries again)")
             return
         self._memoise(op, keys, reply)
 
