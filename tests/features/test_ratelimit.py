@@ -97,7 +97,7 @@ async def test_keys_expire_with_their_window(any_store: Store, key_prefix: str):
     checks = [limiter.check_for(log, "ip:ttl"), limiter.check_for(gcra, "ip:ttl")]
     await limiter.decide(checks)
     for check in checks:
-        ttl = await any_store.run(PTTL, [check.key])
+        ttl = await any_store.run(PTTL, [check.key], NO_ARGS)
         assert 0 < ttl <= 30_000
 
 
@@ -105,9 +105,11 @@ def _pttl_memory(data: MemoryData, keys, args):
     return data.pttl(keys[0])
 
 
-from upak.store import Operation  # noqa: E402
+from upak.store.operation import NO_ARGS, NoArgs, Operation  # noqa: E402
 
-PTTL = Operation(name="test_pttl", lua="return redis.call('PTTL', KEYS[1])", memory=_pttl_memory)
+PTTL = Operation(
+    name="test_pttl", lua="return redis.call('PTTL', KEYS[1])", args=NoArgs, memory=_pttl_memory
+)
 
 
 @pytest.mark.parametrize("policy", ["2/1s", "2/1s:gcra"])

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from upak.store import MemoryData, MemoryStore, Operation, Store, StoreError
+from upak.store.operation import NO_ARGS, NoArgs
 
 
 async def test_claim_once_first_caller_wins(any_store: Store, key_prefix: str) -> None:
@@ -61,13 +62,14 @@ def _hash_memory(data: MemoryData, keys, args):
 HASH_THEN_GET = Operation(
     name="test_wrongtype",
     lua="redis.call('HSET', KEYS[1], 'f', 'v') return redis.call('GET', KEYS[1])",
+    args=NoArgs,
     memory=_hash_memory,
 )
 
 
 async def test_wrong_type_is_a_store_error_on_both_twins(any_store: Store, key_prefix: str) -> None:
     with pytest.raises(StoreError):
-        await any_store.run(HASH_THEN_GET, [key_prefix + "h"])
+        await any_store.run(HASH_THEN_GET, [key_prefix + "h"], NO_ARGS)
 
 
 async def test_ping_reports_latency_on_redis_only(any_store: Store) -> None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from upak.ratelimit_policy import Limit, parse_policy
 from upak.store import KeySpace, Operation, Store
 from upak.store.memory import IntLog
-from upak.store.operation import Arg
+from upak.store.operation import POSITIONAL, Arg
 
 if TYPE_CHECKING:
     from upak.store.memory import MemoryData
@@ -217,9 +217,10 @@ def _divide_amounts(divisor: int) -> Callable[[Sequence[Arg]], Sequence[Arg]]:
 
 
 @cache
-def decide_operation(divisor: int = 1) -> Operation[list[int]]:
+def decide_operation(divisor: int = 1) -> Operation[Sequence[Arg], list[int]]:
     """The decision operation; during an outage each amount is divided by `divisor`."""
     return Operation(
+        **POSITIONAL,
         name="ratelimit_decide",
         lua=DECIDE_LUA,
         memory=_decide_memory,

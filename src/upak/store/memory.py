@@ -19,6 +19,7 @@ from upak.store.base import Store
 from upak.store.journal import Entry, Journal, MemoryJournal, Outage
 from upak.store.operation import Arg, Mode, Operation, StoreError
 
+A = TypeVar("A")
 T = TypeVar("T")
 Clock = Callable[[], float]
 
@@ -238,9 +239,9 @@ class MemoryStore(Store):
 
     def execute(
         self,
-        op: Operation[Any],
+        op: Operation[A, Any],
         keys: Sequence[str],
-        args: Sequence[Arg],
+        args: A,
         entry: Entry | None = None,
     ) -> Any:
         """Run the memory half of `op` and return its raw, Redis-shaped reply; journal
@@ -250,9 +251,7 @@ class MemoryStore(Store):
             self.journal.append(entry)
         return reply
 
-    def remember(
-        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
-    ) -> None:
+    def remember(self, op: Operation[A, Any], keys: Sequence[str], args: A, reply: Any) -> None:
         """Keep the copy `op.remember` makes of Redis's `reply` for the next outage."""
         assert op.remember is not None
         op.remember(self.data, keys, args, reply)
@@ -298,7 +297,7 @@ class MemoryStore(Store):
         """Journaled calls of `partition` the journal's cap dropped."""
         return self.journal.dropped.get(partition, 0)
 
-    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         return op.parse(self.execute(op, keys, args))
 
     async def ping(self) -> float | None:

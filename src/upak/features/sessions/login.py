@@ -11,6 +11,7 @@ from upak.features.sessions.mirror import _forget, _mirror
 from upak.features.sessions.stored import _BASE_OF_INDEX, _FIELDS, _base_of, _ms_later
 from upak.store import Arg, MemoryData, Operation
 from upak.store.memory import to_bytes
+from upak.store.operation import POSITIONAL
 
 # A create replayed after an outage is refused when it predates a "log out everywhere else"
 # by more than this: the workers' clocks may disagree by a little, a fresh login never.
@@ -87,7 +88,8 @@ def _remember_created(
         _forget(data, keys[0], keys[1], str(args[0]))
 
 
-CREATE: Operation[bool] = Operation(
+CREATE: Operation[Sequence[Any], bool] = Operation(
+    **POSITIONAL,
     name="sessions.create",
     lua=_CREATE_LUA,
     memory=_create_memory,

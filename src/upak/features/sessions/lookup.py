@@ -10,6 +10,7 @@ from typing import Any
 from upak.features.sessions.mirror import _forget, _mirror
 from upak.features.sessions.stored import _BASE_OF_INDEX, _FIELDS, _base_of, _live, _ms_later
 from upak.store import Arg, MemoryData, Operation
+from upak.store.operation import POSITIONAL
 
 # RESOLVE  KEYS: session, index  ARGV: handle, now, idle  ->  [c, s, a, i, ua] or nil
 _RESOLVE_LUA = """
@@ -49,7 +50,8 @@ def _remember_resolved(
     _mirror(data, keys, str(args[0]), fields, int(args[2]), int(args[1]))
 
 
-RESOLVE: Operation[list | None] = Operation(
+RESOLVE: Operation[Sequence[Any], list | None] = Operation(
+    **POSITIONAL,
     name="sessions.resolve",
     lua=_RESOLVE_LUA,
     memory=_resolve_memory,
@@ -89,7 +91,8 @@ def _touch_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) ->
     return 1
 
 
-TOUCH: Operation[bool] = Operation(
+TOUCH: Operation[Sequence[Any], bool] = Operation(
+    **POSITIONAL,
     name="sessions.touch",
     lua=_TOUCH_LUA,
     memory=_touch_memory,
@@ -135,4 +138,6 @@ def _list_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> 
     return out
 
 
-LIST: Operation[list] = Operation(name="sessions.list", lua=_LIST_LUA, memory=_list_memory)
+LIST: Operation[Sequence[Any], list] = Operation(
+    **POSITIONAL, name="sessions.list", lua=_LIST_LUA, memory=_list_memory
+)

@@ -10,6 +10,7 @@ from typing import Any
 
 from upak.store import Arg, MemoryData, Operation
 from upak.store.memory import KeyRegistry
+from upak.store.operation import POSITIONAL
 
 # A session read from Redis stays in this process's memory for this long after its last use
 # (or until it ends), so an outage within that window does not log its user out here...
@@ -82,7 +83,8 @@ def _remember_confirmed(
         _forget(data, keys[0], keys[1], str(args[0]))
 
 
-CONFIRM: Operation[bool] = Operation(
+CONFIRM: Operation[Sequence[Any], bool] = Operation(
+    **POSITIONAL,
     name="sessions.confirm",
     lua="return redis.call('EXISTS', KEYS[1])",
     memory=_confirm_memory,

@@ -8,6 +8,7 @@ from typing import Any
 from upak.features.sessions.mirror import _forget
 from upak.features.sessions.stored import _BASE_OF_INDEX, _base_of
 from upak.store import Arg, MemoryData, Operation
+from upak.store.operation import POSITIONAL
 
 # REVOKE  KEYS: session, index, tombstone  ARGV: handle, now, max age  ->  1 when it existed
 # The tombstone lives as long as the session could: to its absolute end when it is known here,
@@ -51,7 +52,8 @@ def _revoke_replayed(args: Sequence[Arg], elapsed_ms: int) -> Sequence[Arg] | No
     return (handle, int(now) + elapsed_ms, left) if left > 0 else None
 
 
-REVOKE: Operation[bool] = Operation(
+REVOKE: Operation[Sequence[Any], bool] = Operation(
+    **POSITIONAL,
     name="sessions.revoke",
     lua=_REVOKE_LUA,
     memory=_revoke_memory,
@@ -106,7 +108,8 @@ def _floor_ttl_left(args: Sequence[Arg], elapsed_ms: int) -> Sequence[Arg]:
     return (keep, now, max(int(ttl) - elapsed_ms, 1))
 
 
-REVOKE_OTHERS: Operation[int] = Operation(
+REVOKE_OTHERS: Operation[Sequence[Any], int] = Operation(
+    **POSITIONAL,
     name="sessions.revoke_others",
     lua=_REVOKE_OTHERS_LUA,
     memory=_revoke_others_memory,
