@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from upak.features.sessions import REVOKE, TOUCH
+from upak.features.sessions import REVOKE, TOUCH, Revocation, Touch
 from upak.store.host import (
     Budgets,
     HostData,
@@ -240,8 +240,16 @@ def test_a_malformed_journal_entry_is_refused(blob: bytes) -> None:
         decode_call(blob)
 
 
-def journaled(op: Operation[Any], i: int) -> Entry:
-    return Entry(op, (f"k{i}",), op.record_of((f"v{i}", 60_000)), i, "redis-a")
+# A record of each journaled operation these tests use (what it holds does not matter here).
+_RECORDS: dict[str, Any] = {
+    CLAIM_ONCE.name: lambda i: Expiring(f"v{i}", 60_000),
+    TOUCH.name: lambda i: Touch(i, 60_000, i),
+    REVOKE.name: lambda i: Revocation(f"h{i}", i, 60_000),
+}
+
+
+def journaled(op: Operation[Any, Any], i: int) -> Entry:
+    return Entry(op, (f"k{i}",), _RECORDS[op.name](i), i, "redis-a")
 
 
 def test_a_full_tier_journal_drops_touches_first_and_never_a_revocation(tmp_path: Path) -> None:

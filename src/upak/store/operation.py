@@ -115,9 +115,11 @@ class Operation(Generic[A, T]):
 
     `lua` sees KEYS and ARGV as Redis gives them (strings; ARGV is `argv(record)`); `memory`
     gets the same keys and the record itself. Every key an operation touches must be passed
-    in `keys` (Redis Cluster routes by them, and a script's keys must share one hash slot);
-    the contract suite runs every script with a guard that fails a call on an undeclared
-    key, on every topology (tests/store/key_guard.py).
+    in `keys` (Redis Cluster routes by them, and a script's keys must share one hash slot):
+    either the key itself, or, for keys the script finds in the data (the sessions an index
+    lists), their common prefix at a position listed in `families`. The contract suite runs
+    every script with a guard that fails a call touching any other key, on every topology
+    (tests/store/key_guard.py).
     """
 
     name: str
@@ -126,6 +128,9 @@ class Operation(Generic[A, T]):
     args: type[A]
     memory: MemoryFn[A]
     parse: Callable[[Reply], T] = _identity
+    # Positions in `keys` (0-based) that are a family's prefix, not a key: the script touches
+    # `keys[i] .. suffix` (inside the prefix's hash tag, so on the same Cluster slot).
+    families: tuple[int, ...] = ()
     # A batch's own ARGV encoding, instead of the record's fields in order; both or neither.
     encode: Callable[[A], Sequence[Arg]] | None = None
     decode: Callable[[Sequence[Arg]], A] | None = None
