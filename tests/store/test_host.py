@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +95,18 @@ async def test_two_stores_on_one_tier_see_each_other(tmp_path: Path) -> None:
     await two.close()
 
 
+@dataclass(frozen=True)
+class FieldValue:
+    field: str
+    value: str
+
+
 def test_twins_mutating_in_place_are_written_back(tmp_path: Path) -> None:
     store = HostStore(HostTier(tmp_path, NAME))
-    hset = lambda data, keys, args: data.hset(keys[0], {args[0]: args[1]})  # noqa: E731
-    from upak.store.operation import POSITIONAL, Operation
-
-    op = Operation(name="test_host_hset", lua="", memory=hset, **POSITIONAL)
-    store.execute(op, ["h"], ("a", "1"))
-    store.execute(op, ["h"], ("b", "2"))
+    hset = lambda data, keys, args: data.hset(keys[0], {args.field: args.value})  # noqa: E731
+    op = Operation(name="test_host_hset", lua="", args=FieldValue, memory=hset)
+    store.execute(op, ["h"], FieldValue("a", "1"))
+    store.execute(op, ["h"], FieldValue("b", "2"))
     assert HostData(store.tier).hgetall("h") == {b"a": b"1", b"b": b"2"}
 
 

@@ -43,10 +43,6 @@ class NoArgs:
 
 NO_ARGS = NoArgs()
 
-# The positional form, for an operation not yet given a record: the caller's sequence is the
-# ARGV as it is (`Operation(..., **POSITIONAL)`). A compatibility path, to be retired.
-POSITIONAL: dict[str, Any] = {"args": tuple, "encode": tuple, "decode": tuple}
-
 
 def _row_encoder(record_type: type[Any]) -> Callable[[Any], Sequence[Arg]]:
     """ARGV from a record: its fields' values in declaration order (attrgetter: one C call)."""
