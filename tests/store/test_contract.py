@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -86,3 +87,34 @@ def test_memory_lru_keeps_the_newest_keys() -> None:
         data.set(f"k{i}", "v")
     assert len(data) == 100
     assert data.get("k0") is None and data.get("k149") == b"v"
+
+
+# --- every key a script touches is declared (tests/store/key_guard.py) ---
+
+
+def _touch_sibling_memory(data: MemoryData, keys, args):
+    return data.set(keys[0] + ":sibling", "1", px=10_000)
+
+
+# The sibling shares KEYS[1]'s hash tag: on a Cluster it is on the same slot, so only the
+# key guard can tell that the script touches a key it was not given.
+TOUCHES_A_SIBLING = Operation(
+    name="test_touches_a_sibling",
+    lua="return redis.call('SET', KEYS[1] .. ':sibling', '1', 'PX', 10000)",
+    args=NoArgs,
+    memory=_touch_sibling_memory,
+)
+TOUCHES_ITS_FAMILY = dataclasses.replace(
+    TOUCHES_A_SIBLING, name="test_touches_its_family", families=(0,)
+)
+
+
+async def test_a_script_touching_an_undeclared_key_fails(any_store: Store, key_prefix: str) -> None:
+    if isinstance(any_store, MemoryStore):
+        pytest.skip("no script runs on the memory twins")
+    key = key_prefix + "{guard}:a"
+    with pytest.raises(StoreError, match="undeclared key"):
+        await any_store.run(TOUCHES_A_SIBLING, [key], NO_ARGS)
+    assert await any_store.get(key + ":sibling") is None
+    # Declared as a family prefix, the same script may touch it.
+    assert await any_store.run(TOUCHES_ITS_FAMILY, [key], NO_ARGS) == b"OK"
