@@ -29,7 +29,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -137,8 +137,7 @@ return reply
 """
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptLimit:
+class ScriptLimit(NamedTuple):
     """One limit as the script takes it: algorithm code (l, g; upper-case: only ask),
     amount, window in ms."""
 
@@ -147,8 +146,7 @@ class ScriptLimit:
     window_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Decisions:
+class Decisions(NamedTuple):
     """The decision operation's record: decisions in order, each its limits, one per key
     (KEYS holds every decision's keys, in the same order)."""
 
@@ -265,7 +263,7 @@ def _divide_amounts(divisor: int) -> Callable[[Decisions], Decisions]:
     """Each worker's share of every limit, for the memory twin during an outage."""
 
     def share(limit: ScriptLimit) -> ScriptLimit:
-        return replace(limit, amount=max(1, limit.amount // divisor))
+        return limit._replace(amount=max(1, limit.amount // divisor))
 
     def rewrite(args: Decisions) -> Decisions:
         return Decisions(tuple(tuple(map(share, limits)) for limits in args.decisions))

@@ -25,8 +25,8 @@ import enum
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Generic, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from upak.store.keys import KeySpace
 from upak.store.operation import Operation
@@ -51,26 +51,23 @@ class ClaimState(enum.IntEnum):
     DONE = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(NamedTuple):
     """CLAIM's record. ARGV: token, ttl_ms."""
 
-    token: str = field(repr=False)  # whoever holds it may release the claim
+    token: str  # whoever holds it may release the claim
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(NamedTuple):
     """FINISH's record. ARGV: ttl_ms."""
 
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
+class Holder(NamedTuple):
     """RELEASE's record. ARGV: token."""
 
-    token: str = field(repr=False)
+    token: str
 
 
 R = TypeVar("R", Lease, Done)
@@ -79,7 +76,7 @@ R = TypeVar("R", Lease, Done)
 def _remaining_ttl(args: R, elapsed_ms: int) -> R | None:
     # Written back after an outage, a lease or a done-marker keeps the time it had left.
     left = args.ttl_ms - elapsed_ms
-    return replace(args, ttl_ms=left) if left > 0 else None
+    return args._replace(ttl_ms=left) if left > 0 else None
 
 
 # --- claim: absent -> processing:<token>; reports what was there ---------------------------

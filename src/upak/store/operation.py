@@ -5,12 +5,13 @@ the Python function the memory twin runs. Both return the same Redis-shaped repl
 bytes, None, lists), and one `parse` turns that reply into what the feature wants, so a
 feature written against `Store` behaves the same on Redis, on memory, and across an outage.
 
-Each operation declares its arguments as one record (a frozen dataclass): callers build the
-record, the twin, `fallback_args`, `replay_args`, `bypass` and `remember` read its fields by
-name, and the record's field order IS the script's ARGV order (`Operation.argv`, derived
-here, once, for every backend and for the journal's bytes; `Operation.record_of` rebuilds
-the record from them). An operation whose ARGV is not one fixed row (a batch of decisions)
-gives its own `encode`/`decode` pair instead, so that encoding too lives in one place.
+Each operation declares its arguments as one record (a NamedTuple, or a frozen dataclass):
+callers build the record, the twin, `fallback_args`, `replay_args`, `bypass` and `remember`
+read its fields by name, and the record's field order IS the script's ARGV order
+(`Operation.argv`, derived here, once, for every backend and for the journal's bytes;
+`Operation.record_of` rebuilds the record from them). An operation whose ARGV is not one
+fixed row (a batch of decisions) gives its own `encode`/`decode` pair instead, so that
+encoding too lives in one place.
 
 Features define their operations next to their policy (`upak.features.*`) and never touch
 Redis or catch its errors: the `FailoverStore` decides what each operation does while Redis
@@ -24,7 +25,7 @@ import enum
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from upak.store.memory import MemoryData
@@ -36,18 +37,29 @@ Reply = Any
 MemoryFn = Callable[["MemoryData", Sequence[str], A], Reply]
 
 
-@dataclass(frozen=True, slots=True)
-class NoArgs:
+class NoArgs(NamedTuple):
     """The record of an operation that takes no arguments (ARGV is empty)."""
 
 
 NO_ARGS = NoArgs()
 
 
+def _is_named_tuple(record_type: type[Any]) -> bool:
+    return issubclass(record_type, tuple) and hasattr(record_type, "_fields")
+
+
 def _row_encoder(record_type: type[Any]) -> Callable[[Any], Sequence[Arg]]:
-    """ARGV from a record: its fields' values in declaration order (attrgetter: one C call)."""
+    """ARGV from a record: its fields' values in declaration order.
+
+    A NamedTuple record (the features' own) already is that sequence: no copy on the hot
+    path. A dataclass record is read with one attrgetter (one C call)."""
+    if _is_named_tuple(record_type):
+        return _as_it_is
     if not dataclasses.is_dataclass(record_type):
-        raise TypeError(f"{record_type!r} is not a dataclass: an operation's args are a record")
+        raise TypeError(
+            f"{record_type!r} is neither a NamedTuple nor a dataclass: an operation's args "
+            "are a record"
+        )
     names = [f.name for f in dataclasses.fields(record_type)]
     if not names:
         return lambda record: ()
@@ -57,9 +69,15 @@ def _row_encoder(record_type: type[Any]) -> Callable[[Any], Sequence[Arg]]:
     return operator.attrgetter(*names)  # type: ignore[return-value]  # a tuple for 2+ names
 
 
+def _as_it_is(record: Sequence[Arg]) -> Sequence[Arg]:
+    return record
+
+
 def _row_decoder(record_type: type[A]) -> Callable[[Sequence[Arg]], A]:
     # The journal keeps each ARGV item's type (int, float, str, bytes), so the record comes
     # back exactly as the caller built it.
+    if _is_named_tuple(record_type):
+        return record_type._make  # type: ignore[attr-defined,no-any-return]
     return lambda argv: record_type(*argv)
 
 
@@ -120,7 +138,8 @@ class Operation(Generic[A, T]):
 
     name: str
     lua: str
-    # The argument record's type: a frozen dataclass whose field order is the ARGV order.
+    # The argument record's type: a NamedTuple (or a frozen dataclass) whose field order is
+    # the ARGV order.
     args: type[A]
     memory: MemoryFn[A]
     parse: Callable[[Reply], T] = _identity

@@ -6,8 +6,7 @@ Each is an `Operation`: its Lua script and its memory twin side by side.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from upak.store.operation import Arg, NoArgs, Operation
 
@@ -15,8 +14,7 @@ if TYPE_CHECKING:
     from upak.store.memory import MemoryData
 
 
-@dataclass(frozen=True, slots=True)
-class Expiring:
+class Expiring(NamedTuple):
     """A value and how long it lives (claim-once, set). ARGV: value, ttl_ms."""
 
     value: Arg
@@ -26,7 +24,7 @@ class Expiring:
 def _remaining_ttl(args: Expiring, elapsed_ms: int) -> Expiring | None:
     # A claim written back after an outage keeps the TTL it had left, not a fresh one.
     left = args.ttl_ms - elapsed_ms
-    return replace(args, ttl_ms=left) if left > 0 else None
+    return args._replace(ttl_ms=left) if left > 0 else None
 
 
 def _claim_once_memory(data: MemoryData, keys: Sequence[str], args: Expiring) -> int:

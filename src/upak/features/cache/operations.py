@@ -6,8 +6,7 @@ Redis is away caching is off and each returns its `bypass` result.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from upak.store import Fallback, Operation
 from upak.store.operation import NoArgs
@@ -30,24 +29,21 @@ BYPASSED: Any = _Marker("BYPASSED")
 CACHING_OFF: Any = _Marker("CACHING_OFF")
 
 
-@dataclass(frozen=True, slots=True)
-class Stamp:
+class Stamp(NamedTuple):
     """STAMP's record. ARGV: token (the version if none is set), min_ttl_ms."""
 
     token: str
     min_ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(NamedTuple):
     """LEASE's record. ARGV: token, ttl_ms."""
 
     token: str
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(NamedTuple):
     """WRITE's record. ARGV: blob, keep_ms, lease_token ('' when no lease is held)."""
 
     blob: bytes
@@ -55,8 +51,7 @@ class Write:
     lease_token: str
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
+class Holder(NamedTuple):
     """RELEASE's record. ARGV: token."""
 
     token: str

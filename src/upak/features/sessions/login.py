@@ -5,8 +5,7 @@ its own logout (the tombstone) or a "log out everywhere else" (the floor).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from upak.features.sessions.mirror import _forget, _mirror
 from upak.features.sessions.stored import _FIELDS
@@ -18,8 +17,7 @@ from upak.store.memory import to_bytes
 FLOOR_SKEW_MS = 2_000
 
 
-@dataclass(frozen=True, slots=True)
-class NewSession:
+class NewSession(NamedTuple):
     """CREATE's record (its field order is ARGV's)."""
 
     handle: str
@@ -34,7 +32,7 @@ class NewSession:
 
 def _ms_later(args: NewSession, elapsed_ms: int) -> NewSession:
     # Written back later, the create is judged at the time it lands (its TTLs shrink).
-    return replace(args, now_ms=args.now_ms + elapsed_ms)
+    return args._replace(now_ms=args.now_ms + elapsed_ms)
 
 
 # CREATE  KEYS: session, index, floor, tombstone, the user's session keys' prefix (a family)

@@ -5,16 +5,14 @@ LIST the user's live ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from upak.features.sessions.mirror import _forget, _mirror
 from upak.features.sessions.stored import _FIELDS, _live
 from upak.store import MemoryData, Operation
 
 
-@dataclass(frozen=True, slots=True)
-class Use:
+class Use(NamedTuple):
     """RESOLVE's record (its field order is ARGV's)."""
 
     handle: str
@@ -22,8 +20,7 @@ class Use:
     idle_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Touch:
+class Touch(NamedTuple):
     """TOUCH's record (its field order is ARGV's)."""
 
     seen_ms: int
@@ -31,8 +28,7 @@ class Touch:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Listing:
+class Listing(NamedTuple):
     """LIST's record (its field order is ARGV's)."""
 
     now_ms: int
@@ -118,7 +114,7 @@ def _touch_memory(data: MemoryData, keys: Sequence[str], args: Touch) -> int:
 
 def _touched_later(args: Touch, elapsed_ms: int) -> Touch:
     # Written back later, the touch is judged at the time it lands.
-    return replace(args, now_ms=args.now_ms + elapsed_ms)
+    return args._replace(now_ms=args.now_ms + elapsed_ms)
 
 
 TOUCH: Operation[Touch, bool] = Operation(

@@ -6,8 +6,7 @@ which after a recovery drops the copies Redis no longer has.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from upak.store import MemoryData, Operation
 from upak.store.memory import KeyRegistry
@@ -69,8 +68,7 @@ def _forget(data: MemoryData, session_key: str, index_key: str, handle: str) -> 
         registry.pop(session_key, None)
 
 
-@dataclass(frozen=True, slots=True)
-class Mirrored:
+class Mirrored(NamedTuple):
     """CONFIRM's record: the mirrored session's handle (its index member)."""
 
     handle: str

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from upak.features.sessions.mirror import _forget
 from upak.store import MemoryData, Operation
 
 
-@dataclass(frozen=True, slots=True)
-class Revocation:
+class Revocation(NamedTuple):
     """REVOKE's record (its field order is ARGV's)."""
 
     handle: str
@@ -19,8 +17,7 @@ class Revocation:
     max_age_ms: int  # the tombstone's life when the session's own end is not known here
 
 
-@dataclass(frozen=True, slots=True)
-class RevokeOthers:
+class RevokeOthers(NamedTuple):
     """REVOKE_OTHERS's record (its field order is ARGV's)."""
 
     keep_handle: str
@@ -64,7 +61,7 @@ def _remember_revoked(data: MemoryData, keys: Sequence[str], args: Revocation, r
 
 def _revoke_replayed(args: Revocation, elapsed_ms: int) -> Revocation | None:
     left = args.max_age_ms - elapsed_ms
-    return replace(args, now_ms=args.now_ms + elapsed_ms, max_age_ms=left) if left > 0 else None
+    return args._replace(now_ms=args.now_ms + elapsed_ms, max_age_ms=left) if left > 0 else None
 
 
 REVOKE: Operation[Revocation, bool] = Operation(
@@ -119,7 +116,7 @@ def _remember_revoked_others(
 
 
 def _floor_ttl_left(args: RevokeOthers, elapsed_ms: int) -> RevokeOthers:
-    return replace(args, floor_ttl_ms=max(args.floor_ttl_ms - elapsed_ms, 1))
+    return args._replace(floor_ttl_ms=max(args.floor_ttl_ms - elapsed_ms, 1))
 
 
 REVOKE_OTHERS: Operation[RevokeOthers, int] = Operation(
