@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from upak.features.sessions import REVOKE, TOUCH, Revocation, Touch
+from upak.features.sessions import CREATE, REVOKE, TOUCH, NewSession, Revocation, Touch
 from upak.store.host import (
     Budgets,
     HostData,
@@ -255,6 +255,17 @@ _RECORDS: dict[str, Any] = {
 
 def journaled(op: Operation[Any, Any], i: int) -> Entry:
     return Entry(op, (f"k{i}",), _RECORDS[op.name](i), i, "redis-a")
+
+
+def test_a_journaled_record_comes_back_as_the_record(tmp_path: Path) -> None:
+    tier = HostTier(tmp_path, NAME)
+    record = NewSession("h" * 32, 1, 2, 3, 4, "10.0.0.1", "agent ü", 5)
+    keys = ("s", "i", "f", "t", "p")
+    with tier.locked():
+        tier.append(Entry(CREATE, keys, record, 7, "redis-a"), max_entries=10)
+    (entry,) = tier.pending("redis-a", 10)
+    assert (entry.op, entry.keys, entry.args, entry.at_ms) == (CREATE, keys, record, 7)
+    assert type(entry.args) is NewSession
 
 
 def test_a_full_tier_journal_drops_touches_first_and_never_a_revocation(tmp_path: Path) -> None:
