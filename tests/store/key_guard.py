@@ -8,15 +8,19 @@ keys (`COMMAND GETKEYS`) and raises unless each is one of KEYS, or starts with a
 the operation declares a family prefix (`Operation.families`).
 
 `RedisStore._script` is the one place a store reads a script's text; `guard_scripts` puts the
-preamble there for the length of a test.
+preamble there for the length of a test. The memory twins are held to the same keys: on the
+memory and host-tier topologies every twin gets its MemoryData behind `KeyCheckedData`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
+from upak.store.host import HostStore
+from upak.store.memory import MemoryData, MemoryStore
 from upak.store.operation import Operation
 from upak.store.redis import RedisStore
 
@@ -53,6 +57,75 @@ def guarded_lua(op: Operation[Any, Any]) -> str:
     return _PREAMBLE % {"families": families} + op.lua
 
 
+class UndeclaredKey(AssertionError):
+    """A memory twin touched a key its operation was not given."""
+
+
+# MemoryData's methods that name keys: their first argument (every argument for `delete`).
+_KEYED = frozenset(
+    [
+        "entry",
+        "put",
+        "exists",
+        "delete",
+        "pttl",
+        "pexpire",
+        "get",
+        "set",
+        "hset",
+        "hget",
+        "hgetall",
+        "zadd",
+        "zrem",
+        "zcard",
+        "zrange_withscores",
+    ]
+)
+# Bookkeeping of the memory side only, never sent to Redis: the session mirror's registry.
+_MEMORY_ONLY_SUFFIXES = ("sessions:mirror",)
+
+
+class KeyCheckedData:
+    """A MemoryData that raises UndeclaredKey on a key outside the call's keys and families."""
+
+    def __init__(self, data: MemoryData, keys: Sequence[str], families: Sequence[int]) -> None:
+        self._data = data
+        self._keys = set(keys)
+        self._prefixes = tuple(keys[i] for i in families)
+
+    def _check(self, key: object) -> None:
+        if not isinstance(key, str) or key in self._keys or key.startswith(self._prefixes):
+            return
+        if key.endswith(_MEMORY_ONLY_SUFFIXES):
+            return
+        raise UndeclaredKey(f"the memory twin touches undeclared key {key}")
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._data, name)
+        if name not in _KEYED:
+            return attr
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            for key in args if name == "delete" else args[:1]:
+                self._check(key)
+            return attr(*args, **kwargs)
+
+        return checked
+
+
+def _checked_twin(op: Operation[Any, Any], twin: Callable[..., Any] | None) -> Callable[..., Any]:
+    run = twin or op.memory
+    return lambda data, keys, args: run(KeyCheckedData(data, keys, op.families), keys, args)
+
+
 def guard_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every RedisStore runs every script behind the key guard until the test ends."""
+    """Every RedisStore runs every script behind the key guard, and every memory twin runs
+    on key-checked data, until the test ends."""
     monkeypatch.setattr(RedisStore, "_script", lambda self, op: guarded_lua(op))
+    for store in (MemoryStore, HostStore):
+        execute = store.execute
+
+        def guarded(self, op, keys, args, entry=None, twin=None, _execute=execute, **kwargs):  # type: ignore[no-untyped-def]
+            return _execute(self, op, keys, args, entry, twin=_checked_twin(op, twin), **kwargs)
+
+        monkeypatch.setattr(store, "execute", guarded)

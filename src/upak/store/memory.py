@@ -243,10 +243,11 @@ class MemoryStore(Store):
         keys: Sequence[str],
         args: A,
         entry: Entry | None = None,
+        twin: Callable[[MemoryData, Sequence[str], A], Any] | None = None,
     ) -> Any:
-        """Run the memory half of `op` and return its raw, Redis-shaped reply; journal
-        `entry` (a call Redis must see after the outage) in the same step."""
-        reply = op.memory(self.data, keys, args)
+        """Run `twin` (by default the memory half of `op`) and return its raw, Redis-shaped
+        reply; journal `entry` (a call Redis must see after the outage) in the same step."""
+        reply = (twin or op.memory)(self.data, keys, args)
         if entry is not None:
             self.journal.append(entry)
         return reply
