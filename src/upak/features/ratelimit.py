@@ -159,7 +159,7 @@ def encode_decisions(record: Decisions) -> list[Arg]:
     for limits in record.decisions:
         argv.append(len(limits))
         for limit in limits:
-            argv += (limit.algorithm, limit.amount, limit.window_ms)
+            argv += limit  # a ScriptLimit is its three values, in ARGV's order
     return argv
 
 
@@ -182,8 +182,8 @@ def decode_decisions(argv: Sequence[Arg]) -> Decisions:
     return Decisions(tuple(decisions))
 
 
-# One decision's reply: allowed, and (remaining, next_ms, retry_ms) per limit.
-DecisionReply = tuple[bool, list[tuple[int, ...]]]
+# One decision's reply: allowed, then remaining, next_ms, retry_ms per limit, flat.
+DecisionReply = tuple[bool, Sequence[int]]
 
 
 def split_reply(record: Decisions, reply: Sequence[int]) -> list[DecisionReply]:
@@ -191,10 +191,9 @@ def split_reply(record: Decisions, reply: Sequence[int]) -> list[DecisionReply]:
     out: list[DecisionReply] = []
     at = 0
     for limits in record.decisions:
-        n = len(limits)
-        states = [tuple(reply[at + 1 + i * 3 : at + 4 + i * 3]) for i in range(n)]
-        out.append((bool(reply[at]), states))
-        at += 1 + n * 3
+        end = at + 1 + len(limits) * 3
+        out.append((bool(reply[at]), reply[at + 1 : end]))
+        at = end
     return out
 
 
@@ -473,8 +472,12 @@ class RateLimiter:
             task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[tuple[Sequence[Check], asyncio.Future[Decision]]]) -> None:
-        keys = [check.key for checks, _ in batch for check in checks]
-        record = Decisions(tuple(_limits(checks) for checks, _ in batch))
+        keys: list[str] = []
+        decisions: list[tuple[ScriptLimit, ...]] = []
+        for checks, _ in batch:
+            keys += [check.key for check in checks]
+            decisions.append(_limits(checks))
+        record = Decisions(tuple(decisions))
         try:
             reply = await self.store.run(self.op, keys, record)
         except BaseException as exc:  # every waiter hears what happened to its decision
@@ -553,13 +556,20 @@ def _tag(key: str) -> str:
 
 
 def _limits(checks: Sequence[Check]) -> tuple[ScriptLimit, ...]:
-    return tuple(check.limit.args for check in checks)
+    return tuple([check.limit.args for check in checks])
 
 
 def _decision(checks: Sequence[Check], part: DecisionReply) -> Decision:
-    allowed, replies = part
+    allowed, values = part
     states = tuple(
-        LimitState(check.limit, int(remaining), max(0, int(nxt)), max(0, int(retry)))
-        for check, (remaining, nxt, retry) in zip(checks, replies, strict=True)
+        [
+            LimitState(
+                check.limit,
+                int(values[i * 3]),
+                max(0, int(values[i * 3 + 1])),
+                max(0, int(values[i * 3 + 2])),
+            )
+            for i, check in enumerate(checks)
+        ]
     )
     return Decision(allowed, states)
