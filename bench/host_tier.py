@@ -50,7 +50,7 @@ from report import fmt
 from upak.config import load_settings
 from upak.features.ratelimit import RateLimiter, identity_token, named_limits
 from upak.features.replay import ReplayGuard, ReplayWindows
-from upak.features.sessions import RESOLVE, SessionManager
+from upak.features.sessions import RESOLVE, SessionManager, Use
 from upak.store import KeySpace, build_store
 from upak.store.host import MAIN, RATELIMIT, HostStore, HostTier, encode
 
@@ -462,7 +462,7 @@ def mirror_write_us(root: Path, mirrored: int) -> tuple[float, int]:
             keys.tagged("sessions", user, "s", handles[n]),
             keys.tagged("sessions", user, "index"),
         ]
-        store.remember(RESOLVE, session, [handles[n], now, 86_400_000], reply)
+        store.remember(RESOLVE, session, Use(handles[n], now, 86_400_000), reply)
 
     for n in range(mirrored):
         mirror(n)

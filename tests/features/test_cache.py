@@ -24,8 +24,10 @@ from upak.features.cache import (
     user_key,
     user_tag,
 )
+from upak.features.cache.operations import Holder, Lease, Stamp, Write
 from upak.store import ClusterFailoverStore, FailoverStore, KeySpace, Store, build_store
-from upak.store.primitives import DELETE, SET
+from upak.store.operation import NO_ARGS
+from upak.store.primitives import DELETE, SET, Expiring
 
 
 class Clock:
@@ -86,34 +88,34 @@ async def test_operations_contract(any_store: Store, key_prefix: str) -> None:
     entry, lease = keys.tagged("cache", "e:k"), keys.tagged("cache", "e:k", "lease")
     tag = keys.tagged("cache", "t:x")
 
-    assert await any_store.run(READ, [entry]) is None
+    assert await any_store.run(READ, [entry], NO_ARGS) is None
     # STAMP creates the version once and returns the existing one after.
-    assert await any_store.run(STAMP, [tag], ["tok1", 10_000]) == b"tok1"
-    assert await any_store.run(STAMP, [tag], ["tok2", 10_000]) == b"tok1"
-    await any_store.run(SET, [tag], ["tok3", 10_000])  # invalidation: a fresh version
-    assert await any_store.run(STAMP, [tag], ["tok4", 10_000]) == b"tok3"
+    assert await any_store.run(STAMP, [tag], Stamp("tok1", 10_000)) == b"tok1"
+    assert await any_store.run(STAMP, [tag], Stamp("tok2", 10_000)) == b"tok1"
+    await any_store.run(SET, [tag], Expiring("tok3", 10_000))  # invalidation: a fresh version
+    assert await any_store.run(STAMP, [tag], Stamp("tok4", 10_000)) == b"tok3"
     # The lease goes to one caller; WRITE stores the entry and releases only our own lease.
-    assert await any_store.run(LEASE, [lease], ["me", 10_000]) is True
-    assert await any_store.run(LEASE, [lease], ["other", 10_000]) is False
-    assert await any_store.run(WRITE, [entry, lease], [b"blob", 10_000, "other"]) is True
-    assert await any_store.run(LEASE, [lease], ["third", 10_000]) is False  # still mine
-    assert await any_store.run(WRITE, [entry, lease], [b"blob2", 10_000, "me"]) is True
-    assert await any_store.run(READ, [entry]) == b"blob2"
-    assert await any_store.run(LEASE, [lease], ["third", 10_000]) is True
-    assert await any_store.run(RELEASE, [lease], ["me"]) is False
-    assert await any_store.run(RELEASE, [lease], ["third"]) is True
-    assert await any_store.run(DELETE, [entry]) is True
-    assert await any_store.run(DELETE, [entry]) is False
-    assert await any_store.run(READ, [entry]) is None
+    assert await any_store.run(LEASE, [lease], Lease("me", 10_000)) is True
+    assert await any_store.run(LEASE, [lease], Lease("other", 10_000)) is False
+    assert await any_store.run(WRITE, [entry, lease], Write(b"blob", 10_000, "other")) is True
+    assert await any_store.run(LEASE, [lease], Lease("third", 10_000)) is False  # still mine
+    assert await any_store.run(WRITE, [entry, lease], Write(b"blob2", 10_000, "me")) is True
+    assert await any_store.run(READ, [entry], NO_ARGS) == b"blob2"
+    assert await any_store.run(LEASE, [lease], Lease("third", 10_000)) is True
+    assert await any_store.run(RELEASE, [lease], Holder("me")) is False
+    assert await any_store.run(RELEASE, [lease], Holder("third")) is True
+    assert await any_store.run(DELETE, [entry], NO_ARGS) is True
+    assert await any_store.run(DELETE, [entry], NO_ARGS) is False
+    assert await any_store.run(READ, [entry], NO_ARGS) is None
 
 
 async def test_stamp_extends_a_short_lived_version(any_store: Store, key_prefix: str) -> None:
     tag = keyspace(any_store, key_prefix).tagged("cache", "t:x")
-    await any_store.run(SET, [tag], ["tok", 50])
-    assert await any_store.run(STAMP, [tag], ["new", 60_000]) == b"tok"
+    await any_store.run(SET, [tag], Expiring("tok", 50))
+    assert await any_store.run(STAMP, [tag], Stamp("new", 60_000)) == b"tok"
     # Still there after the original 50 ms: the stamp pushed its expiry out.
     await asyncio.sleep(0.08)
-    assert await any_store.run(READ, [tag]) == b"tok"
+    assert await any_store.run(READ, [tag], NO_ARGS) == b"tok"
 
 
 # --- get / set / delete --------------------------------------------------------------------
@@ -349,7 +351,7 @@ async def test_tag_invalidation_racing_writes_from_two_processes(
 async def test_a_lost_tag_version_never_revives_old_entries(cache: Cache) -> None:
     await cache.set("k", "old", tags=["t"])
     # The version key evicted or expired: entries stamped under it are dead, not revived.
-    await cache.store.run(DELETE, [cache.tag_key("t")])
+    await cache.store.run(DELETE, [cache.tag_key("t")], NO_ARGS)
     assert await cache.get("k") is None
 
 

@@ -9,7 +9,9 @@ import pytest
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer, free_port
 from upak.features.ratelimit import (
+    Decisions,
     RateLimiter,
+    ScriptLimit,
     decide_operation,
     identity_token,
     named_limits,
@@ -97,7 +99,7 @@ async def test_keys_expire_with_their_window(any_store: Store, key_prefix: str):
     checks = [limiter.check_for(log, "ip:ttl"), limiter.check_for(gcra, "ip:ttl")]
     await limiter.decide(checks)
     for check in checks:
-        ttl = await any_store.run(PTTL, [check.key])
+        ttl = await any_store.run(PTTL, [check.key], NO_ARGS)
         assert 0 < ttl <= 30_000
 
 
@@ -105,9 +107,11 @@ def _pttl_memory(data: MemoryData, keys, args):
     return data.pttl(keys[0])
 
 
-from upak.store import Operation  # noqa: E402
+from upak.store.operation import NO_ARGS, NoArgs, Operation  # noqa: E402
 
-PTTL = Operation(name="test_pttl", lua="return redis.call('PTTL', KEYS[1])", memory=_pttl_memory)
+PTTL = Operation(
+    name="test_pttl", lua="return redis.call('PTTL', KEYS[1])", args=NoArgs, memory=_pttl_memory
+)
 
 
 @pytest.mark.parametrize("policy", ["2/1s", "2/1s:gcra"])
@@ -177,9 +181,21 @@ def test_fallback_divides_each_amount():
     op = decide_operation(4)
     assert op.fallback_args is not None
     # Two decisions in one call: (one limit), (two limits).
-    args = [1, "l", 120, 60_000, 2, "g", 3, 1000, "l", 9, 1000]
-    assert list(op.fallback_args(args)) == [1, "l", 30, 60_000, 2, "g", 1, 1000, "l", 2, 1000]
+    args = op.record_of([1, "l", 120, 60_000, 2, "g", 3, 1000, "l", 9, 1000])
+    divided = op.fallback_args(args)
+    assert op.argv(divided) == [1, "l", 30, 60_000, 2, "g", 1, 1000, "l", 2, 1000]
+    assert divided.decisions[1][0] == ScriptLimit("g", 1, 1000)  # never below one
     assert decide_operation(1).fallback_args is None
+
+
+def test_the_decision_record_is_its_argv_both_ways():
+    op = decide_operation()
+    record = Decisions(((ScriptLimit("l", 5, 1000),), (ScriptLimit("G", 2, 60_000),) * 2))
+    argv = op.argv(record)
+    assert argv == [1, "l", 5, 1000, 2, "G", 2, 60_000, "G", 2, 60_000]
+    assert op.record_of(argv) == record
+    with pytest.raises(ValueError):
+        op.record_of([2, "l", 5, 1000])  # says two limits, holds one
 
 
 async def test_outage_counts_in_memory_with_the_divisor(key_prefix: str):

@@ -12,6 +12,9 @@ from upak.features.replay import (
     FINISH,
     RELEASE,
     ClaimState,
+    Done,
+    Holder,
+    Lease,
     ReplayGuard,
     ReplayWindows,
 )
@@ -44,8 +47,8 @@ async def pttl(store: Store, key: str) -> int:
 
 async def test_claim_then_duplicates_see_in_progress(any_store: Store, key_prefix: str) -> None:
     key = key_prefix + "replay:x"
-    assert await any_store.run(CLAIM, [key], ["t1", 30_000]) is ClaimState.CLAIMED
-    assert await any_store.run(CLAIM, [key], ["t2", 30_000]) is ClaimState.IN_PROGRESS
+    assert await any_store.run(CLAIM, [key], Lease("t1", 30_000)) is ClaimState.CLAIMED
+    assert await any_store.run(CLAIM, [key], Lease("t2", 30_000)) is ClaimState.IN_PROGRESS
     assert await any_store.get(key) == b"p:t1"
     assert 0 < await pttl(any_store, key) <= 30_000
 
@@ -54,34 +57,34 @@ async def test_finish_makes_it_done_for_the_longer_lifetime(
     any_store: Store, key_prefix: str
 ) -> None:
     key = key_prefix + "replay:x"
-    await any_store.run(CLAIM, [key], ["t1", 30_000])
-    assert await any_store.run(FINISH, [key], [3_600_000]) is True
-    assert await any_store.run(CLAIM, [key], ["t2", 30_000]) is ClaimState.DONE
+    await any_store.run(CLAIM, [key], Lease("t1", 30_000))
+    assert await any_store.run(FINISH, [key], Done(3_600_000)) is True
+    assert await any_store.run(CLAIM, [key], Lease("t2", 30_000)) is ClaimState.DONE
     assert await any_store.get(key) == b"d"
     assert 30_000 < await pttl(any_store, key) <= 3_600_000
 
 
 async def test_release_frees_only_the_holders_claim(any_store: Store, key_prefix: str) -> None:
     key = key_prefix + "replay:x"
-    await any_store.run(CLAIM, [key], ["t1", 30_000])
-    assert await any_store.run(RELEASE, [key], ["someone-else"]) is False
-    assert await any_store.run(CLAIM, [key], ["t2", 30_000]) is ClaimState.IN_PROGRESS
-    assert await any_store.run(RELEASE, [key], ["t1"]) is True
-    assert await any_store.run(CLAIM, [key], ["t3", 30_000]) is ClaimState.CLAIMED
+    await any_store.run(CLAIM, [key], Lease("t1", 30_000))
+    assert await any_store.run(RELEASE, [key], Holder("someone-else")) is False
+    assert await any_store.run(CLAIM, [key], Lease("t2", 30_000)) is ClaimState.IN_PROGRESS
+    assert await any_store.run(RELEASE, [key], Holder("t1")) is True
+    assert await any_store.run(CLAIM, [key], Lease("t3", 30_000)) is ClaimState.CLAIMED
 
 
 async def test_release_never_undoes_done(any_store: Store, key_prefix: str) -> None:
     key = key_prefix + "replay:x"
-    await any_store.run(CLAIM, [key], ["t1", 30_000])
-    await any_store.run(FINISH, [key], [60_000])
-    assert await any_store.run(RELEASE, [key], ["t1"]) is False
-    assert await any_store.run(CLAIM, [key], ["t2", 30_000]) is ClaimState.DONE
+    await any_store.run(CLAIM, [key], Lease("t1", 30_000))
+    await any_store.run(FINISH, [key], Done(60_000))
+    assert await any_store.run(RELEASE, [key], Holder("t1")) is False
+    assert await any_store.run(CLAIM, [key], Lease("t2", 30_000)) is ClaimState.DONE
 
 
 async def test_one_claim_wins_under_concurrency(any_store: Store, key_prefix: str) -> None:
     key = key_prefix + "replay:race"
     states = await asyncio.gather(
-        *(any_store.run(CLAIM, [key], [f"t{n}", 30_000]) for n in range(100))
+        *(any_store.run(CLAIM, [key], Lease(f"t{n}", 30_000)) for n in range(100))
     )
     assert states.count(ClaimState.CLAIMED) == 1
     assert states.count(ClaimState.IN_PROGRESS) == 99
@@ -92,9 +95,9 @@ async def test_a_lapsed_lease_can_be_claimed_again(key_prefix: str) -> None:
     store = MemoryStore()
     store.data = MemoryData(clock=lambda: clock[0])
     key = key_prefix + "replay:x"
-    await store.run(CLAIM, [key], ["t1", 30_000])
+    await store.run(CLAIM, [key], Lease("t1", 30_000))
     clock[0] += 30.001
-    assert await store.run(CLAIM, [key], ["t2", 30_000]) is ClaimState.CLAIMED
+    assert await store.run(CLAIM, [key], Lease("t2", 30_000)) is ClaimState.CLAIMED
 
 
 # --- the guard ----------------------------------------------------------------------------------

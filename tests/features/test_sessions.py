@@ -15,7 +15,9 @@ import pytest
 from upak.features.sessions import (
     CREATE,
     TOUCH,
+    NewSession,
     SessionManager,
+    Touch,
     handle_of,
     parse_cookie,
 )
@@ -190,7 +192,7 @@ async def test_touch_never_brings_a_revoked_session_back(
     await manager.revoke(12, issued.session.handle)
     key = manager._session_key(12, issued.session.handle)
     now = int(clock() * 1000)
-    assert await any_store.run(TOUCH, [key], [now, 60_000, now]) is False
+    assert await any_store.run(TOUCH, [key], Touch(now, 60_000, now)) is False
     assert await stored_items(any_store, key) == {}
 
 
@@ -223,11 +225,12 @@ async def test_a_create_replayed_after_log_out_everywhere_is_refused(
         manager._index_key(14),
         manager._floor_key(14),
         manager._tomb_key(14, handle),
+        manager._sessions_family(14),
     ]
     now = int(clock() * 1000)
-    late = [handle, created_ms, created_ms + 300_000, 60_000, now, "", "", 5]
+    late = NewSession(handle, created_ms, created_ms + 300_000, 60_000, now, "", "", 5)
     assert await any_store.run(CREATE, keys, late) is False
-    fresh = [handle, now, now + 300_000, 60_000, now, "", "", 5]
+    fresh = NewSession(handle, now, now + 300_000, 60_000, now, "", "", 5)
     assert await any_store.run(CREATE, keys, fresh) is True
 
 
@@ -243,9 +246,10 @@ async def test_a_create_replayed_after_its_logout_is_refused(
         manager._index_key(16),
         manager._floor_key(16),
         manager._tomb_key(16, handle),
+        manager._sessions_family(16),
     ]
     now = int(clock() * 1000)
-    created = [handle, now - 5_000, now - 5_000 + 300_000, 60_000, now, "", "", 5]
+    created = NewSession(handle, now - 5_000, now - 5_000 + 300_000, 60_000, now, "", "", 5)
     assert await any_store.run(CREATE, keys, created) is False
     assert not [k for k in await stored_items(any_store, key_prefix) if ":s:" in k]
 

@@ -119,7 +119,8 @@ async def test_generated_acl_lets_the_app_work_and_nothing_more(generated_server
     import redis.asyncio
     import redis.exceptions
 
-    from upak.store.primitives import CLAIM_ONCE, DELETE, GET
+    from upak.store.operation import NO_ARGS
+    from upak.store.primitives import CLAIM_ONCE, DELETE, GET, Expiring
     from upak.store.redis import RedisStore
 
     port, values = generated_server
@@ -129,10 +130,10 @@ async def test_generated_acl_lets_the_app_work_and_nothing_more(generated_server
     try:
         # The service's real operations (connection set-up, EVALSHA, EVAL on NOSCRIPT) as
         # the app user.
-        assert await store.run(CLAIM_ONCE, ["upak:replay:{t}:1"], ["1", 60000]) is True
-        assert await store.run(CLAIM_ONCE, ["upak:replay:{t}:1"], ["1", 60000]) is False
-        assert await store.run(GET, ["upak:replay:{t}:1"]) == b"1"
-        await store.run(DELETE, ["upak:replay:{t}:1"])
+        assert await store.run(CLAIM_ONCE, ["upak:replay:{t}:1"], Expiring("1", 60000)) is True
+        assert await store.run(CLAIM_ONCE, ["upak:replay:{t}:1"], Expiring("1", 60000)) is False
+        assert await store.run(GET, ["upak:replay:{t}:1"], NO_ARGS) == b"1"
+        await store.run(DELETE, ["upak:replay:{t}:1"], NO_ARGS)
         keys = [f"upak:cache:{{t}}:{n}" for n in range(5)]
         assert await client.eval(_APP_SCRIPT, len(keys), *keys) == 1
         assert await client.ping()

@@ -20,7 +20,7 @@ from redis.crc import key_slot
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisCluster, RedisServer, start_cluster
 from upak.store import ClusterFailoverStore, Mode, build_store
-from upak.store.primitives import CLAIM_ONCE
+from upak.store.primitives import CLAIM_ONCE, Expiring
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ async def test_durable_writes_wait_for_each_nodes_replicas(
     try:
         every = [k for port_keys in keys.values() for k in port_keys]
         claims = await asyncio.gather(
-            *(store.run(DURABLE_CLAIM, [k], ["1", 60_000]) for k in every)
+            *(store.run(DURABLE_CLAIM, [k], Expiring("1", 60_000)) for k in every)
         )
         assert all(claims) and store.mode is Mode.REDIS
         assert (store.redis.unconfirmed_writes > 0) is unconfirmed

@@ -19,6 +19,7 @@ from tests.support.redis_servers import (
 )
 from upak.config import Settings
 from upak.store import FailoverStore, KeySpace, Mode, Operation, StoreError, build_store
+from upak.store.operation import NO_ARGS, NoArgs
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +149,7 @@ def _two_keys_memory(data, keys, args):
 TWO_SLOTS = Operation(
     name="test_two_slots",
     lua="return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}",
+    args=NoArgs,
     memory=_two_keys_memory,
 )
 
@@ -156,7 +158,7 @@ TWO_SLOTS = Operation(
 async def test_a_cross_slot_script_is_a_bug_not_an_outage(cluster_store: FailoverStore) -> None:
     # "a" and "b" hash to different slots: one operation's bug must not switch the store off.
     with pytest.raises(StoreError):
-        await cluster_store.run(TWO_SLOTS, ["upak:a", "upak:b"])
+        await cluster_store.run(TWO_SLOTS, ["upak:a", "upak:b"], NO_ARGS)
     assert cluster_store.mode is Mode.REDIS and cluster_store.stats.fallback_calls == 0
 
 

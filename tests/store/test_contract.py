@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
+from tests.store.key_guard import UndeclaredKey
 from upak.store import MemoryData, MemoryStore, Operation, Store, StoreError
+from upak.store.operation import NO_ARGS, NoArgs
 
 
 async def test_claim_once_first_caller_wins(any_store: Store, key_prefix: str) -> None:
@@ -61,13 +64,14 @@ def _hash_memory(data: MemoryData, keys, args):
 HASH_THEN_GET = Operation(
     name="test_wrongtype",
     lua="redis.call('HSET', KEYS[1], 'f', 'v') return redis.call('GET', KEYS[1])",
+    args=NoArgs,
     memory=_hash_memory,
 )
 
 
 async def test_wrong_type_is_a_store_error_on_both_twins(any_store: Store, key_prefix: str) -> None:
     with pytest.raises(StoreError):
-        await any_store.run(HASH_THEN_GET, [key_prefix + "h"])
+        await any_store.run(HASH_THEN_GET, [key_prefix + "h"], NO_ARGS)
 
 
 async def test_ping_reports_latency_on_redis_only(any_store: Store) -> None:
@@ -84,3 +88,34 @@ def test_memory_lru_keeps_the_newest_keys() -> None:
         data.set(f"k{i}", "v")
     assert len(data) == 100
     assert data.get("k0") is None and data.get("k149") == b"v"
+
+
+# --- every key a script touches is declared (tests/store/key_guard.py) ---
+
+
+def _touch_sibling_memory(data: MemoryData, keys, args):
+    data.set(keys[0] + ":sibling", "1", px=10_000)
+    return b"OK"  # Redis's status reply to SET
+
+
+# The sibling shares KEYS[1]'s hash tag: on a Cluster it is on the same slot, so only the
+# key guard can tell that the script touches a key it was not given.
+TOUCHES_A_SIBLING = Operation(
+    name="test_touches_a_sibling",
+    lua="return redis.call('SET', KEYS[1] .. ':sibling', '1', 'PX', 10000)",
+    args=NoArgs,
+    memory=_touch_sibling_memory,
+)
+TOUCHES_ITS_FAMILY = dataclasses.replace(
+    TOUCHES_A_SIBLING, name="test_touches_its_family", families=(0,)
+)
+
+
+async def test_a_script_touching_an_undeclared_key_fails(any_store: Store, key_prefix: str) -> None:
+    key = key_prefix + "{guard}:a"
+    refused = UndeclaredKey if isinstance(any_store, MemoryStore) else StoreError
+    with pytest.raises(refused, match="undeclared key"):
+        await any_store.run(TOUCHES_A_SIBLING, [key], NO_ARGS)
+    assert await any_store.get(key + ":sibling") is None
+    # Declared as a family prefix, the same script may touch it.
+    assert await any_store.run(TOUCHES_ITS_FAMILY, [key], NO_ARGS) == b"OK"

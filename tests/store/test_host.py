@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from upak.features.sessions import REVOKE, TOUCH
+from upak.features.sessions import CREATE, REVOKE, TOUCH, NewSession, Revocation, Touch
 from upak.store.host import (
     Budgets,
     HostData,
@@ -28,8 +29,8 @@ from upak.store.host import (
 )
 from upak.store.journal import Entry, Outage, decode_call, encode_call
 from upak.store.memory import IntLog, KeyRegistry, _ZSet
-from upak.store.operation import Operation
-from upak.store.primitives import CLAIM_ONCE, GET, SET
+from upak.store.operation import NO_ARGS, Operation
+from upak.store.primitives import CLAIM_ONCE, GET, SET, Expiring
 
 NAME = tier_name("127.0.0.1:6379/0", "upak:")
 
@@ -94,23 +95,27 @@ async def test_two_stores_on_one_tier_see_each_other(tmp_path: Path) -> None:
     await two.close()
 
 
+@dataclass(frozen=True)
+class FieldValue:
+    field: str
+    value: str
+
+
 def test_twins_mutating_in_place_are_written_back(tmp_path: Path) -> None:
     store = HostStore(HostTier(tmp_path, NAME))
-    hset = lambda data, keys, args: data.hset(keys[0], {args[0]: args[1]})  # noqa: E731
-    from upak.store.operation import Operation
-
-    op = Operation(name="test_host_hset", lua="", memory=hset)
-    store.execute(op, ["h"], ["a", "1"])
-    store.execute(op, ["h"], ["b", "2"])
+    hset = lambda data, keys, args: data.hset(keys[0], {args.field: args.value})  # noqa: E731
+    op = Operation(name="test_host_hset", lua="", args=FieldValue, memory=hset)
+    store.execute(op, ["h"], FieldValue("a", "1"))
+    store.execute(op, ["h"], FieldValue("b", "2"))
     assert HostData(store.tier).hgetall("h") == {b"a": b"1", b"b": b"2"}
 
 
 def test_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
     clock = [1000.0]
     store = HostStore(HostTier(tmp_path, NAME, clock=lambda: clock[0]))
-    assert store.execute(CLAIM_ONCE, ["c"], ["1", 50]) == 1
+    assert store.execute(CLAIM_ONCE, ["c"], Expiring("1", 50)) == 1
     clock[0] += 0.051
-    assert store.execute(CLAIM_ONCE, ["c"], ["1", 50]) == 1
+    assert store.execute(CLAIM_ONCE, ["c"], Expiring("1", 50)) == 1
 
 
 # --- locks and processes ---
@@ -148,7 +153,7 @@ def test_a_killed_holder_leaves_no_lock(tmp_path: Path, holder: subprocess.Popen
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(5)
     store = HostStore(HostTier(tmp_path, NAME, lock_timeout=0.05))
-    store.execute(SET, ["k"], ["v", 10_000])
+    store.execute(SET, ["k"], Expiring("v", 10_000))
     assert store.unlocked_calls == 0 and HostData(store.tier).get("k") == b"v"
 
 
@@ -157,13 +162,13 @@ def test_a_stuck_holder_costs_a_bounded_wait_then_process_memory(tmp_path: Path)
     for child in lock_holder(tmp_path / f"{NAME}.lock"):
         os.kill(child.pid, signal.SIGSTOP)  # holds the lock and will never let go by itself
         started = time.monotonic()
-        store.execute(SET, ["k"], ["v", 10_000])
+        store.execute(SET, ["k"], Expiring("v", 10_000))
         assert time.monotonic() - started < 0.5
-        assert store.execute(GET, ["k"], []) == b"v"  # the "none" tier answers on its own
+        assert store.execute(GET, ["k"], NO_ARGS) == b"v"  # the "none" tier answers on its own
         assert store.unlocked_calls == 2
         os.kill(child.pid, signal.SIGCONT)
     # Holder gone: the tier serves again, and never saw the process-memory write.
-    assert store.execute(GET, ["k"], []) is None and store.unlocked_calls == 2
+    assert store.execute(GET, ["k"], NO_ARGS) is None and store.unlocked_calls == 2
 
 
 # --- stale state ---
@@ -171,7 +176,7 @@ def test_a_stuck_holder_costs_a_bounded_wait_then_process_memory(tmp_path: Path)
 
 def test_a_tier_from_another_boot_is_wiped(tmp_path: Path) -> None:
     tier = HostTier(tmp_path, NAME)
-    HostStore(tier).execute(SET, ["k"], ["v", 10_000])
+    HostStore(tier).execute(SET, ["k"], Expiring("v", 10_000))
     tier.db.execute("UPDATE meta SET value = 'another-boot' WHERE name = 'boot_id'")
     tier.close()
     again = HostTier(tmp_path, NAME)
@@ -180,8 +185,8 @@ def test_a_tier_from_another_boot_is_wiped(tmp_path: Path) -> None:
 
 def test_the_first_member_drops_mirrors_but_keeps_outage_rows(tmp_path: Path) -> None:
     first = HostTier(tmp_path, NAME)
-    HostStore(first).execute(SET, ["outage"], ["v", 10_000])
-    HostStore(first).execute(SET, ["mirror"], ["v", 10_000], mirrored=True)
+    HostStore(first).execute(SET, ["outage"], Expiring("v", 10_000))
+    HostStore(first).execute(SET, ["mirror"], Expiring("v", 10_000), mirrored=True)
     second = HostTier(tmp_path, NAME)  # another live member: nothing dropped
     assert HostData(second).get("mirror") == b"v"
     first.close()
@@ -197,9 +202,9 @@ def test_the_first_member_drops_mirrors_but_keeps_outage_rows(tmp_path: Path) ->
 def test_a_rate_limit_flood_cannot_evict_sessions(tmp_path: Path) -> None:
     tier = HostTier(tmp_path, NAME, budgets=Budgets(main=100_000, ratelimit=20_000))
     store = HostStore(tier)
-    store.execute(SET, ["upak:session:1"], ["s" * 200, 60_000])
+    store.execute(SET, ["upak:session:1"], Expiring("s" * 200, 60_000))
     for i in range(2_000):
-        store.execute(SET, [f"upak:ratelimit:ip:{i}"], ["1", 60_000 + i])
+        store.execute(SET, [f"upak:ratelimit:ip:{i}"], Expiring("1", 60_000 + i))
     assert tier.used("ratelimit") <= 20_000
     assert HostData(tier).get("upak:session:1") == b"s" * 200
     # The newest counters stay; the soonest-expiring went first.
@@ -210,9 +215,9 @@ def test_a_rate_limit_flood_cannot_evict_sessions(tmp_path: Path) -> None:
 def test_the_main_budget_evicts_the_soonest_expiring(tmp_path: Path) -> None:
     tier = HostTier(tmp_path, NAME, budgets=Budgets(main=5_000, ratelimit=1_000))
     store = HostStore(tier)
-    store.execute(SET, ["forever"], ["x" * 100, 10**9])
+    store.execute(SET, ["forever"], Expiring("x" * 100, 10**9))
     for i in range(100):
-        store.execute(SET, [f"k{i}"], ["x" * 100, 1_000 + i])
+        store.execute(SET, [f"k{i}"], Expiring("x" * 100, 1_000 + i))
     assert tier.used("main") <= 5_000
     assert HostData(tier).get("forever") is not None and HostData(tier).get("k0") is None
 
@@ -240,8 +245,27 @@ def test_a_malformed_journal_entry_is_refused(blob: bytes) -> None:
         decode_call(blob)
 
 
-def journaled(op: Operation[Any], i: int) -> Entry:
-    return Entry(op, (f"k{i}",), (f"v{i}", 60_000), i, "redis-a")
+# A record of each journaled operation these tests use (what it holds does not matter here).
+_RECORDS: dict[str, Any] = {
+    CLAIM_ONCE.name: lambda i: Expiring(f"v{i}", 60_000),
+    TOUCH.name: lambda i: Touch(i, 60_000, i),
+    REVOKE.name: lambda i: Revocation(f"h{i}", i, 60_000),
+}
+
+
+def journaled(op: Operation[Any, Any], i: int) -> Entry:
+    return Entry(op, (f"k{i}",), _RECORDS[op.name](i), i, "redis-a")
+
+
+def test_a_journaled_record_comes_back_as_the_record(tmp_path: Path) -> None:
+    tier = HostTier(tmp_path, NAME)
+    record = NewSession("h" * 32, 1, 2, 3, 4, "10.0.0.1", "agent ü", 5)
+    keys = ("s", "i", "f", "t", "p")
+    with tier.locked():
+        tier.append(Entry(CREATE, keys, record, 7, "redis-a"), max_entries=10)
+    (entry,) = tier.pending("redis-a", 10)
+    assert (entry.op, entry.keys, entry.args, entry.at_ms) == (CREATE, keys, record, 7)
+    assert type(entry.args) is NewSession
 
 
 def test_a_full_tier_journal_drops_touches_first_and_never_a_revocation(tmp_path: Path) -> None:
@@ -276,7 +300,7 @@ def test_an_entry_this_process_cannot_replay_is_logged_and_skipped(
     with caplog.at_level(logging.ERROR, logger="upak.store.host"):
         first, second = tier.pending("redis-a", 10)
     assert first.op is CLAIM_ONCE and first.keys == ("k1",)
-    assert second.op.replay_args is not None and second.op.replay_args((), 0) is None
+    assert second.op.replay_args is not None and second.op.replay_args(NO_ARGS, 0) is None
     assert "unknown operation 'gone'" in caplog.text or "does not decode" in caplog.text
     tier.done("redis-a", second.seq)
     assert tier.journal_size("redis-a") == 0 and tier.pending("redis-a", 10) == []
@@ -290,7 +314,7 @@ def test_the_host_s_breaker_is_one_word_every_worker_reads(tmp_path: Path) -> No
     b.mark_down("redis-a", Outage("timeout", 50.0))  # a shorter hold never shortens it
     assert a.outage("redis-a") == Outage("oom", 100.0)
     assert not b.mark_up("redis-a", now=99.0)  # the hold has not passed
-    a.execute(CLAIM_ONCE, ["k"], ["v", 1000], journaled(CLAIM_ONCE, 1))
+    a.execute(CLAIM_ONCE, ["k"], Expiring("v", 1000), journaled(CLAIM_ONCE, 1))
     assert not b.mark_up("redis-a", now=101.0)  # a call is still owed to Redis
     b.tier.done("redis-a", b.tier.pending("redis-a", 1)[0].seq)
     assert b.mark_up("redis-a", now=101.0) and a.outage("redis-a") is None

@@ -11,7 +11,7 @@ from tests.features.test_sessions import Clock, cookie
 from tests.store.test_failover import wait_for_mode
 from tests.support.redis_servers import RedisServer
 from upak.features import sessions as feature
-from upak.features.sessions import SessionManager
+from upak.features.sessions import SessionManager, Touch
 from upak.store import FailoverStore, KeySpace, Mode, build_store
 
 
@@ -54,7 +54,7 @@ async def test_touches_go_before_anything_else(small_journal: FailoverStore) -> 
     for i in range(5):
         assert await store.claim_once(f"replay:first:{i}", 60_000)
     for _ in range(5):
-        await store.run(feature.TOUCH, ["upak:sessions:{u1}:s:x"], [0, 1000, 0])
+        await store.run(feature.TOUCH, ["upak:sessions:{u1}:s:x"], Touch(0, 1000, 0))
     assert await store.claim_once("replay:overflow", 60_000)
     kept = [entry.op.name for entry in store.memory.journal.entries(store.partition)]
     # Room for a tenth of the cap was made, from the touches: every claim, older or not, stays.

@@ -8,6 +8,7 @@ the next call would read the old reply.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import pytest
 
@@ -15,7 +16,7 @@ from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer
 from tests.support.scripts import BUSY_LUA
 from upak.store.memory import MemoryData
-from upak.store.operation import Operation, StoreError
+from upak.store.operation import NO_ARGS, NoArgs, Operation, StoreError
 from upak.store.redis import UNAVAILABLE, RedisStore
 
 
@@ -23,9 +24,21 @@ def _unused(data: MemoryData, keys, args):  # the memory twin is not exercised h
     raise AssertionError("memory twin called")
 
 
-SLOW = Operation(name="test_slow", lua=BUSY_LUA, memory=_unused)
-ECHO = Operation(name="test_echo", lua="return ARGV[1]", memory=_unused)
-BROKEN = Operation(name="test_broken", lua="return redis.call('NOSUCHCOMMAND')", memory=_unused)
+@dataclass(frozen=True)
+class Busy:
+    ms: int
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+SLOW = Operation(name="test_slow", lua=BUSY_LUA, args=Busy, memory=_unused)
+ECHO = Operation(name="test_echo", lua="return ARGV[1]", args=Text, memory=_unused)
+BROKEN = Operation(
+    name="test_broken", lua="return redis.call('NOSUCHCOMMAND')", args=NoArgs, memory=_unused
+)
 
 
 @pytest.fixture
@@ -37,18 +50,18 @@ async def store(shared_redis: RedisServer) -> RedisStore:
 
 
 async def test_a_batch_cut_by_its_deadline_leaves_no_reply_behind(store: RedisStore) -> None:
-    assert await store.run(ECHO, ["k"], ["warm"]) == b"warm"  # scripts loaded, one connection
+    assert await store.run(ECHO, ["k"], Text("warm")) == b"warm"  # scripts loaded, one connection
     with pytest.raises(UNAVAILABLE):
-        await store.run(SLOW, ["k"], [300])
+        await store.run(SLOW, ["k"], Busy(300))
     await asyncio.sleep(0.4)  # the slow reply has arrived by now, on the dropped connection
-    assert await store.run(ECHO, ["k"], ["mine"]) == b"mine"
+    assert await store.run(ECHO, ["k"], Text("mine")) == b"mine"
 
 
 async def test_each_call_of_a_batch_gets_its_own_reply_or_error(store: RedisStore) -> None:
     results = await asyncio.gather(
-        store.run(ECHO, ["a"], ["one"]),
-        store.run(BROKEN, ["b"], []),
-        store.run(ECHO, ["c"], ["three"]),
+        store.run(ECHO, ["a"], Text("one")),
+        store.run(BROKEN, ["b"], NO_ARGS),
+        store.run(ECHO, ["c"], Text("three")),
         return_exceptions=True,
     )
     assert results[0] == b"one"

@@ -50,7 +50,8 @@ _ALGORITHM_CODE = {"window": "l", "gcra": "g"}
 #
 # One call decides a batch of decisions, in order; each decision is atomic (all of its limits
 # admit and record, or none records) and sees the ones before it in the batch.
-# ARGV, per decision: n, then per limit three values: algorithm (l|g), amount, window in ms.
+# The record is `Decisions`; its ARGV (`encode_decisions`, read back by `decode_decisions`),
+# per decision: n, then per limit three values: algorithm (l|g), amount, window in ms.
 #   An upper-case algorithm (L|G) only asks: "would this key admit now?", and records nothing
 #   even when the decision admits (failed-login limits are checked before the password and
 #   recorded only when it proves wrong).
@@ -136,23 +137,82 @@ return reply
 """
 
 
+class ScriptLimit(NamedTuple):
+    """One limit as the script takes it: algorithm code (l, g; upper-case: only ask),
+    amount, window in ms."""
+
+    algorithm: str
+    amount: int
+    window_ms: int
+
+
+class Decisions(NamedTuple):
+    """The decision operation's record: decisions in order, each its limits, one per key
+    (KEYS holds every decision's keys, in the same order)."""
+
+    decisions: tuple[tuple[ScriptLimit, ...], ...]
+
+
+def encode_decisions(record: Decisions) -> list[Arg]:
+    """The script's ARGV: per decision n, then algorithm, amount, window_ms per limit."""
+    argv: list[Arg] = []
+    for limits in record.decisions:
+        argv.append(len(limits))
+        for limit in limits:
+            argv += limit  # a ScriptLimit is its three values, in ARGV's order
+    return argv
+
+
+def decode_decisions(argv: Sequence[Arg]) -> Decisions:
+    """The record `encode_decisions` made `argv` from."""
+    decisions: list[tuple[ScriptLimit, ...]] = []
+    a = 0
+    while a < len(argv):
+        n = int(argv[a])
+        row = argv[a + 1 : a + 1 + n * 3]
+        if len(row) != n * 3:
+            raise ValueError("a rate-limit decision's ARGV ends inside a limit")
+        decisions.append(
+            tuple(
+                ScriptLimit(str(row[i]), int(row[i + 1]), int(row[i + 2]))
+                for i in range(0, n * 3, 3)
+            )
+        )
+        a += 1 + n * 3
+    return Decisions(tuple(decisions))
+
+
+# One decision's reply: allowed, then remaining, next_ms, retry_ms per limit, flat.
+DecisionReply = tuple[bool, Sequence[int]]
+
+
+def split_reply(record: Decisions, reply: Sequence[int]) -> list[DecisionReply]:
+    """The script's reply, decision by decision (the other half of `encode_decisions`)."""
+    out: list[DecisionReply] = []
+    at = 0
+    for limits in record.decisions:
+        end = at + 1 + len(limits) * 3
+        out.append((bool(reply[at]), reply[at + 1 : end]))
+        at = end
+    return out
+
+
 _Log = IntLog  # the memory twin's sliding log: admission times in µs, oldest first
 
 
-def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
+def _decide_memory(data: MemoryData, keys: Sequence[str], args: Decisions) -> list[int]:
     now_ms = data.now_ms()
     now = now_ms * 1000
     reply: list[int] = []
-    a = k = 0
-    while a < len(args):
-        n = int(args[a])
+    k = 0
+    for limits in args.decisions:
         verdict = len(reply)
         reply.append(1)
         admit: dict[int, int] = {}
-        for i in range(n):
+        for i, rule in enumerate(limits):
             key = keys[k + i]
-            limit, window = int(args[a + 2 + i * 3]), int(args[a + 3 + i * 3]) * 1000
-            algorithm = args[a + 1 + i * 3]
+            limit, window = rule.amount, rule.window_ms * 1000
+            algorithm = rule.algorithm
             if algorithm in ("l", "L"):
                 log = data.entry(key, _Log)
                 while log and log[0] <= now - window:
@@ -184,9 +244,8 @@ def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -
                     admit[i] = math.ceil(tat + interval)
             reply += (remaining, math.ceil(nxt / 1000), math.ceil(retry / 1000))
         if reply[verdict] == 1:
-            for i in range(n):
-                key, window_ms = keys[k + i], int(args[a + 3 + i * 3])
-                algorithm = args[a + 1 + i * 3]
+            for i, rule in enumerate(limits):
+                key, window_ms, algorithm = keys[k + i], rule.window_ms, rule.algorithm
                 if algorithm == "l":
                     log = data.entry(key, _Log)
                     if log is None:
@@ -195,33 +254,31 @@ def _decide_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -
                     data.put(key, log, now_ms + window_ms)
                 elif algorithm == "g":
                     data.set(key, str(admit[i]), px=math.ceil((admit[i] - now) / 1000))
-        a += 1 + n * 3
-        k += n
+        k += len(limits)
     return reply
 
 
-def _divide_amounts(divisor: int) -> Callable[[Sequence[Arg]], Sequence[Arg]]:
+def _divide_amounts(divisor: int) -> Callable[[Decisions], Decisions]:
     """Each worker's share of every limit, for the memory twin during an outage."""
 
-    def rewrite(args: Sequence[Arg]) -> Sequence[Arg]:
-        out = list(args)
-        a = 0
-        while a < len(out):
-            n = int(out[a])
-            for i in range(n):
-                out[a + 2 + i * 3] = max(1, int(out[a + 2 + i * 3]) // divisor)
-            a += 1 + n * 3
-        return out
+    def share(limit: ScriptLimit) -> ScriptLimit:
+        return limit._replace(amount=max(1, limit.amount // divisor))
+
+    def rewrite(args: Decisions) -> Decisions:
+        return Decisions(tuple(tuple(map(share, limits)) for limits in args.decisions))
 
     return rewrite
 
 
 @cache
-def decide_operation(divisor: int = 1) -> Operation[list[int]]:
+def decide_operation(divisor: int = 1) -> Operation[Decisions, list[int]]:
     """The decision operation; during an outage each amount is divided by `divisor`."""
     return Operation(
         name="ratelimit_decide",
         lua=DECIDE_LUA,
+        args=Decisions,
+        encode=encode_decisions,
+        decode=decode_decisions,
         memory=_decide_memory,
         parse=list,
         fallback_args=_divide_amounts(divisor) if divisor > 1 else None,
@@ -241,7 +298,7 @@ class NamedLimit:
     limit: Limit
     key_suffix: str
     peek: bool = False  # ask only: admit or refuse, record nothing (see `peeking`)
-    args: tuple[str, int, int] = field(init=False)  # the script's: algorithm, amount, window
+    args: ScriptLimit = field(init=False)  # what the script gets for this limit
     # Rendered once: every response carries them (`"name";q=N;w=S`, `"name";r=%d;t=%d`).
     policy_member: bytes = field(init=False, repr=False)
     state_template: bytes = field(init=False, repr=False)
@@ -250,7 +307,7 @@ class NamedLimit:
         code = _ALGORITHM_CODE[self.limit.algorithm]
         if self.peek:
             code = code.upper()
-        object.__setattr__(self, "args", (code, self.limit.amount, self.limit.window_ms))
+        object.__setattr__(self, "args", ScriptLimit(code, self.limit.amount, self.limit.window_ms))
         object.__setattr__(self, "policy_member", self.policy_item.encode())
         object.__setattr__(self, "state_template", f'"{self.name}";r=%d;t=%d'.encode())
 
@@ -416,14 +473,13 @@ class RateLimiter:
 
     async def _send(self, batch: list[tuple[Sequence[Check], asyncio.Future[Decision]]]) -> None:
         keys: list[str] = []
-        args: list[Arg] = []
+        decisions: list[tuple[ScriptLimit, ...]] = []
         for checks, _ in batch:
-            args.append(len(checks))
-            for check in checks:
-                keys.append(check.key)
-                args += check.limit.args
+            keys += [check.key for check in checks]
+            decisions.append(_limits(checks))
+        record = Decisions(tuple(decisions))
         try:
-            reply = await self.store.run(self.op, keys, args)
+            reply = await self.store.run(self.op, keys, record)
         except BaseException as exc:  # every waiter hears what happened to its decision
             for _, future in batch:
                 if not future.done():
@@ -431,10 +487,8 @@ class RateLimiter:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        at = 0
-        for checks, future in batch:
-            decision = _decision(checks, reply, at)
-            at += 1 + 3 * len(checks)
+        for (checks, future), part in zip(batch, split_reply(record, reply), strict=True):
+            decision = _decision(checks, part)
             if not decision.allowed:
                 self._remember_blocked(checks, decision)
             if not future.done():
@@ -444,13 +498,17 @@ class RateLimiter:
         groups: dict[str, list[Check]] = {}
         for check in checks:
             groups.setdefault(_tag(check.key), []).append(check)
+        records = [Decisions((_limits(group),)) for group in groups.values()]
         replies = await asyncio.gather(
-            *(self.store.run(self.op, [c.key for c in g], _args(g)) for g in groups.values())
+            *(
+                self.store.run(self.op, [c.key for c in group], record)
+                for group, record in zip(groups.values(), records, strict=True)
+            )
         )
         states: dict[str, LimitState] = {}
         allowed = True
-        for group, reply in zip(groups.values(), replies, strict=True):
-            part = _decision(group, reply, 0)
+        for group, record, reply in zip(groups.values(), records, replies, strict=True):
+            part = _decision(group, split_reply(record, reply)[0])
             allowed = allowed and part.allowed
             states.update(zip((c.key for c in group), part.states, strict=True))
         decision = Decision(allowed, tuple(states[c.key] for c in checks))
@@ -497,21 +555,21 @@ def _tag(key: str) -> str:
     return key[start : key.index("}", start)]
 
 
-def _args(checks: Sequence[Check]) -> list[Arg]:
-    args: list[Arg] = [len(checks)]
-    for check in checks:
-        args += check.limit.args
-    return args
+def _limits(checks: Sequence[Check]) -> tuple[ScriptLimit, ...]:
+    return tuple([check.limit.args for check in checks])
 
 
-def _decision(checks: Sequence[Check], reply: Sequence[int], at: int) -> Decision:
+def _decision(checks: Sequence[Check], part: DecisionReply) -> Decision:
+    allowed, values = part
     states = tuple(
-        LimitState(
-            check.limit,
-            int(reply[at + i * 3 + 1]),
-            max(0, int(reply[at + i * 3 + 2])),
-            max(0, int(reply[at + i * 3 + 3])),
-        )
-        for i, check in enumerate(checks)
+        [
+            LimitState(
+                check.limit,
+                int(values[i * 3]),
+                max(0, int(values[i * 3 + 1])),
+                max(0, int(values[i * 3 + 2])),
+            )
+            for i, check in enumerate(checks)
+        ]
     )
-    return Decision(bool(reply[at]), states)
+    return Decision(allowed, states)

@@ -26,10 +26,10 @@ import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from upak.store.keys import KeySpace
-from upak.store.operation import Arg, Operation
+from upak.store.operation import Operation
 
 if TYPE_CHECKING:
     from upak.config import Settings
@@ -51,10 +51,32 @@ class ClaimState(enum.IntEnum):
     DONE = 2
 
 
-def _remaining_ttl_last(args: Sequence[Arg], elapsed_ms: int) -> Sequence[Arg] | None:
+class Lease(NamedTuple):
+    """CLAIM's record. ARGV: token, ttl_ms."""
+
+    token: str  # whoever holds it may release the claim
+    ttl_ms: int
+
+
+class Done(NamedTuple):
+    """FINISH's record. ARGV: ttl_ms."""
+
+    ttl_ms: int
+
+
+class Holder(NamedTuple):
+    """RELEASE's record. ARGV: token."""
+
+    token: str
+
+
+R = TypeVar("R", Lease, Done)
+
+
+def _remaining_ttl(args: R, elapsed_ms: int) -> R | None:
     # Written back after an outage, a lease or a done-marker keeps the time it had left.
-    left = int(args[-1]) - elapsed_ms
-    return (*args[:-1], left) if left > 0 else None
+    left = args.ttl_ms - elapsed_ms
+    return args._replace(ttl_ms=left) if left > 0 else None
 
 
 # --- claim: absent -> processing:<token>; reports what was there ---------------------------
@@ -70,21 +92,22 @@ return 0
 """
 
 
-def _claim_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
+def _claim_memory(data: MemoryData, keys: Sequence[str], args: Lease) -> int:
     held = data.get(keys[0])
     if held is None:
-        data.set(keys[0], PROCESSING + str(args[0]).encode(), px=int(args[1]))
+        data.set(keys[0], PROCESSING + args.token.encode(), px=args.ttl_ms)
         return 1
     return 2 if held == DONE else 0
 
 
-CLAIM: Operation[ClaimState] = Operation(
+CLAIM: Operation[Lease, ClaimState] = Operation(
     name="replay_claim",
     lua=_CLAIM_LUA,
+    args=Lease,
     memory=_claim_memory,
     parse=ClaimState,
     writeback=True,
-    replay_args=_remaining_ttl_last,
+    replay_args=_remaining_ttl,
 )
 
 # --- finish: -> done, for the replay window or the idempotency horizon ----------------------
@@ -93,19 +116,20 @@ CLAIM: Operation[ClaimState] = Operation(
 _FINISH_LUA = "redis.call('SET', KEYS[1], 'd', 'PX', ARGV[1]) return 1"
 
 
-def _finish_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    data.set(keys[0], DONE, px=int(args[0]))
+def _finish_memory(data: MemoryData, keys: Sequence[str], args: Done) -> int:
+    data.set(keys[0], DONE, px=args.ttl_ms)
     return 1
 
 
-FINISH: Operation[bool] = Operation(
+FINISH: Operation[Done, bool] = Operation(
     name="replay_finish",
     lua=_FINISH_LUA,
+    args=Done,
     memory=_finish_memory,
     parse=bool,
     writeback=True,
     durable=True,  # a done-marker lost in a failover lets a replay through
-    replay_args=_remaining_ttl_last,
+    replay_args=_remaining_ttl,
 )
 
 # --- release: processing:<token> -> absent, only for the holder of that token --------------
@@ -119,15 +143,16 @@ return 0
 """
 
 
-def _release_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    if data.get(keys[0]) == PROCESSING + str(args[0]).encode():
+def _release_memory(data: MemoryData, keys: Sequence[str], args: Holder) -> int:
+    if data.get(keys[0]) == PROCESSING + args.token.encode():
         return data.delete(keys[0])
     return 0
 
 
-RELEASE: Operation[bool] = Operation(
+RELEASE: Operation[Holder, bool] = Operation(
     name="replay_release",
     lua=_RELEASE_LUA,
+    args=Holder,
     memory=_release_memory,
     parse=bool,
     writeback=True,
@@ -190,14 +215,14 @@ class ReplayGuard:
     async def claim(self, scope: str, delivery_id: str) -> Claim:
         key = self.key_for(scope, delivery_id)
         token = secrets.token_hex(8)
-        state = await self.store.run(CLAIM, [key], [token, self.windows.lease * 1000])
+        state = await self.store.run(CLAIM, [key], Lease(token, self.windows.lease * 1000))
         return Claim(state, key, token)
 
     async def finish(self, claim: Claim) -> None:
-        await self.store.run(FINISH, [claim.key], [self.windows.done_ttl * 1000])
+        await self.store.run(FINISH, [claim.key], Done(self.windows.done_ttl * 1000))
 
     async def release(self, claim: Claim) -> None:
-        await self.store.run(RELEASE, [claim.key], [claim.token])
+        await self.store.run(RELEASE, [claim.key], Holder(claim.token))
 
     async def once(
         self, scope: str, delivery_id: str, handler: Callable[[], Awaitable[T]]

@@ -6,12 +6,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from upak.store.operation import Arg, Mode, Operation
-from upak.store.primitives import CLAIM_ONCE, DELETE, GET, SET
+from upak.store.operation import NO_ARGS, Arg, Mode, Operation
+from upak.store.primitives import CLAIM_ONCE, DELETE, GET, SET, Expiring
 
 if TYPE_CHECKING:
     from upak.store.memory import MemoryData
 
+A = TypeVar("A")
 T = TypeVar("T")
 
 
@@ -23,8 +24,9 @@ class Store(ABC):
     def mode(self) -> Mode: ...
 
     @abstractmethod
-    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
-        """Run `op` atomically, in one round trip, and return its parsed reply."""
+    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
+        """Run `op` atomically, in one round trip, and return its parsed reply. `args` is the
+        op's record (`op.args`; `NO_ARGS` for an operation that takes none)."""
 
     @abstractmethod
     async def ping(self) -> float | None:
@@ -45,14 +47,14 @@ class Store(ABC):
 
     async def claim_once(self, key: str, ttl_ms: int, value: Arg = "1") -> bool:
         """Set `key` for `ttl_ms` if nobody holds it. True for the first caller only."""
-        return await self.run(CLAIM_ONCE, [key], [value, ttl_ms])
+        return await self.run(CLAIM_ONCE, [key], Expiring(value, ttl_ms))
 
     async def get(self, key: str) -> bytes | None:
-        return await self.run(GET, [key])
+        return await self.run(GET, [key], NO_ARGS)
 
     async def set(self, key: str, value: Arg, ttl_ms: int) -> None:
-        await self.run(SET, [key], [value, ttl_ms])
+        await self.run(SET, [key], Expiring(value, ttl_ms))
 
     async def delete(self, key: str) -> bool:
         """Remove `key`. True when it existed."""
-        return await self.run(DELETE, [key])
+        return await self.run(DELETE, [key], NO_ARGS)

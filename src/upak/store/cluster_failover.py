@@ -30,9 +30,10 @@ from redis.crc import key_slot
 from upak.store.base import Store
 from upak.store.failover import FailoverStore
 from upak.store.memory import MemoryData, MemoryStore
-from upak.store.operation import Arg, Mode, Operation
+from upak.store.operation import Mode, Operation
 from upak.store.redis import RedisStore
 
+A = TypeVar("A")
 T = TypeVar("T")
 SLOTS = 16384
 
@@ -84,10 +85,10 @@ class ClusterNodeView:
         except Exception:  # no slot map yet
             return "unknown"
 
-    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         return await self.cluster.run(op, keys, args)
 
-    async def run_raw(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def run_raw(self, op: Operation[A, Any], keys: Sequence[str], args: A) -> Any:
         return await self.cluster.run_raw(op, keys, args)
 
     async def ping(self) -> float:
@@ -145,7 +146,7 @@ class ClusterFailoverStore(Store):
         for store in self.stores:
             store.on_recovery(callback)
 
-    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         return await self.store_for(keys[0]).run(op, keys, args)
 
     async def start(self) -> None:

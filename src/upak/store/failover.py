@@ -43,10 +43,11 @@ from upak.store.base import Store
 from upak.store.conditions import Condition, condition_of, refuses_writes_only
 from upak.store.journal import Entry, Journal, Outage
 from upak.store.memory import MemoryData, MemoryStore
-from upak.store.operation import Arg, Fallback, Mode, Operation
+from upak.store.operation import NO_ARGS, Fallback, Mode, Operation
 from upak.store.primitives import WRITE_PROBE
 from upak.store.redis import RedisStore
 
+A = TypeVar("A")
 T = TypeVar("T")
 log = logging.getLogger("upak.store")
 
@@ -172,7 +173,7 @@ class FailoverStore(Store):
 
     # --- the hot path ---
 
-    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         if self._mode is Mode.REDIS and self.redis is not None:
             if self.memory.outage(self.partition) is not None:
                 self._follow_host()  # another worker of this host found Redis unable to serve
@@ -190,9 +191,7 @@ class FailoverStore(Store):
                 return op.parse(reply)
         return await self._serve_from_fallback(op, keys, args)
 
-    async def _serve_from_fallback(
-        self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg]
-    ) -> T:
+    async def _serve_from_fallback(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         self.stats.fallback_calls += 1
         if op.fallback is Fallback.BYPASS:
             self.stats.bypassed_calls += 1
@@ -201,7 +200,7 @@ class FailoverStore(Store):
         memory_args = op.fallback_args(args) if op.fallback_args is not None else args
         entry = None
         if op.writeback:
-            entry = Entry(op, tuple(keys), tuple(args), self._now_ms(), self.partition)
+            entry = Entry(op, tuple(keys), args, self._now_ms(), self.partition)
         reply = self.memory.execute(op, keys, memory_args, entry)
         if op.read_through is not None and op.read_through(reply) and self._reads_served():
             reply = await self._read_through(op, keys, args, reply)
@@ -215,7 +214,7 @@ class FailoverStore(Store):
         return self.redis is not None and refuses_writes_only(self.stats.condition)
 
     async def _read_through(
-        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], missed: Any
+        self, op: Operation[A, Any], keys: Sequence[str], args: A, missed: Any
     ) -> Any:
         """A memory miss asked of a Redis that refuses only writes; memory's answer stands
         if Redis cannot give one either."""
@@ -336,7 +335,7 @@ class FailoverStore(Store):
             now = self._now_ms()
             calls, replayed = [], []
             for entry in batch:
-                args: Sequence[Arg] | None = entry.args  # None: replay_args dropped it
+                args: Any = entry.args  # None: replay_args dropped it
                 if entry.op.replay_args is not None:
                     args = entry.op.replay_args(entry.args, now - entry.at_ms)
                 replayed.append(args)
@@ -365,7 +364,7 @@ class FailoverStore(Store):
                             # Redis's answer to the replay is the truth memory keeps: a
                             # session whose create was refused (revoked elsewhere) is
                             # forgotten here.
-                            self.memory.remember(entry.op, entry.keys, args or (), outcome)
+                            self.memory.remember(entry.op, entry.keys, args, outcome)
             finally:
                 if landed is not None:
                     journal.done(self.partition, landed)
@@ -414,7 +413,7 @@ class FailoverStore(Store):
             try:
                 self.stats.latency = await self.redis.ping()
                 await self.redis.reset_connections()
-                await self.redis.run_raw(WRITE_PROBE, [self.probe_key], ())
+                await self.redis.run_raw(WRITE_PROBE, [self.probe_key], NO_ARGS)
                 await self._write_back()
             except Exception as exc:
                 self.stats.last_error = self._redact(exc)

@@ -62,8 +62,9 @@ from upak.store.journal import (
     kind_of,
 )
 from upak.store.memory import Clock, IntLog, KeyRegistry, MemoryData, MemoryStore, _ZSet
-from upak.store.operation import Arg, Mode, Operation, journaled_operation
+from upak.store.operation import NO_ARGS, Mode, NoArgs, Operation, journaled_operation
 
+A = TypeVar("A")
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -257,9 +258,10 @@ def unpack_outage(word: int) -> Outage | None:
 
 # What `HostTier.pending` returns for a journal row it cannot replay: its write-back is a
 # no-op (`replay_args` gives None), so the row is cleared with the batch around it.
-_SKIPPED: Operation[Any] = Operation(
+_SKIPPED: Operation[NoArgs, Any] = Operation(
     name="journal.unreadable",
     lua="return 0",
+    args=NoArgs,
     memory=lambda data, keys, args: 0,
     replay_args=lambda args, elapsed_ms: None,
 )
@@ -406,7 +408,7 @@ class HostTier:
             (
                 part,
                 entry.op.name,
-                encode_call(entry.keys, entry.args),
+                encode_call(entry.keys, entry.op.argv(entry.args)),
                 entry.at_ms,
                 kind_of(entry.op),
             ),
@@ -426,15 +428,16 @@ class HostTier:
         for seq, name, call, at_ms in rows:
             op = journaled_operation(name)
             try:
-                keys, args = decode_call(call)
-            except ValueError as exc:
+                keys, argv = decode_call(call)
+                args = None if op is None else op.record_of(argv)
+            except (ValueError, TypeError) as exc:  # TypeError: not the record's fields
                 log.error("host tier journal entry %d does not decode (%s); dropped", seq, exc)
                 op = None
             if op is None:
                 if name not in self._unknown_ops:
                     self._unknown_ops.add(name)
                     log.error("host tier journal names an unknown operation %r; dropped", name)
-                entries.append(Entry(_SKIPPED, (), (), at_ms, partition, seq))
+                entries.append(Entry(_SKIPPED, (), NO_ARGS, at_ms, partition, seq))
                 continue
             entries.append(Entry(op, keys, args, at_ms, partition, seq))
         return entries
@@ -611,7 +614,7 @@ class HostData(MemoryData):
 
 
 def _remember(
-    op: Operation[Any], reply: Any, data: MemoryData, keys: Sequence[str], args: Sequence[Arg]
+    op: Operation[A, Any], reply: Any, data: MemoryData, keys: Sequence[str], args: A
 ) -> None:
     assert op.remember is not None
     op.remember(data, keys, args, reply)
@@ -641,9 +644,7 @@ class HostStore(MemoryStore):
         self.skipped_remembers = 0
         self._memo: dict[tuple[str, ...], tuple[Any, float]] = {}
         # Revocations Redis answered that the tier was too busy to take (see `remember`).
-        self._owed_revocations: list[
-            tuple[Operation[Any], tuple[str, ...], tuple[Arg, ...], Any]
-        ] = []
+        self._owed_revocations: list[tuple[Operation[Any, Any], tuple[str, ...], Any, Any]] = []
 
     @property  # type: ignore[override]
     def data(self) -> MemoryData:
@@ -659,11 +660,11 @@ class HostStore(MemoryStore):
 
     def execute(
         self,
-        op: Operation[Any],
+        op: Operation[A, Any],
         keys: Sequence[str],
-        args: Sequence[Arg],
+        args: A,
         entry: Entry | None = None,
-        twin: Callable[[MemoryData, Sequence[str], Sequence[Arg]], Any] | None = None,
+        twin: Callable[[MemoryData, Sequence[str], A], Any] | None = None,
         mirrored: bool = False,
     ) -> Any:
         """Run `twin` (by default the op's memory half) on the tier in one transaction, and
@@ -680,9 +681,9 @@ class HostStore(MemoryStore):
 
     def _in_tier(
         self,
-        twin: Callable[[MemoryData, Sequence[str], Sequence[Arg]], Any],
+        twin: Callable[[MemoryData, Sequence[str], A], Any],
         keys: Sequence[str],
-        args: Sequence[Arg],
+        args: A,
         entry: Entry | None,
         mirrored: bool,
     ) -> Any:
@@ -705,13 +706,13 @@ class HostStore(MemoryStore):
             _remember(op, reply, data, keys, args)
             data.commit()
 
-    def _note_locked(self, op: Operation[Any], what: str = "served from process memory") -> None:
+    def _note_locked(
+        self, op: Operation[Any, Any], what: str = "served from process memory"
+    ) -> None:
         self.unlocked_calls += 1
         log.warning("host tier busy past %.3f s; %s %s", self.tier.lock_timeout, op.name, what)
 
-    def remember(
-        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
-    ) -> None:
+    def remember(self, op: Operation[A, Any], keys: Sequence[str], args: A, reply: Any) -> None:
         """The mirror, written into the tier only when Redis's answer changed or at most once
         per `remember_interval` s (a per-process memo), so the request path while Redis is up
         stays cheap. A revocation (`Operation.precious`) is applied at once, every time: every
@@ -729,7 +730,7 @@ class HostStore(MemoryStore):
         except TierLocked:
             if op.precious:
                 self._note_locked(op, "owed to the tier: applied by this worker's next call")
-                self._owed_revocations.append((op, tuple(keys), tuple(args), reply))
+                self._owed_revocations.append((op, tuple(keys), args, reply))
             else:
                 self._note_locked(op, "not copied for an outage (the next call tries again)")
             return
@@ -783,7 +784,7 @@ class HostStore(MemoryStore):
     def dropped(self, partition: str) -> int:
         return self.journal.dropped.get(partition, 0) + self.tier.dropped.get(partition, 0)
 
-    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         return op.parse(self.execute(op, keys, args))
 
     async def ping(self) -> float | None:

@@ -35,7 +35,7 @@ _INT = struct.Struct(">q")
 _FLOAT = struct.Struct(">d")
 
 
-def kind_of(op: Operation[Any]) -> int:
+def kind_of(op: Operation[Any, Any]) -> int:
     return EXPENDABLE if op.expendable else REVOCATION if op.precious else ORDINARY
 
 
@@ -43,9 +43,9 @@ def kind_of(op: Operation[Any]) -> int:
 class Entry:
     """One journaled call. `seq` is its place in the journal that holds it."""
 
-    op: Operation[Any]
+    op: Operation[Any, Any]
     keys: tuple[str, ...]
-    args: tuple[Arg, ...]
+    args: Any  # the call's record (`op.args`); the tier's rows keep `op.argv(args)`
     at_ms: int
     partition: str
     seq: int = field(default=0, compare=False)

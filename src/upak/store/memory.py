@@ -19,6 +19,7 @@ from upak.store.base import Store
 from upak.store.journal import Entry, Journal, MemoryJournal, Outage
 from upak.store.operation import Arg, Mode, Operation, StoreError
 
+A = TypeVar("A")
 T = TypeVar("T")
 Clock = Callable[[], float]
 
@@ -244,21 +245,20 @@ class MemoryStore(Store):
 
     def execute(
         self,
-        op: Operation[Any],
+        op: Operation[A, Any],
         keys: Sequence[str],
-        args: Sequence[Arg],
+        args: A,
         entry: Entry | None = None,
+        twin: Callable[[MemoryData, Sequence[str], A], Any] | None = None,
     ) -> Any:
-        """Run the memory half of `op` and return its raw, Redis-shaped reply; journal
-        `entry` (a call Redis must see after the outage) in the same step."""
-        reply = op.memory(self.data, keys, args)
+        """Run `twin` (by default the memory half of `op`) and return its raw, Redis-shaped
+        reply; journal `entry` (a call Redis must see after the outage) in the same step."""
+        reply = (twin or op.memory)(self.data, keys, args)
         if entry is not None:
             self.journal.append(entry)
         return reply
 
-    def remember(
-        self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg], reply: Any
-    ) -> None:
+    def remember(self, op: Operation[A, Any], keys: Sequence[str], args: A, reply: Any) -> None:
         """Keep the copy `op.remember` makes of Redis's `reply` for the next outage: only
         when Redis's answer changed, or at most once per `remember_interval` s, so the
         request path while Redis is up does not rebuild the same copy on every call. A
@@ -272,7 +272,7 @@ class MemoryStore(Store):
     def _memo_clock(self) -> float:
         return self.data._clock()
 
-    def _memoised(self, op: Operation[Any], keys: Sequence[str], reply: Any) -> bool:
+    def _memoised(self, op: Operation[Any, Any], keys: Sequence[str], reply: Any) -> bool:
         if op.precious:
             return False
         seen = self._memo.get((op.name, *keys))
@@ -283,7 +283,7 @@ class MemoryStore(Store):
         self.skipped_remembers += 1
         return True
 
-    def _memoise(self, op: Operation[Any], keys: Sequence[str], reply: Any) -> None:
+    def _memoise(self, op: Operation[Any, Any], keys: Sequence[str], reply: Any) -> None:
         if op.precious:
             return
         if len(self._memo) >= self.memo_max:
@@ -332,7 +332,7 @@ class MemoryStore(Store):
         """Journaled calls of `partition` the journal's cap dropped."""
         return self.journal.dropped.get(partition, 0)
 
-    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         return op.parse(self.execute(op, keys, args))
 
     async def ping(self) -> float | None:

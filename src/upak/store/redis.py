@@ -26,6 +26,7 @@ from upak.store.conditions import condition_of
 from upak.store.operation import Arg, Mode, Operation, StoreError
 from upak.store.wire import Wire, fresh_error, open_wire
 
+A = TypeVar("A")
 T = TypeVar("T")
 
 # Exception classes that always mean "Redis is not serving us right now". Error replies that
@@ -76,7 +77,7 @@ class RedisStore(Store):
         self._wire: Wire | None = None
         self._opening: asyncio.Future[Wire] | None = None
         self._pending: list[
-            tuple[Operation[Any], Sequence[str], Sequence[Arg], asyncio.Future]
+            tuple[Operation[Any, Any], Sequence[str], Sequence[Arg], asyncio.Future]
         ] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,18 +120,24 @@ class RedisStore(Store):
     def mode(self) -> Mode:
         return Mode.REDIS
 
-    def _sha(self, op: Operation[Any]) -> str:
+    def _script(self, op: Operation[Any, Any]) -> str:
+        # The one place the script's text is read: the contract suite puts its key guard
+        # in front of every script here (tests/store/key_guard.py).
+        return op.lua
+
+    def _sha(self, op: Operation[Any, Any]) -> str:
         sha = self._shas.get(id(op))
         if sha is None:
-            sha = self._shas[id(op)] = script_sha(op.lua)
+            sha = self._shas[id(op)] = script_sha(self._script(op))
         return sha
 
-    async def run(self, op: Operation[T], keys: Sequence[str], args: Sequence[Arg] = ()) -> T:
+    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         return op.parse(await self.run_raw(op, keys, args))
 
-    async def run_raw(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def run_raw(self, op: Operation[A, Any], keys: Sequence[str], record: A) -> Any:
         """The operation's raw reply. Outage errors pass through (the failover's business);
         anything else Redis refused is a StoreError."""
+        args = op.argv(record)  # the one place a record becomes ARGV on the way to Redis
         if self.cluster:
             return await self._queued(op, keys, args)
         wire = self._wire
@@ -145,17 +152,17 @@ class RedisStore(Store):
             raise self._failed(exc) from None
 
     async def _evalsha(
-        self, wire: Wire, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]
+        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg]
     ) -> Any:
         try:
             return await wire.call(("EVALSHA", self._sha(op), len(keys), *keys, *args))
         except rex.NoScriptError:
             # The script cache was emptied: EVAL runs the script and caches it again.
             wire = await self._connected()
-            return await wire.call(("EVAL", op.lua, len(keys), *keys, *args))
+            return await wire.call(("EVAL", self._script(op), len(keys), *keys, *args))
 
     async def _written_and_waited(
-        self, wire: Wire, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]
+        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg]
     ) -> tuple[Any, int, Wire]:
         """The call and a WAIT behind it, in one write on one connection (WAIT counts the
         replicas that have this connection's writes, so it must follow on the same one)."""
@@ -167,7 +174,7 @@ class RedisStore(Store):
                 reply = await written
             except rex.NoScriptError:
                 wire = await self._connected()
-                command = ("EVAL", op.lua, len(keys), *keys, *args)
+                command = ("EVAL", self._script(op), len(keys), *keys, *args)
                 continue
             return reply, await _own_copy(waited), wire
         raise StoreError(f"Redis lost the script of {op.name} twice in a row")
@@ -207,7 +214,7 @@ class RedisStore(Store):
         waited.add_done_callback(settle)
 
     async def _durable(
-        self, wire: Wire, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]
+        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg]
     ) -> Any:
         """A write that must survive a failover, answered once replicas have it. When they
         do not confirm in time the master may have changed under us: ask Sentinel again and,
@@ -292,7 +299,9 @@ class RedisStore(Store):
 
     # --- Redis Cluster: the calls of one loop step, one pipeline per node, side by side ---
 
-    async def _queued(self, op: Operation[Any], keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def _queued(
+        self, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg]
+    ) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((op, keys, args, future))
@@ -308,7 +317,9 @@ class RedisStore(Store):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[Operation[Any], Sequence[str], Sequence[Arg], Any]]):
+    async def _send(
+        self, batch: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg], Any]]
+    ):
         try:
             replies = await self._evalsha_all([(op, keys, args) for op, keys, args, _ in batch])
         except BaseException as exc:  # every waiter must hear what happened to its call
@@ -331,7 +342,7 @@ class RedisStore(Store):
                 future.set_result(reply)
 
     async def _evalsha_all(
-        self, calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]]
+        self, calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]]
     ) -> list[Any]:
         """Each call's reply or its own error: the calls are grouped by the master of their
         slot and each group goes as one pipeline to its node, all groups at once. A node
@@ -361,7 +372,7 @@ class RedisStore(Store):
     async def _node_pipeline(
         self,
         node: Any,
-        calls: list[tuple[Operation[Any], Sequence[str], Sequence[Arg]]],
+        calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]],
         indexes: list[int],
         replies: list[Any],
     ) -> None:
@@ -401,7 +412,7 @@ class RedisStore(Store):
                         break
                     # The node's script cache was emptied (restart, promotion, SCRIPT FLUSH).
                     for op in {id(calls[i][0]): calls[i][0] for i in missing}.values():
-                        await node.execute_command("SCRIPT", "LOAD", op.lua)
+                        await node.execute_command("SCRIPT", "LOAD", self._script(op))
                     todo = missing
                 for i in indexes:
                     if isinstance(replies[i], rex.MovedError | rex.AskError | rex.TryAgainError):
@@ -414,7 +425,7 @@ class RedisStore(Store):
                             )
                         except rex.NoScriptError:
                             replies[i] = await self.client.execute_command(
-                                "EVAL", op.lua, len(keys), *keys, *args
+                                "EVAL", self._script(op), len(keys), *keys, *args
                             )
                         except Exception as exc:
                             replies[i] = exc

@@ -23,9 +23,22 @@ from upak.features.cache.codec import (
 )
 from upak.features.cache.decorator import cached
 from upak.features.cache.names import _safe, user_tag
-from upak.features.cache.operations import BYPASSED, CACHING_OFF, LEASE, READ, RELEASE, STAMP, WRITE
+from upak.features.cache.operations import (
+    BYPASSED,
+    CACHING_OFF,
+    LEASE,
+    READ,
+    RELEASE,
+    STAMP,
+    WRITE,
+    Holder,
+    Lease,
+    Stamp,
+    Write,
+)
 from upak.store import KeySpace, Store
-from upak.store.primitives import DELETE, SET
+from upak.store.operation import NO_ARGS
+from upak.store.primitives import DELETE, SET, Expiring
 
 log = logging.getLogger("upak.cache")
 
@@ -155,14 +168,14 @@ class Cache:
         return TagSnapshot(await self._stamp(tuple(tags), ttl))
 
     async def delete(self, key: str) -> bool:
-        return await self.store.run(DELETE, [self.entry_key(key)])
+        return await self.store.run(DELETE, [self.entry_key(key)], NO_ARGS)
 
     async def invalidate(self, *tags: str) -> None:
         """Every entry written under any of `tags` is gone for all readers when this returns."""
         ttl_ms = int(self.tag_ttl * 1000)
         await asyncio.gather(
             *(
-                self.store.run(SET, [self.tag_key(tag)], [secrets.token_hex(8), ttl_ms])
+                self.store.run(SET, [self.tag_key(tag)], Expiring(secrets.token_hex(8), ttl_ms))
                 for tag in tags
             )
         )
@@ -256,7 +269,7 @@ class Cache:
         # Take the lease and the tag versions together (one round trip). The versions are
         # taken before computing: an invalidation from here on kills what we write.
         leased, stamps = await asyncio.gather(
-            self.store.run(LEASE, [self.lease_key(key)], [token, lease_ms]),
+            self.store.run(LEASE, [self.lease_key(key)], Lease(token, lease_ms)),
             self._stamp(spec.tags, spec.ttl + spec.stale_ttl),
         )
         if not leased:
@@ -276,10 +289,10 @@ class Cache:
                 return value
         except BaseException:
             if token:
-                await self.store.run(RELEASE, [self.lease_key(key)], [token])
+                await self.store.run(RELEASE, [self.lease_key(key)], Holder(token))
             raise
         if token:
-            await self.store.run(RELEASE, [self.lease_key(key)], [token])
+            await self.store.run(RELEASE, [self.lease_key(key)], Holder(token))
         return value
 
     async def _await_other_process(self, spec: _Spec[Any]) -> Entry | None:
@@ -302,7 +315,7 @@ class Cache:
         min_ttl_ms = int(max(self.tag_ttl, ttl) * 1000)
         versions = await asyncio.gather(
             *(
-                self.store.run(STAMP, [self.tag_key(tag)], [secrets.token_hex(8), min_ttl_ms])
+                self.store.run(STAMP, [self.tag_key(tag)], Stamp(secrets.token_hex(8), min_ttl_ms))
                 for tag in tags
             )
         )
@@ -326,7 +339,7 @@ class Cache:
         blob = pack_entry(encode_value(value, codec), codec, now + fresh_ms, stamps)
         keep_ms = fresh_ms + max(int(stale_ttl * 1000), 0)
         return await self.store.run(
-            WRITE, [self.entry_key(key), self.lease_key(key)], [blob, keep_ms, token]
+            WRITE, [self.entry_key(key), self.lease_key(key)], Write(blob, keep_ms, token)
         )
 
     async def _lookup(
@@ -354,7 +367,7 @@ class Cache:
         missing = [tag for tag in entry.stamps if tag not in versions]
         if missing:
             extra = await asyncio.gather(
-                *(self.store.run(READ, [self.tag_key(tag)]) for tag in missing)
+                *(self.store.run(READ, [self.tag_key(tag)], NO_ARGS) for tag in missing)
             )
             versions.update(zip(missing, extra, strict=True))
         for tag, stamp in entry.stamps.items():
@@ -382,10 +395,10 @@ class Cache:
 
     async def _read(self, key: str, tags: tuple[str, ...]) -> list[Any]:
         if not tags:
-            return [await self.store.run(READ, [self.entry_key(key)])]
+            return [await self.store.run(READ, [self.entry_key(key)], NO_ARGS)]
         return await asyncio.gather(
-            self.store.run(READ, [self.entry_key(key)]),
-            *(self.store.run(READ, [self.tag_key(tag)]) for tag in tags),
+            self.store.run(READ, [self.entry_key(key)], NO_ARGS),
+            *(self.store.run(READ, [self.tag_key(tag)], NO_ARGS) for tag in tags),
         )
 
     # --- the decorator ---

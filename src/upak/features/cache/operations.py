@@ -6,10 +6,10 @@ Redis is away caching is off and each returns its `bypass` result.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from upak.features.cache.codec import _bytes
-from upak.store import Arg, Fallback, Operation
+from upak.store import Fallback, Operation
+from upak.store.operation import NoArgs
 
 if TYPE_CHECKING:
     from upak.store import MemoryData
@@ -29,22 +29,51 @@ BYPASSED: Any = _Marker("BYPASSED")
 CACHING_OFF: Any = _Marker("CACHING_OFF")
 
 
-def _read_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> bytes | None:
+class Stamp(NamedTuple):
+    """STAMP's record. ARGV: token (the version if none is set), min_ttl_ms."""
+
+    token: str
+    min_ttl_ms: int
+
+
+class Lease(NamedTuple):
+    """LEASE's record. ARGV: token, ttl_ms."""
+
+    token: str
+    ttl_ms: int
+
+
+class Write(NamedTuple):
+    """WRITE's record. ARGV: blob, keep_ms, lease_token ('' when no lease is held)."""
+
+    blob: bytes
+    keep_ms: int
+    lease_token: str
+
+
+class Holder(NamedTuple):
+    """RELEASE's record. ARGV: token."""
+
+    token: str
+
+
+def _read_memory(data: MemoryData, keys: Sequence[str], args: NoArgs) -> bytes | None:
     return data.get(keys[0])
 
 
 # A plain GET, but BYPASS: during an outage the read is a miss served by the source.
-READ: Operation[Any] = Operation(
+READ: Operation[NoArgs, Any] = Operation(
     name="cache_read",
     lua="return redis.call('GET', KEYS[1])",
+    args=NoArgs,
     memory=_read_memory,
     fallback=Fallback.BYPASS,
     bypass=lambda args: BYPASSED,
 )
 
 
-def _stamp_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
-    token, min_ttl = args[0], int(args[1])
+def _stamp_memory(data: MemoryData, keys: Sequence[str], args: Stamp) -> bytes:
+    token, min_ttl = args.token, args.min_ttl_ms
     current = data.get(keys[0])
     if current is None:
         data.set(keys[0], token, px=min_ttl)
@@ -56,8 +85,9 @@ def _stamp_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) ->
 
 # The tag's current version token, created if missing; the key lives at least `min_ttl` ms so
 # an entry stamped now is not killed by its tag's version expiring before the entry does.
-STAMP: Operation[Any] = Operation(
+STAMP: Operation[Stamp, Any] = Operation(
     name="cache_stamp",
+    args=Stamp,
     lua="""
 local v = redis.call('GET', KEYS[1])
 if not v then
@@ -75,14 +105,15 @@ return v
 )
 
 
-def _lease_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    return int(data.set(keys[0], args[0], px=int(args[1]), nx=True))
+def _lease_memory(data: MemoryData, keys: Sequence[str], args: Lease) -> int:
+    return int(data.set(keys[0], args.token, px=args.ttl_ms, nx=True))
 
 
 # One computation across processes: the first to take the lease computes. During an outage
 # every caller "has" it: each process computes for itself (caching is off anyway).
-LEASE: Operation[bool] = Operation(
+LEASE: Operation[Lease, bool] = Operation(
     name="cache_lease",
+    args=Lease,
     lua="return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0",
     memory=_lease_memory,
     parse=bool,
@@ -91,17 +122,18 @@ LEASE: Operation[bool] = Operation(
 )
 
 
-def _write_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    data.set(keys[0], args[0], px=int(args[1]))
-    if args[2] != "" and data.get(keys[1]) == _bytes(args[2]):
+def _write_memory(data: MemoryData, keys: Sequence[str], args: Write) -> int:
+    data.set(keys[0], args.blob, px=args.keep_ms)
+    if args.lease_token != "" and data.get(keys[1]) == args.lease_token.encode():
         data.delete(keys[1])
     return 1
 
 
 # Store the entry and release our lease (if we still hold it) in one step: waiters polling the
 # entry see it the moment the lease goes. KEYS: entry, lease (one slot: `{e:KEY}`).
-WRITE: Operation[bool] = Operation(
+WRITE: Operation[Write, bool] = Operation(
     name="cache_write",
+    args=Write,
     lua="""
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
@@ -116,15 +148,16 @@ return 1
 )
 
 
-def _release_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    if data.get(keys[0]) == _bytes(args[0]):
+def _release_memory(data: MemoryData, keys: Sequence[str], args: Holder) -> int:
+    if data.get(keys[0]) == args.token.encode():
         return data.delete(keys[0])
     return 0
 
 
 # Give the lease back after a failed computation, only if it is still ours.
-RELEASE: Operation[bool] = Operation(
+RELEASE: Operation[Holder, bool] = Operation(
     name="cache_release",
+    args=Holder,
     lua="""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

@@ -34,8 +34,11 @@ session Redis no longer has is dropped (`SessionManager.confirm_mirror`).
 The package, one job a module: `cookies` (the cookie and the handle), `records` (what it hands
 out), `stored` (the stored shape every twin reads), `mirror` (the outage copy and CONFIRM),
 `login` (CREATE), `lookup` (RESOLVE, TOUCH, LIST), `revocation` (REVOKE, REVOKE_OTHERS),
-`manager` (SessionManager). Import from here: every name callers used before the split is
-re-exported.
+`manager` (SessionManager). Each operation's argument record sits next to it (NewSession,
+Use, Touch, Listing, Revocation, RevokeOthers, Mirrored); scripts that find sessions in the
+index touch `<the user's session prefix>..handle`, the prefix passed as a key family
+(`Operation.families`), never derived from another key. Import from here: every name
+callers used before the split is re-exported.
 """
 
 from __future__ import annotations
@@ -49,18 +52,24 @@ from upak.features.sessions.cookies import (
     is_handle,
     parse_cookie,
 )
-from upak.features.sessions.login import CREATE, FLOOR_SKEW_MS
-from upak.features.sessions.lookup import LIST, RESOLVE, TOUCH
+from upak.features.sessions.login import CREATE, FLOOR_SKEW_MS, NewSession
+from upak.features.sessions.lookup import LIST, RESOLVE, TOUCH, Listing, Touch, Use
 from upak.features.sessions.manager import (
     FEATURE,
     MAX_SESSIONS_PER_USER,
     MAX_USER_AGENT,
     SessionManager,
 )
-from upak.features.sessions.mirror import CONFIRM, CONFIRM_BATCH, MIRROR_MAX_SESSIONS, MIRROR_TTL_MS
+from upak.features.sessions.mirror import (
+    CONFIRM,
+    CONFIRM_BATCH,
+    MIRROR_MAX_SESSIONS,
+    MIRROR_TTL_MS,
+    Mirrored,
+)
 from upak.features.sessions.mirror import _mirror as _mirror  # its memory cost is measured
 from upak.features.sessions.records import IssuedSession, LoginSession
-from upak.features.sessions.revocation import REVOKE, REVOKE_OTHERS
+from upak.features.sessions.revocation import REVOKE, REVOKE_OTHERS, Revocation, RevokeOthers
 
 __all__ = [
     "CONFIRM",
@@ -81,9 +90,16 @@ __all__ = [
     "TOKEN_BYTES",
     "TOUCH",
     "IssuedSession",
+    "Listing",
     "LoginSession",
+    "Mirrored",
+    "NewSession",
+    "Revocation",
+    "RevokeOthers",
     "SessionCookie",
     "SessionManager",
+    "Touch",
+    "Use",
     "handle_of",
     "is_handle",
     "parse_cookie",

@@ -5,13 +5,37 @@ LIST the user's live ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from upak.features.sessions.mirror import _forget, _mirror
-from upak.features.sessions.stored import _BASE_OF_INDEX, _FIELDS, _base_of, _live, _ms_later
-from upak.store import Arg, MemoryData, Operation
+from upak.features.sessions.stored import _FIELDS, _live
+from upak.store import MemoryData, Operation
 
-# RESOLVE  KEYS: session, index  ARGV: handle, now, idle  ->  [c, s, a, i, ua] or nil
+
+class Use(NamedTuple):
+    """RESOLVE's record (its field order is ARGV's)."""
+
+    handle: str
+    now_ms: int
+    idle_ms: int
+
+
+class Touch(NamedTuple):
+    """TOUCH's record (its field order is ARGV's)."""
+
+    seen_ms: int
+    idle_ms: int
+    now_ms: int
+
+
+class Listing(NamedTuple):
+    """LIST's record (its field order is ARGV's)."""
+
+    now_ms: int
+    idle_ms: int
+
+
+# RESOLVE  KEYS: session, index  ARGV: Use  ->  [c, s, a, i, ua] or nil
 _RESOLVE_LUA = """
 local v = redis.call('HMGET', KEYS[1], 'c', 's', 'a', 'i', 'ua')
 if not v[1] then return false end
@@ -25,33 +49,32 @@ return v
 """
 
 
-def _resolve_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> list | None:
+def _resolve_memory(data: MemoryData, keys: Sequence[str], args: Use) -> list | None:
     session_key, index_key = keys
     stored = data.hgetall(session_key)
     values = [stored.get(name) for name in _FIELDS]
     if values[0] is None:
         return None
-    if not _live(values, int(args[1]), int(args[2])):
+    if not _live(values, args.now_ms, args.idle_ms):
         data.delete(session_key)
-        data.zrem(index_key, str(args[0]))
+        data.zrem(index_key, args.handle)
         return None
     return values
 
 
-def _remember_resolved(
-    data: MemoryData, keys: Sequence[str], args: Sequence[Arg], reply: Any
-) -> None:
+def _remember_resolved(data: MemoryData, keys: Sequence[str], args: Use, reply: Any) -> None:
     if reply is None:
         # Redis says it is gone (revoked elsewhere, expired): no local copy may outlive that.
-        _forget(data, keys[0], keys[1], str(args[0]))
+        _forget(data, keys[0], keys[1], args.handle)
         return
     fields = {name: value or b"" for name, value in zip(_FIELDS, reply, strict=True)}
-    _mirror(data, keys, str(args[0]), fields, int(args[2]), int(args[1]))
+    _mirror(data, keys, args.handle, fields, args.idle_ms, args.now_ms)
 
 
-RESOLVE: Operation[list | None] = Operation(
+RESOLVE: Operation[Use, list | None] = Operation(
     name="sessions.resolve",
     lua=_RESOLVE_LUA,
+    args=Use,
     memory=_resolve_memory,
     remember=_remember_resolved,
     # A session this process has no copy of may be in a Redis that refuses only writes.
@@ -59,7 +82,7 @@ RESOLVE: Operation[list | None] = Operation(
 )
 
 
-# TOUCH  KEYS: session  ARGV: seen, idle, now  ->  1 when renewed. Never creates: a session
+# TOUCH  KEYS: session  ARGV: Touch  ->  1 when renewed. Never creates: a session
 # revoked while this request ran stays revoked.
 _TOUCH_LUA = """
 local v = redis.call('HMGET', KEYS[1], 's', 'a')
@@ -75,13 +98,13 @@ return 1
 """
 
 
-def _touch_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
+def _touch_memory(data: MemoryData, keys: Sequence[str], args: Touch) -> int:
     seen_now, abs_end = data.hget(keys[0], "s"), data.hget(keys[0], "a")
     if seen_now is None or abs_end is None:
         return 0
-    seen = max(int(seen_now), int(args[0]))
-    ends = min(seen + int(args[1]), int(abs_end))
-    now = int(args[2])
+    seen = max(int(seen_now), args.seen_ms)
+    ends = min(seen + args.idle_ms, int(abs_end))
+    now = args.now_ms
     if ends <= now:
         return 0
     data.hset(keys[0], {"s": seen})
@@ -89,25 +112,31 @@ def _touch_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) ->
     return 1
 
 
-TOUCH: Operation[bool] = Operation(
+def _touched_later(args: Touch, elapsed_ms: int) -> Touch:
+    # Written back later, the touch is judged at the time it lands.
+    return args._replace(now_ms=args.now_ms + elapsed_ms)
+
+
+TOUCH: Operation[Touch, bool] = Operation(
     name="sessions.touch",
     lua=_TOUCH_LUA,
+    args=Touch,
     memory=_touch_memory,
     parse=bool,
     writeback=True,
     expendable=True,  # a lost touch only brings an idle timeout nearer
-    replay_args=_ms_later(2),
+    replay_args=_touched_later,
 )
 
 
-# LIST  KEYS: index  ARGV: now, idle  ->  [[handle, c, s, a, i, ua], …], dropping ended ones
+# LIST  KEYS: index, the user's session keys' prefix (a family)  ARGV: Listing
+#       ->  [[handle, c, s, a, i, ua], …], dropping ended ones
 _LIST_LUA = """
-BASE
 local now = tonumber(ARGV[1])
 local idle = tonumber(ARGV[2])
 local out = {}
 for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local key = base .. 's:' .. h
+  local key = KEYS[2] .. h
   local v = redis.call('HMGET', key, 'c', 's', 'a', 'i', 'ua')
   if v[1] and v[2] and v[3] and tonumber(v[3]) > now and tonumber(v[2]) + idle > now then
     table.insert(out, {h, v[1], v[2], v[3], v[4], v[5]})
@@ -117,15 +146,15 @@ for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   end
 end
 return out
-""".replace("BASE", _BASE_OF_INDEX.format(i=1))
+"""
 
 
-def _list_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> list[list]:
-    index_key = keys[0]
-    now, idle = int(args[0]), int(args[1])
+def _list_memory(data: MemoryData, keys: Sequence[str], args: Listing) -> list[list]:
+    index_key, sessions = keys
+    now, idle = args.now_ms, args.idle_ms
     out = []
     for member, _ in data.zrange_withscores(index_key):
-        session_key = _base_of(index_key) + "s:" + member.decode()
+        session_key = sessions + member.decode()
         stored = data.hgetall(session_key)
         values = [stored.get(name) for name in _FIELDS]
         if _live(values, now, idle):
@@ -135,4 +164,6 @@ def _list_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> 
     return out
 
 
-LIST: Operation[list] = Operation(name="sessions.list", lua=_LIST_LUA, memory=_list_memory)
+LIST: Operation[Listing, list] = Operation(
+    name="sessions.list", lua=_LIST_LUA, args=Listing, families=(1,), memory=_list_memory
+)

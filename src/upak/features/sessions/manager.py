@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 
 from upak.features.sessions.cookies import TOKEN_BYTES, SessionCookie, handle_of, is_handle
-from upak.features.sessions.login import CREATE
-from upak.features.sessions.lookup import LIST, RESOLVE, TOUCH
-from upak.features.sessions.mirror import CONFIRM, CONFIRM_BATCH, _MirrorRegistry
+from upak.features.sessions.login import CREATE, NewSession
+from upak.features.sessions.lookup import LIST, RESOLVE, TOUCH, Listing, Touch, Use
+from upak.features.sessions.mirror import CONFIRM, CONFIRM_BATCH, Mirrored, _MirrorRegistry
 from upak.features.sessions.records import IssuedSession, LoginSession
-from upak.features.sessions.revocation import REVOKE, REVOKE_OTHERS
+from upak.features.sessions.revocation import REVOKE, REVOKE_OTHERS, Revocation, RevokeOthers
 from upak.store import KeySpace, MemoryData, Store
 
 FEATURE = "sessions"
@@ -69,6 +69,11 @@ class SessionManager:
     def _tomb_key(self, user_id: int, handle: str) -> str:
         return self.keys.tagged(FEATURE, self._tag(user_id), "t", handle)
 
+    def _sessions_family(self, user_id: int) -> str:
+        # The prefix of every `_session_key` of the user: scripts that find sessions in the
+        # index (the cap, LIST, REVOKE_OTHERS) touch `prefix .. handle`, declared by it.
+        return self._session_key(user_id, "")
+
     async def confirm_mirror(self, memory: MemoryData) -> None:
         """After an outage: drop every mirrored session Redis no longer has (revoked on
         another worker or service meanwhile), so the next outage cannot serve it here."""
@@ -80,7 +85,7 @@ class SessionManager:
             await asyncio.gather(
                 *(
                     self.store.run(
-                        CONFIRM, [session_key, index_key], [session_key.rsplit(":", 1)[1]]
+                        CONFIRM, [session_key, index_key], Mirrored(session_key.rsplit(":", 1)[1])
                     )
                     for session_key, index_key in mirrored[start : start + CONFIRM_BATCH]
                 )
@@ -98,11 +103,12 @@ class SessionManager:
             self._index_key(user_id),
             self._floor_key(user_id),
             self._tomb_key(user_id, handle),
+            self._sessions_family(user_id),
         ]
         created = await self.store.run(
             CREATE,
             keys,
-            [handle, now, abs_end, self.idle_ms, now, ip, user_agent, self.max_per_user],
+            NewSession(handle, now, abs_end, self.idle_ms, now, ip, user_agent, self.max_per_user),
         )
         if not created:  # only a replay can be refused; a fresh login never is
             raise RuntimeError("the store refused a fresh session")
@@ -117,13 +123,13 @@ class SessionManager:
         session_key = self._session_key(cookie.user_id, handle)
         now = self._now_ms()
         reply = await self.store.run(
-            RESOLVE, [session_key, self._index_key(cookie.user_id)], [handle, now, self.idle_ms]
+            RESOLVE, [session_key, self._index_key(cookie.user_id)], Use(handle, now, self.idle_ms)
         )
         if reply is None:
             return None
         created, seen, abs_end = (int(v) for v in reply[:3])
         if now - seen >= self.touch_every_ms:
-            if not await self.store.run(TOUCH, [session_key], [now, self.idle_ms, now]):
+            if not await self.store.run(TOUCH, [session_key], Touch(now, self.idle_ms, now)):
                 return None  # revoked between the two calls: this request does not use it
             seen = now
         return LoginSession(
@@ -139,7 +145,8 @@ class SessionManager:
     async def list(self, user_id: int) -> list[LoginSession]:
         """The user's live sessions, most recently used first."""
         now = self._now_ms()
-        rows = await self.store.run(LIST, [self._index_key(user_id)], [now, self.idle_ms])
+        keys = [self._index_key(user_id), self._sessions_family(user_id)]
+        rows = await self.store.run(LIST, keys, Listing(now, self.idle_ms))
         sessions = [
             LoginSession(
                 user_id,
@@ -163,12 +170,14 @@ class SessionManager:
             self._index_key(user_id),
             self._tomb_key(user_id, handle),
         ]
-        return await self.store.run(REVOKE, keys, [handle, self._now_ms(), self.max_age_ms])
+        return await self.store.run(
+            REVOKE, keys, Revocation(handle, self._now_ms(), self.max_age_ms)
+        )
 
     async def revoke_others(self, user_id: int, keep_handle: str) -> int:
         """End every session of the user except `keep_handle`; returns how many ended."""
         return await self.store.run(
             REVOKE_OTHERS,
-            [self._index_key(user_id), self._floor_key(user_id)],
-            [keep_handle, self._now_ms(), self.max_age_ms],
+            [self._index_key(user_id), self._floor_key(user_id), self._sessions_family(user_id)],
+            RevokeOthers(keep_handle, self._now_ms(), self.max_age_ms),
         )

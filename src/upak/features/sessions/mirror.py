@@ -6,9 +6,9 @@ which after a recovery drops the copies Redis no longer has.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from upak.store import Arg, MemoryData, Operation
+from upak.store import MemoryData, Operation
 from upak.store.memory import KeyRegistry
 
 # A session read from Redis stays in this process's memory for this long after its last use
@@ -68,23 +68,28 @@ def _forget(data: MemoryData, session_key: str, index_key: str, handle: str) -> 
         registry.pop(session_key, None)
 
 
-# CONFIRM  KEYS: session, index  ARGV: handle  ->  1 while Redis still has the session. Run
+class Mirrored(NamedTuple):
+    """CONFIRM's record: the mirrored session's handle (its index member)."""
+
+    handle: str
+
+
+# CONFIRM  KEYS: session, index  ARGV: Mirrored  ->  1 while Redis still has the session. Run
 # for every mirrored session after a recovery: one revoked on another worker during the
 # outage must not be served from this mirror in the next one. Renews nothing.
-def _confirm_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
+def _confirm_memory(data: MemoryData, keys: Sequence[str], args: Mirrored) -> int:
     return data.exists(keys[0])
 
 
-def _remember_confirmed(
-    data: MemoryData, keys: Sequence[str], args: Sequence[Arg], reply: Any
-) -> None:
+def _remember_confirmed(data: MemoryData, keys: Sequence[str], args: Mirrored, reply: Any) -> None:
     if reply == 0:
-        _forget(data, keys[0], keys[1], str(args[0]))
+        _forget(data, keys[0], keys[1], args.handle)
 
 
-CONFIRM: Operation[bool] = Operation(
+CONFIRM: Operation[Mirrored, bool] = Operation(
     name="sessions.confirm",
     lua="return redis.call('EXISTS', KEYS[1])",
+    args=Mirrored,
     memory=_confirm_memory,
     parse=bool,
     remember=_remember_confirmed,

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from upak.features.sessions.mirror import _forget
-from upak.features.sessions.stored import _BASE_OF_INDEX, _base_of
-from upak.store import Arg, MemoryData, Operation
+from upak.store import MemoryData, Operation
 
-# REVOKE  KEYS: session, index, tombstone  ARGV: handle, now, max age  ->  1 when it existed
+
+class Revocation(NamedTuple):
+    """REVOKE's record (its field order is ARGV's)."""
+
+    handle: str
+    now_ms: int
+    max_age_ms: int  # the tombstone's life when the session's own end is not known here
+
+
+class RevokeOthers(NamedTuple):
+    """REVOKE_OTHERS's record (its field order is ARGV's)."""
+
+    keep_handle: str
+    now_ms: int
+    floor_ttl_ms: int
+
+
+# REVOKE  KEYS: session, index, tombstone  ARGV: Revocation  ->  1 when it existed
 # The tombstone lives as long as the session could: to its absolute end when it is known here,
 # else for a whole max age (it was created at most that long ago).
 _REVOKE_LUA = """
@@ -25,35 +41,33 @@ return n
 """
 
 
-def _revoke_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
+def _revoke_memory(data: MemoryData, keys: Sequence[str], args: Revocation) -> int:
     session_key, index_key, tomb_key = keys
-    ttl = int(args[2])
+    ttl = args.max_age_ms
     abs_end = data.hget(session_key, "a")
     if abs_end is not None:
-        ttl = int(abs_end) - int(args[1])
+        ttl = int(abs_end) - args.now_ms
     existed = data.exists(session_key)
-    _forget(data, session_key, index_key, str(args[0]))
+    _forget(data, session_key, index_key, args.handle)
     if ttl > 0 and data.pttl(tomb_key) < ttl:
         data.set(tomb_key, "1", px=ttl)
     return existed
 
 
-def _remember_revoked(
-    data: MemoryData, keys: Sequence[str], args: Sequence[Arg], reply: Any
-) -> None:
+def _remember_revoked(data: MemoryData, keys: Sequence[str], args: Revocation, reply: Any) -> None:
     # Revoked on Redis: this process's mirrored copy must go too.
     _revoke_memory(data, keys, args)
 
 
-def _revoke_replayed(args: Sequence[Arg], elapsed_ms: int) -> Sequence[Arg] | None:
-    handle, now, max_age = args
-    left = int(max_age) - elapsed_ms
-    return (handle, int(now) + elapsed_ms, left) if left > 0 else None
+def _revoke_replayed(args: Revocation, elapsed_ms: int) -> Revocation | None:
+    left = args.max_age_ms - elapsed_ms
+    return args._replace(now_ms=args.now_ms + elapsed_ms, max_age_ms=left) if left > 0 else None
 
 
-REVOKE: Operation[bool] = Operation(
+REVOKE: Operation[Revocation, bool] = Operation(
     name="sessions.revoke",
     lua=_REVOKE_LUA,
+    args=Revocation,
     memory=_revoke_memory,
     parse=bool,
     writeback=True,
@@ -64,51 +78,52 @@ REVOKE: Operation[bool] = Operation(
 )
 
 
-# REVOKE_OTHERS  KEYS: index, floor  ARGV: keep handle, now, floor ttl  ->  how many ended
+# REVOKE_OTHERS  KEYS: index, floor, the user's session keys' prefix (a family)
+#                ARGV: RevokeOthers  ->  how many ended
 _REVOKE_OTHERS_LUA = """
-BASE
 local n = 0
 for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if h ~= ARGV[1] then
-    n = n + redis.call('DEL', base .. 's:' .. h)
+    n = n + redis.call('DEL', KEYS[3] .. h)
     redis.call('ZREM', KEYS[1], h)
   end
 end
 redis.call('HSET', KEYS[2], 't', ARGV[2], 'k', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return n
-""".replace("BASE", _BASE_OF_INDEX.format(i=1))
+"""
 
 
-def _revoke_others_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Arg]) -> int:
-    index_key, floor_key = keys
-    keep = str(args[0]).encode()
+def _revoke_others_memory(data: MemoryData, keys: Sequence[str], args: RevokeOthers) -> int:
+    index_key, floor_key, sessions = keys
+    keep = args.keep_handle.encode()
     ended = 0
     for member, _ in data.zrange_withscores(index_key):
         if member != keep:
-            session_key = _base_of(index_key) + "s:" + member.decode()
+            session_key = sessions + member.decode()
             ended += data.exists(session_key)
             _forget(data, session_key, index_key, member.decode())
-    data.hset(floor_key, {"t": args[1], "k": args[0]})
-    data.pexpire(floor_key, int(args[2]))
+    data.hset(floor_key, {"t": args.now_ms, "k": args.keep_handle})
+    data.pexpire(floor_key, args.floor_ttl_ms)
     return ended
 
 
 def _remember_revoked_others(
-    data: MemoryData, keys: Sequence[str], args: Sequence[Arg], reply: Any
+    data: MemoryData, keys: Sequence[str], args: RevokeOthers, reply: Any
 ) -> None:
     # Ended on Redis: so are this process's mirrored copies, and the floor is raised here too.
     _revoke_others_memory(data, keys, args)
 
 
-def _floor_ttl_left(args: Sequence[Arg], elapsed_ms: int) -> Sequence[Arg]:
-    keep, now, ttl = args
-    return (keep, now, max(int(ttl) - elapsed_ms, 1))
+def _floor_ttl_left(args: RevokeOthers, elapsed_ms: int) -> RevokeOthers:
+    return args._replace(floor_ttl_ms=max(args.floor_ttl_ms - elapsed_ms, 1))
 
 
-REVOKE_OTHERS: Operation[int] = Operation(
+REVOKE_OTHERS: Operation[RevokeOthers, int] = Operation(
     name="sessions.revoke_others",
     lua=_REVOKE_OTHERS_LUA,
+    args=RevokeOthers,
+    families=(2,),
     memory=_revoke_others_memory,
     parse=int,
     writeback=True,
