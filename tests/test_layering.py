@@ -78,3 +78,28 @@ def test_the_scan_sees_lazy_imports(tmp_path: Path) -> None:
     module = tmp_path / "lazy.py"
     module.write_text("def f():\n    from upak.features.cache import Cache\n    import upak.web\n")
     assert upak_imports(module) == {"upak.features.cache", "upak.web"}
+
+
+def test_the_store_s_modules_import_one_another_without_a_circle() -> None:
+    """Counting imports made only for type checking: a circle there is still two modules
+    that cannot be read, or changed, one without the other."""
+    store = PACKAGE / "store"
+    graph = {
+        module_name(path): {m for m in upak_imports(path) if m.startswith("upak.store.")}
+        for path in store.glob("*.py")
+        if path.name != "__init__.py"
+    }
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            cycle = " -> ".join((*path[path.index(module) :], module))
+            pytest.fail(f"an import circle in the store: {cycle}")
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())

@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from upak.ratelimit_policy import Limit, parse_policy
 from upak.store import KeySpace, Operation, Store
-from upak.store.memory import IntLog
+from upak.store.keyspace import IntLog
 from upak.store.operation import Arg
 
 if TYPE_CHECKING:
-    from upak.store.memory import MemoryData
+    from upak.store.keyspace import MemoryData
 
 FEATURE = "ratelimit"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -34,7 +34,7 @@ from upak.store.operation import Operation
 if TYPE_CHECKING:
     from upak.config import Settings
     from upak.store.base import Store
-    from upak.store.memory import MemoryData
+    from upak.store.keyspace import MemoryData
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from upak.store.operation import NO_ARGS, Arg, Mode, Operation
 from upak.store.primitives import CLAIM_ONCE, DELETE, GET, SET, Expiring
 
 if TYPE_CHECKING:
-    from upak.store.memory import MemoryData
+    from upak.store.keyspace import MemoryData
 
 A = TypeVar("A")
 T = TypeVar("T")

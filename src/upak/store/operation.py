@@ -27,12 +27,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
+from upak.store.core import Arg, Mode, StoreError
+
 if TYPE_CHECKING:
-    from upak.store.memory import MemoryData
+    from upak.store.keyspace import MemoryData
+
+__all__ = ["Arg", "Fallback", "Mode", "NoArgs", "Operation", "StoreError"]
 
 A = TypeVar("A")  # an operation's argument record
 T = TypeVar("T")  # what its parsed reply is
-Arg = str | bytes | int | float
 Reply = Any
 MemoryFn = Callable[["MemoryData", Sequence[str], A], Reply]
 
@@ -81,22 +84,11 @@ def _row_decoder(record_type: type[A]) -> Callable[[Sequence[Arg]], A]:
     return lambda argv: record_type(*argv)
 
 
-class Mode(enum.StrEnum):
-    """Where state operations are served right now."""
-
-    REDIS = "redis"
-    MEMORY = "memory"
-
-
 class Fallback(enum.Enum):
     """What an operation does while Redis is unreachable (the seed's fallback mode)."""
 
     MEMORY = "memory"  # served by the in-process twin: replay protection, sessions, limits
     BYPASS = "bypass"  # not served at all; the operation's `bypass` result: caching
-
-
-class StoreError(Exception):
-    """Redis answered, but not as the operation expects (wrong type, script error)."""
 
 
 # Journaled operations by name: a journal kept outside process memory (the host tier's) names

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from upak.store.operation import Arg, NoArgs, Operation
 
 if TYPE_CHECKING:
-    from upak.store.memory import MemoryData
+    from upak.store.keyspace import MemoryData
 
 
 class Expiring(NamedTuple):

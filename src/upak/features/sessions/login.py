@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from upak.features.sessions.mirror import _forget, _mirror
 from upak.features.sessions.stored import _FIELDS
 from upak.store import Arg, MemoryData, Operation
-from upak.store.memory import to_bytes
+from upak.store.keyspace import to_bytes
 
 # A create replayed after an outage is refused when it predates a "log out everywhere else"
 # by more than this: the workers' clocks may disagree by a little, a fresh login never.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from upak.store import MemoryData, Operation
-from upak.store.memory import KeyRegistry
+from upak.store.keyspace import KeyRegistry
 
 # A session read from Redis stays in this process's memory for this long after its last use
 # (or until it ends), so an outage within that window does not log its user out here...
