@@ -399,7 +399,7 @@ class Settings(BaseSettings):
     yookassa_allowed_ips: Networks | None = None  # None (or blank): YooKassa's own list
     trusted_proxies: Networks = ()
     # Who may read /health's details (Redis address, worker pid, errors): the host itself.
-    health_detail_networks: str = "127.0.0.0/8,::1/128"
+    health_detail_networks: Networks = parse_networks("127.0.0.0/8,::1/128")
 
     # --- YooKassa's API (checkout, confirmation, refunds); without credentials: development ---
     yookassa_api_url: str = Field("https://api.yookassa.ru/v3", pattern=r"^https?://[^\s/?#]+")
@@ -452,13 +452,6 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_secret_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
-
-    @field_validator("health_detail_networks")
-    @classmethod
-    def _networks(cls, value: str) -> str:
-        # Kept as text: /health's route parses it (once per value) where it checks a caller.
-        parse_networks(value)
-        return value
 
     @field_validator("webhook_secret")
     @classmethod

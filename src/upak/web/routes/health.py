@@ -13,16 +13,14 @@ shown to strangers only if it is named in PUBLIC_FIELDS.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from upak.config import parse_networks
 from upak.store import Mode
-from upak.web.client_ip import Network, client_ip
+from upak.web.client_ip import client_ip
 from upak.web.metrics import CONTENT_TYPE_LATEST
 from upak.web.schemas import Health
 from upak.web.services import Services
@@ -59,13 +57,8 @@ def is_internal(scope: Scope, services: Services) -> bool:
     if any(name in _FORWARDING_HEADERS for name, _ in scope.get("headers", ())):
         return False
     address = client_ip(scope)
-    networks = _networks(services.settings.health_detail_networks)
+    networks = services.settings.health_detail_networks
     return address is not None and any(address in network for network in networks)
-
-
-@lru_cache(maxsize=8)
-def _networks(text: str) -> tuple[Network, ...]:
-    return parse_networks(text)
 
 
 @router.get("/health", response_model=Health, response_model_exclude_unset=True)
