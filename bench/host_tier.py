@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import json
 import math
+import os
 import shutil
 import sqlite3
 import statistics
@@ -506,7 +507,8 @@ def section(data: dict) -> list[str]:
     if "measured_utc" in extra:
         lines += [
             f"Measured on {extra['measured_utc']} by `bench/host_tier.py` alone, in "
-            f"{extra['seconds']:.0f} s, while other sessions' tests shared the 2 cores.",
+            f"{extra['seconds']:.0f} s; the 1-minute load average when it started: "
+            f"{extra.get('load_before', 'not recorded')} (2 cores).",
             "",
         ]
     lines.append("| measure | ours | peer | peer figure | ratio |")
@@ -577,7 +579,12 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+LOAD_BEFORE = 0.0  # the 1-minute load average when the run started, for the report
+
+
 def main() -> Result:
+    global LOAD_BEFORE
+    LOAD_BEFORE = os.getloadavg()[0]
     started = time.monotonic()
     phases: dict[str, float] = {}
 
@@ -621,6 +628,7 @@ def main() -> Result:
     result.notes += notes(result)
     result.extra["phase_seconds"] = phases
     result.extra["measured_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result.extra["load_before"] = round(LOAD_BEFORE, 2)
     result.extra["seconds"] = round(time.monotonic() - started, 1)
     result.write()
     return result
@@ -699,8 +707,8 @@ def notes(result: Result) -> list[str]:
         "Calls that found the tier locked past its 0.2 s deadline (served from that "
         "worker's own memory instead) while the 4-worker service ran: "
         f"{extra['tier_lock_misses_logged']} (from the workers' log).",
-        "Two other engineers ran tests on the same 2 cores during this run: compare ratios "
-        "within the run, not absolute figures across runs.",
+        "Compare ratios within the run, not absolute figures across runs: the machine's "
+        "other work, if any, moves both sides of a pair alike.",
     ]
 
 
