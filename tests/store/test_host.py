@@ -320,3 +320,10 @@ def test_the_host_s_breaker_is_one_word_every_worker_reads(tmp_path: Path) -> No
     assert b.mark_up("redis-a", now=101.0) and a.outage("redis-a") is None
     with a.writer("redis-a") as journals_a, b.writer("redis-a") as journals_b:
         assert len(journals_a) == 2 and journals_b == [b.journal]  # one writer per host
+
+
+def test_a_log_written_oldest_first_by_an_older_worker_reads_newest_first() -> None:
+    head = (-1).to_bytes(8, "big", signed=True)
+    legacy = b"q" + head + b"".join(n.to_bytes(8, "big", signed=True) for n in (1, 2, 3))
+    assert decode(legacy) == (IntLog([3, 2, 1]), None)  # the order the script keeps
+    assert decode(encode(IntLog([3, 2, 1]), None)) == (IntLog([3, 2, 1]), None)

@@ -197,7 +197,7 @@ def split_reply(record: Decisions, reply: Sequence[int]) -> list[DecisionReply]:
     return out
 
 
-_Log = IntLog  # the memory twin's sliding log: admission times in µs, oldest first
+_Log = IntLog  # the memory twin's sliding log: admission times in µs, newest first, as the script
 
 
 def _decide_memory(data: MemoryData, keys: Sequence[str], args: Decisions) -> list[int]:
@@ -215,17 +215,17 @@ def _decide_memory(data: MemoryData, keys: Sequence[str], args: Decisions) -> li
             algorithm = rule.algorithm
             if algorithm in ("l", "L"):
                 log = data.entry(key, _Log)
-                while log and log[0] <= now - window:
-                    log.popleft()
+                while log and log[-1] <= now - window:  # the script's LINDEX -1 / RPOP
+                    log.pop()
                 if log is not None and not log:
                     data.delete(key)
                 count = len(log) if log else 0
                 if count < limit:
                     remaining, retry = limit - count - (algorithm == "l"), 0.0
-                    nxt = (log[0] if log else now) + window - now
+                    nxt = (log[-1] if log else now) + window - now
                 else:
                     assert log is not None
-                    retry = log[count - limit] + window - now
+                    retry = log[limit - 1] + window - now  # the script's LINDEX limit - 1
                     remaining, nxt = 0, retry
                     reply[verdict] = 0
             else:
@@ -250,7 +250,7 @@ def _decide_memory(data: MemoryData, keys: Sequence[str], args: Decisions) -> li
                     log = data.entry(key, _Log)
                     if log is None:
                         log = _Log()
-                    log.append(now)
+                    log.appendleft(now)  # the script's LPUSH
                     data.put(key, log, now_ms + window_ms)
                 elif algorithm == "g":
                     data.set(key, str(admit[i]), px=math.ceil((admit[i] - now) / 1000))

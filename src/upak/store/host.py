@@ -135,7 +135,7 @@ def encode(value: Any, expires_at_ms: int | None) -> bytes:
     if isinstance(value, set):
         return b"s" + head + b"".join(_field(m) for m in sorted(value))
     if isinstance(value, IntLog):
-        return b"q" + head + b"".join(struct.pack(">q", item) for item in value)
+        return b"Q" + head + b"".join(struct.pack(">q", item) for item in value)
     if isinstance(value, list):
         return b"l" + head + b"".join(_field(item) for item in value)
     raise TypeError(f"the host tier cannot store a {type(value).__name__}")
@@ -148,10 +148,13 @@ def decode(blob: bytes) -> tuple[Any, int | None]:
         body = memoryview(blob)[9:]
         if tag == b"b":
             value: Any = bytes(body)
-        elif tag == b"q":
+        elif tag in (b"Q", b"q"):
             if len(body) % 8:
                 raise UndecodableRow("a log of a partial number")
-            value = IntLog(item for (item,) in struct.iter_unpack(">q", body))
+            items = [item for (item,) in struct.iter_unpack(">q", body)]
+            # "q": written by workers whose twin kept the log oldest first (before the log
+            # took the script's order); a tier on the same boot may still hold such rows.
+            value = IntLog(reversed(items) if tag == b"q" else items)
         else:
             items = _fields(body, scored=tag == b"z")
             if tag == b"o":

@@ -208,5 +208,6 @@ class KeyRegistry(OrderedDict):  # type: ignore[type-arg]
 
 
 class IntLog(deque):  # type: ignore[type-arg]
-    """A twin's log of whole numbers, oldest first (the rate limiter's admission times in
-    µs). Declared here, with the other value types, so the host tier can store it."""
+    """A twin's log of whole numbers, newest first like the Redis list it twins (the rate
+    limiter's admission times in µs). Declared here, with the other value types, so the
+    host tier can store it."""
