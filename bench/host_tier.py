@@ -45,7 +45,7 @@ import redis
 
 from common import RESULTS, ROOT, RedisServer, Result, Row, redis_server
 from peers.host_service import QUICK_FAILOVER_ENV, pin_process, served
-from ratelimit import HTTP_CONNECTIONS, LOAD_CPUS, SERVER_CPUS, wrk
+from ratelimit import HTTP_CONNECTIONS, LOAD_CPUS, SERVER_CPUS, paired_wrk, wrk
 from ratelimit import server as uvicorn_server
 from report import fmt
 from upak.config import load_settings
@@ -188,19 +188,12 @@ def redis_up_cost(
     ):
         for pid in (plain_pid, tier_pid):
             pin_process(pid, SERVER_CPUS)
-        urls = {"tier": tier_url, "plain": plain_url}
+        urls = {"plain": plain_url, "tier": tier_url}  # peer first: ratios are tier / plain
         for name in ("me 16", "me 1600"):
             sessions = f"{int(name.split()[1]):,}"
             for url in urls.values():
                 wrk(url, files[name], WARMUP_SECONDS, LOAD_CPUS)
-            runs: dict[str, list[float]] = {"tier": [], "plain": []}
-            ratios = []
-            for n in range(PAIRS):
-                order = ("plain", "tier") if n % 2 == 0 else ("tier", "plain")
-                this = {side: counted(f"{side} {name}", urls[side], files[name]) for side in order}
-                for side, run in this.items():
-                    runs[side].append(run["rps"])
-                ratios.append(this["tier"]["rps"] / this["plain"]["rps"])
+            runs, ratios = paired_wrk(urls, files[name], PAIRS, SECONDS, name)
             result.add(
                 Row(
                     f"Redis up, 1 worker: logged-in GET /me, {sessions} sessions, with the "

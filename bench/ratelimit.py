@@ -303,6 +303,27 @@ def server(
             proc.wait()
 
 
+def paired_wrk(
+    urls: dict[str, str], requests_file: Path, rounds: int, seconds: float, label: str
+) -> tuple[dict[str, list[float]], list[float]]:
+    """`rounds` rounds of one counted wrk run per side of `urls` (peer first, ours second),
+    the order reversed each round so no side is always timed first. Each side's req/s per
+    round, and each round's ratio ours / peer. A run where fewer than 99% of the answers
+    were 200 is refused (RuntimeError), never reported."""
+    peer, ours = urls
+    runs: dict[str, list[float]] = {peer: [], ours: []}
+    ratios = []
+    for n in range(rounds):
+        order = (peer, ours) if n % 2 == 0 else (ours, peer)
+        this = {side: wrk(urls[side], requests_file, seconds, LOAD_CPUS) for side in order}
+        for side, run in this.items():
+            if run["ok"] < 0.99:
+                raise RuntimeError(f"{side} {label}: only {run['ok']:.1%} answered 200")
+            runs[side].append(run["rps"])
+        ratios.append(this[ours]["rps"] / this[peer]["rps"])
+    return runs, ratios
+
+
 def wrk(
     base: str, requests_file: Path, seconds: float, cpus: set[int] | None = None
 ) -> dict[str, float]:

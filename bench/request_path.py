@@ -26,7 +26,15 @@ from pathlib import Path
 import httpx
 
 from common import Result, Row, redis_server
-from ratelimit import HTTP_CONNECTIONS, LOAD_CPUS, SERVER_CPUS, instructions_per_request, pin, wrk
+from ratelimit import (
+    HTTP_CONNECTIONS,
+    LOAD_CPUS,
+    SERVER_CPUS,
+    instructions_per_request,
+    paired_wrk,
+    pin,
+    wrk,
+)
 from ratelimit import server as uvicorn_server
 
 MODULE = "bench.peers.request_path_apps"
@@ -95,19 +103,11 @@ def paired_rounds(
     ):
         for pid in (ours_pid, bare_pid):
             pin(pid, SERVER_CPUS)
-        urls = {"ours": ours_url, "bare": bare_url}
+        urls = {"bare": bare_url, "ours": ours_url}  # peer first: ratios are ours / bare
         for route, path in files.items():
             for url in urls.values():
                 wrk(url, path, 1, LOAD_CPUS)  # warm-up, both sides
-            ratios, runs = [], {"ours": [], "bare": []}
-            for n in range(ROUNDS):
-                order = ("bare", "ours") if n % 2 == 0 else ("ours", "bare")
-                this = {side: wrk(urls[side], path, SECONDS, LOAD_CPUS) for side in order}
-                for side, run in this.items():
-                    if run["ok"] < 0.99:
-                        raise RuntimeError(f"{side} {route}: only {run['ok']:.0%} answered 200")
-                    runs[side].append(run["rps"])
-                ratios.append(this["ours"]["rps"] / this["bare"]["rps"])
+            runs, ratios = paired_wrk(urls, path, ROUNDS, SECONDS, route)
             result.add(
                 Row(
                     f"GET {route} (session cookie): requests/s, {HTTP_CONNECTIONS} "

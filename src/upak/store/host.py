@@ -642,10 +642,7 @@ class HostStore(MemoryStore):
         # The tier's journal holds about one entry per 512 bytes of the main budget.
         self.journal_max = max(1_000, tier.budgets.main // 512)
         self.unlocked_calls = 0
-        self.remember_interval = remember_interval
-        self.memo_max = 100_000
-        self.skipped_remembers = 0
-        self._memo: dict[tuple[str, ...], tuple[Any, float]] = {}
+        self._start_memo(remember_interval)
         # Revocations Redis answered that the tier was too busy to take (see `remember`).
         self._owed_revocations: list[tuple[Operation[Any, Any], tuple[str, ...], Any, Any]] = []
 
@@ -677,10 +674,7 @@ class HostStore(MemoryStore):
             return self._in_tier(twin, keys, args, entry, mirrored)
         except TierLocked:
             self._note_locked(op)
-            reply = twin(self.local, keys, args)
-            if entry is not None:
-                self.journal.append(entry)
-            return reply
+            return self._run_on(self.local, twin, keys, args, entry)
 
     def _in_tier(
         self,

@@ -47,9 +47,12 @@ class MemoryStore(Store):
         self.journal = MemoryJournal(journal_max)
         self._outages: dict[str, Outage] = {}
         self._writing: set[str] = set()
-        # The mirror's memo: Redis's last answer per (operation, keys), and when it was
-        # copied. The same answer again within `remember_interval` s is not copied again.
-        self.remember_interval = 5.0
+        self._start_memo()
+
+    def _start_memo(self, remember_interval: float = 5.0) -> None:
+        """The mirror's memo: Redis's last answer per (operation, keys), and when it was
+        copied. The same answer again within `remember_interval` s is not copied again."""
+        self.remember_interval = remember_interval
         self.memo_max = 100_000
         self.skipped_remembers = 0
         self._memo: dict[tuple[str, ...], tuple[Any, float]] = {}
@@ -68,7 +71,17 @@ class MemoryStore(Store):
     ) -> Any:
         """Run `twin` (by default the memory half of `op`) and return its raw, Redis-shaped
         reply; journal `entry` (a call Redis must see after the outage) in the same step."""
-        reply = (twin or op.memory)(self.data, keys, args)
+        return self._run_on(self.data, twin or op.memory, keys, args, entry)
+
+    def _run_on(
+        self,
+        data: MemoryData,
+        twin: Callable[[MemoryData, Sequence[str], A], Any],
+        keys: Sequence[str],
+        args: A,
+        entry: Entry | None,
+    ) -> Any:
+        reply = twin(data, keys, args)
         if entry is not None:
             self.journal.append(entry)
         return reply
