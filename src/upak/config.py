@@ -366,11 +366,13 @@ class Settings(BaseSettings):
     memory_max_keys: int = Field(200_000, ge=100, le=100_000_000)
     # The host tier (store/host.py), which the workers of one host share while Redis is away:
     # its directory (default $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR under upak/, else
-    # /dev/shm/upak-<uid>/) and its byte budgets, one for rate-limit counters and one for the
-    # rest, so a flood of client addresses cannot evict sessions or replay claims.
+    # /dev/shm/upak-<uid>/) and its byte budgets, one for rate-limit counters, one for the
+    # cache it keeps during an outage on a one-host service, and one for the rest, so a flood
+    # of client addresses or of cached pages cannot evict sessions or replay claims.
     upak_fallback_path: str | None = None
     fallback_max_bytes: int = Field(64 * 1024 * 1024, ge=65_536, le=1 << 40)
     fallback_ratelimit_max_bytes: int = Field(16 * 1024 * 1024, ge=65_536, le=1 << 40)
+    fallback_cache_max_bytes: int = Field(16 * 1024 * 1024, ge=65_536, le=1 << 40)
 
     # --- Service ---
     upak_host: str = "127.0.0.1"

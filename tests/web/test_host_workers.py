@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.redis_servers import RedisServer
 from tests.support.service import QUICK_FAILOVER_ENV, running_service
+from tests.support.webhooks import SECRET, notification, signed_headers
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,12 @@ def me(url: str, cookie: str, times: int = TRIES) -> Counter[int]:
         return Counter(c.get("/me").status_code for _ in range(times))
 
 
+def plans(url: str, cookie: str) -> Counter[str | None]:
+    """The plan each of TRIES answers of /me gives (any worker may answer each)."""
+    with client(url, cookie, ip=f"198.51.100.{next(CALLERS)}") as c:
+        return Counter(c.get("/me").json()["plan"] for _ in range(TRIES))
+
+
 def all_in(url: str, mode: str, within: float) -> None:
     deadline = time.monotonic() + within
     while True:
@@ -61,6 +68,7 @@ def test_four_workers_answer_as_one_through_an_outage(fresh_redis: RedisServer) 
         **QUICK_FAILOVER_ENV,
         "RATE_LIMIT_LOGIN_IP": "20/minute",
         "TRUSTED_PROXIES": "127.0.0.0/8",
+        "WEBHOOK_SECRET": SECRET,
     }
     with running_service(env, workers=4) as service:
         url = service.url
@@ -98,6 +106,18 @@ def test_four_workers_answer_as_one_through_an_outage(fresh_redis: RedisServer) 
         assert me(url, other) == {401: TRIES}  # the password change holds on every worker
         assert me(url, changed) == {401: TRIES}
         assert me(url, renewed) == {200: TRIES}
+        # One host is the whole service: the workers cache in the host tier, and a payment
+        # one worker records reaches the /me every worker had cached.
+        assert plans(url, before) == {None: TRIES}
+        with client(url, before) as c:
+            body = notification(user_id=c.get("/me").json()["id"])
+            paid = c.post(
+                "/webhooks/upak", content=body, headers=signed_headers(body, at=time.time())
+            )
+            assert paid.json() == {"status": "processed"}, paid.text
+            served = {c.get("/health").json()["host_cached_calls"] for _ in range(TRIES)}
+        assert max(served) > 0  # the cache was on, in the tier, not bypassed
+        assert plans(url, before) == {"start": TRIES}
         with client(url, ip="203.0.113.9") as c:  # one client, 40 logins of unknown emails
             statuses = Counter(
                 c.post(

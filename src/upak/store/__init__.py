@@ -42,10 +42,16 @@ def fallback_for(settings: Settings, clock: Callable[[], float] = time.time) -> 
         return MemoryStore(clock=clock, max_keys=settings.memory_max_keys)
     root = Path(settings.upak_fallback_path) if settings.upak_fallback_path else default_root()
     budgets = Budgets(
-        main=settings.fallback_max_bytes, ratelimit=settings.fallback_ratelimit_max_bytes
+        main=settings.fallback_max_bytes,
+        ratelimit=settings.fallback_ratelimit_max_bytes,
+        cache=settings.fallback_cache_max_bytes,
     )
     name = tier_name(settings.redis.redacted_url(), settings.redis_key_prefix)
-    return HostStore(HostTier(root, name, budgets=budgets, clock=clock))
+    # One host is the whole service: the tier sees every invalidation, so it may cache.
+    return HostStore(
+        HostTier(root, name, budgets=budgets, clock=clock),
+        caches=settings.fallback_divisor == 1,
+    )
 
 
 def build_store(

@@ -266,6 +266,7 @@ class ClusterStats:
 _COUNTERS = (
     "fallback_calls",
     "bypassed_calls",
+    "host_cached_calls",
     "switches_to_memory",
     "switches_to_redis",
     "followed_host",

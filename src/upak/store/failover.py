@@ -9,7 +9,8 @@ The one failover mechanism for every feature (ARCHITECTURE.md, principle 1):
   (OOM, MISCONF, NOREPLICAS), a read that memory misses (`Operation.read_through`) still asks
   Redis. A programming error (WRONGTYPE, cross-slot) is no outage: it stays a StoreError.
 * What the fallback does is the operation's own declaration (`Operation.fallback`): the seed's
-  replay protection, sessions and rate limits run on the memory twin; caching is bypassed.
+  replay protection, sessions and rate limits run on the memory twin; caching runs on the host
+  tier of a one-host service (`Fallback.HOST`) and is bypassed otherwise.
 * A heartbeat notices an outage even with no traffic; while Redis is away one probe (a PING
   and a write, so a full Redis is not taken for a healthy one) retries with capped backoff.
   Hysteresis: a store that tripped again soon after its last recovery stays on memory for a
@@ -42,7 +43,7 @@ from typing import Any, TypeVar
 from upak.store.base import Store
 from upak.store.conditions import Condition, condition_of, refuses_writes_only
 from upak.store.journal import Entry, Journal, Outage
-from upak.store.memory import MemoryData, MemoryStore
+from upak.store.memory import NOT_SERVED, MemoryData, MemoryStore
 from upak.store.operation import NO_ARGS, Fallback, Mode, Operation
 from upak.store.primitives import WRITE_PROBE
 from upak.store.redis import RedisStore
@@ -54,8 +55,15 @@ log = logging.getLogger("upak.store")
 DEGRADED_MEANING = (
     "replay protection, sessions and rate limits work per host (every worker of this host "
     "shares the fallback; per process when it runs alone), rate limits are divided by "
-    "RATE_LIMIT_FALLBACK_DIVISOR (the number of hosts), caching is off"
+    "RATE_LIMIT_FALLBACK_DIVISOR (the number of hosts), caching is "
 )
+
+
+def degraded_meaning(memory: MemoryStore) -> str:
+    """What the outage means for `memory`'s service, for the log line an outage starts."""
+    if memory.caches:
+        return DEGRADED_MEANING + "per host (the host tier; this host is the whole service)"
+    return DEGRADED_MEANING + "off"
 
 
 @dataclass
@@ -70,6 +78,8 @@ class FailoverStats:
     latency: float | None = None
     fallback_calls: int = 0
     bypassed_calls: int = 0
+    # Cache calls the host tier served during an outage (`Fallback.HOST`).
+    host_cached_calls: int = 0
     switches_to_memory: int = 0
     switches_to_redis: int = 0
     # Of the switches to memory, those that followed another worker of the host.
@@ -99,6 +109,7 @@ class FailoverStats:
             "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
             "fallback_calls": self.fallback_calls,
             "bypassed_calls": self.bypassed_calls,
+            "host_cached_calls": self.host_cached_calls,
             "switches_to_memory": self.switches_to_memory,
             "switches_to_redis": self.switches_to_redis,
             "followed_host": self.followed_host,
@@ -193,7 +204,12 @@ class FailoverStore(Store):
 
     async def _serve_from_fallback(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         self.stats.fallback_calls += 1
-        if op.fallback is Fallback.BYPASS:
+        if op.fallback is not Fallback.MEMORY:
+            if op.fallback is Fallback.HOST:
+                reply = self.memory.execute_cached(op, keys, args, self.partition)
+                if reply is not NOT_SERVED:
+                    self.stats.host_cached_calls += 1
+                    return op.parse(reply)
             self.stats.bypassed_calls += 1
             assert op.bypass is not None
             return op.bypass(args)
@@ -264,7 +280,7 @@ class FailoverStore(Store):
             self.target,
             condition,
             self.stats.last_error,
-            DEGRADED_MEANING,
+            degraded_meaning(self.memory),
         )
 
     def _follow_host(self) -> None:
@@ -375,7 +391,8 @@ class FailoverStore(Store):
         if self.redis is None or self._watcher is not None:
             if self.redis is None:
                 log.warning(
-                    "No Redis configured: serving from process memory; %s", DEGRADED_MEANING
+                    "No Redis configured: serving from process memory; %s",
+                    degraded_meaning(self.memory),
                 )
             return
         await self.redis.start()

@@ -61,7 +61,15 @@ from upak.store.journal import (
     encode_call,
     kind_of,
 )
-from upak.store.memory import Clock, IntLog, KeyRegistry, MemoryData, MemoryStore, _ZSet
+from upak.store.memory import (
+    NOT_SERVED,
+    Clock,
+    IntLog,
+    KeyRegistry,
+    MemoryData,
+    MemoryStore,
+    _ZSet,
+)
 from upak.store.operation import NO_ARGS, Mode, NoArgs, Operation, journaled_operation
 
 A = TypeVar("A")
@@ -70,6 +78,7 @@ log = logging.getLogger(__name__)
 
 MAIN = "main"
 RATELIMIT = "ratelimit"
+CACHE = "cache"
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _LEN = struct.Struct(">I")
 _SCORE = struct.Struct(">d")
@@ -98,8 +107,14 @@ def tier_name(target: str, key_prefix: str) -> str:
 
 
 def namespace_of(key: str) -> str:
-    """Which byte budget a key counts against: rate-limit counters have their own."""
-    return RATELIMIT if ":ratelimit:" in key or key.startswith("ratelimit:") else MAIN
+    """Which byte budget a key counts against: rate-limit counters and cache entries have
+    their own. (A cache key always holds its hash tag, `cache:{e:…}` / `cache:{t:…}`, and a
+    key prefix may not hold braces, so no other key is taken for one.)"""
+    if ":ratelimit:" in key or key.startswith("ratelimit:"):
+        return RATELIMIT
+    if ":cache:{" in key or key.startswith("cache:{"):
+        return CACHE
+    return MAIN
 
 
 def boot_id() -> str:
@@ -204,9 +219,12 @@ class Budgets:
 
     main: int = 64 * 1024 * 1024
     ratelimit: int = 16 * 1024 * 1024
+    cache: int = 16 * 1024 * 1024
 
     def of(self, namespace: str) -> int:
-        return self.ratelimit if namespace == RATELIMIT else self.main
+        if namespace == RATELIMIT:
+            return self.ratelimit
+        return self.cache if namespace == CACHE else self.main
 
 
 class TierLocked(Exception):
@@ -334,7 +352,9 @@ class HostTier:
         except BlockingIOError:
             first = False
         if first:
-            self.db.execute("DELETE FROM kv WHERE mirrored = 1")
+            # Cache entries too: they are not owed to Redis, and a service restarted (maybe
+            # with other code) must not serve what the last one rendered.
+            self.db.execute("DELETE FROM kv WHERE mirrored = 1 OR ns = ?", (CACHE,))
             self._recount()
         fcntl.flock(self._members_fd, fcntl.LOCK_SH)
 
@@ -519,6 +539,13 @@ class HostTier:
                 (namespace, delta, delta),
             )
 
+    def drop_cache(self) -> None:
+        """Inside a locked transaction: forget every cache entry and tag version. They are
+        valid within one outage only (while Redis is up every invalidation goes to Redis,
+        never here), so each outage starts from none."""
+        self.db.execute("DELETE FROM kv WHERE ns = ?", (CACHE,))
+        self.db.execute("DELETE FROM usage WHERE ns = ?", (CACHE,))
+
     def used(self, namespace: str) -> int:
         row = self.db.execute("SELECT bytes FROM usage WHERE ns = ?", (namespace,)).fetchone()
         return row[0] if row else 0
@@ -634,8 +661,13 @@ class HostStore(MemoryStore):
 
     shared_by = "host"
 
-    def __init__(self, tier: HostTier, remember_interval: float = 5.0) -> None:
+    def __init__(
+        self, tier: HostTier, remember_interval: float = 5.0, caches: bool = False
+    ) -> None:
         self.tier = tier
+        # Serve the cache during an outage (`Fallback.HOST`): only when this host is the whole
+        # service (RATE_LIMIT_FALLBACK_DIVISOR = 1), so every invalidation lands in this tier.
+        self.caches = caches
         self.local = MemoryData(clock=lambda: self.tier.clock())
         # Calls served by `local` (tier locked) that must still reach Redis: this process's.
         self.journal = MemoryJournal()
@@ -694,6 +726,30 @@ class HostStore(MemoryStore):
                 self.tier.append(entry, self.journal_max)
             return reply
 
+    def execute_cached(
+        self, op: Operation[A, Any], keys: Sequence[str], args: A, partition: str
+    ) -> Any:
+        """Run a `Fallback.HOST` operation (the cache) in the tier, in one transaction that
+        first checks the host is still down for `partition`: `mark_up` drops the cache's rows
+        and clears the outage under the same lock, so no entry written during an outage
+        survives into the time Redis serves (when invalidations go to Redis only). A busy
+        tier is not waited for and not replaced by process memory: that call's caching is off."""
+        if not self.caches:
+            return NOT_SERVED
+        try:
+            with self.tier.locked():
+                if self.tier.outage(partition) is None:
+                    return NOT_SERVED  # the host went back to Redis under this worker
+                if self._owed_revocations:
+                    self._apply_owed_revocations()
+                data = HostData(self.tier)
+                reply = op.memory(data, keys, args)
+                data.commit()
+                return reply
+        except TierLocked:
+            self._note_locked(op, "not cached (the tier was busy)")
+            return NOT_SERVED
+
     def _apply_owed_revocations(self) -> None:
         """Inside a tier transaction: the revocations the tier could not take when Redis
         answered them, oldest first, before anything else reads the tier."""
@@ -745,6 +801,10 @@ class HostStore(MemoryStore):
         try:
             with self.tier.locked():
                 known = self.tier.outage(partition)
+                if known is None:
+                    # `mark_up` dropped them already; again here, in case the worker that
+                    # marked up died between clearing the word and committing.
+                    self.tier.drop_cache()
                 if known is None or known.hold_until < outage.hold_until:
                     self.tier.set_outage(partition, outage)
         except TierLocked:
@@ -761,6 +821,7 @@ class HostStore(MemoryStore):
                     outage is not None and outage.hold_until > now
                 ):
                     return False
+                self.tier.drop_cache()
                 self.tier.set_outage(partition, None)
         except TierLocked:
             return False

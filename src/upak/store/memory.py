@@ -23,10 +23,28 @@ from upak.store.keyspace import (
 )
 from upak.store.operation import Mode, Operation
 
-__all__ = ["Clock", "IntLog", "KeyRegistry", "MemoryData", "MemoryStore", "_ZSet", "to_bytes"]
+__all__ = [
+    "NOT_SERVED",
+    "Clock",
+    "IntLog",
+    "KeyRegistry",
+    "MemoryData",
+    "MemoryStore",
+    "_ZSet",
+    "to_bytes",
+]
 
 A = TypeVar("A")
 T = TypeVar("T")
+
+
+class _NotServed:
+    def __repr__(self) -> str:
+        return "NOT_SERVED"
+
+
+# `execute_cached`'s answer when the fallback does not serve the operation (caching off).
+NOT_SERVED: Any = _NotServed()
 
 
 class MemoryStore(Store):
@@ -39,6 +57,10 @@ class MemoryStore(Store):
     keeps the same things in a file every worker of the host shares."""
 
     shared_by = "process"  # who sees this fallback's state: this process only
+    # Whether `Fallback.HOST` operations (the cache) are served during an outage: only by a
+    # fallback every process of the service writes to. Process memory is not one: another
+    # process's invalidation would never reach it, so caching is off here (the seed's meaning).
+    caches = False
 
     def __init__(
         self, clock: Clock = time.time, max_keys: int = 200_000, journal_max: int = 1_000_000
@@ -72,6 +94,13 @@ class MemoryStore(Store):
         """Run `twin` (by default the memory half of `op`) and return its raw, Redis-shaped
         reply; journal `entry` (a call Redis must see after the outage) in the same step."""
         return self._run_on(self.data, twin or op.memory, keys, args, entry)
+
+    def execute_cached(
+        self, op: Operation[A, Any], keys: Sequence[str], args: A, partition: str
+    ) -> Any:
+        """Run a `Fallback.HOST` operation while `partition` is down, or return NOT_SERVED
+        (the caller answers with the operation's `bypass`). Process memory never serves one."""
+        return NOT_SERVED
 
     def _run_on(
         self,

@@ -88,7 +88,11 @@ class Fallback(enum.Enum):
     """What an operation does while Redis is unreachable (the seed's fallback mode)."""
 
     MEMORY = "memory"  # served by the in-process twin: replay protection, sessions, limits
-    BYPASS = "bypass"  # not served at all; the operation's `bypass` result: caching
+    BYPASS = "bypass"  # not served at all; the operation's `bypass` result
+    # Served by the twin in the host tier while the host's outage lasts, when that tier is the
+    # whole service's (one host: every process that could invalidate an entry writes there);
+    # bypassed like BYPASS otherwise (process memory, several hosts, a busy tier): caching.
+    HOST = "host"
 
 
 # Journaled operations by name: a journal kept outside process memory (the host tier's) names
@@ -142,7 +146,7 @@ class Operation(Generic[A, T]):
     encode: Callable[[A], Sequence[Arg]] | None = None
     decode: Callable[[Sequence[Arg]], A] | None = None
     fallback: Fallback = Fallback.MEMORY
-    # The result when `fallback` is BYPASS; gets the call's record.
+    # The result when `fallback` is BYPASS (or HOST and not served); gets the call's record.
     bypass: Callable[[A], T] | None = None
     # Replay this call against Redis on recovery, so what memory accepted during the outage
     # outlives it (claims, sessions, revocations). Calls are replayed in the order they ran.
@@ -176,8 +180,10 @@ class Operation(Generic[A, T]):
     record_of: Callable[[Sequence[Arg]], A] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.fallback is Fallback.BYPASS and self.bypass is None:
-            raise ValueError(f"operation {self.name}: a BYPASS fallback needs a bypass result")
+        if self.fallback is not Fallback.MEMORY and self.bypass is None:
+            raise ValueError(
+                f"operation {self.name}: a {self.fallback.name} fallback needs a bypass result"
+            )
         if (self.encode is None) != (self.decode is None):
             raise ValueError(f"operation {self.name}: give both `encode` and `decode`, or neither")
         encode = self.encode or _row_encoder(self.args)

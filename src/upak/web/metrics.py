@@ -107,6 +107,11 @@ class Metrics:
         for name, help_text, read in (
             ("fallback_calls", "Calls served by the fallback", lambda: stats.fallback_calls),
             ("bypassed_calls", "Calls bypassed (caching off)", lambda: stats.bypassed_calls),
+            (
+                "host_cached_calls",
+                "Cache calls served by the host tier during an outage",
+                lambda: stats.host_cached_calls,
+            ),
             ("written_back", "Outage calls replayed to Redis", lambda: stats.written_back),
             (
                 "writeback_dropped",

@@ -123,6 +123,11 @@ class Health(BaseModel):
     latency_ms: float | None = None
     fallback_calls: int | None = None
     bypassed_calls: int | None = None
+    host_cached_calls: int | None = Field(
+        None,
+        description="Cache calls the host tier served during an outage (caching per host, "
+        "when this host is the whole service).",
+    )
     switches_to_memory: int | None = None
     switches_to_redis: int | None = None
     followed_host: int | None = Field(

@@ -3,11 +3,14 @@
 The seed's third use of Redis ("caching: better performance"; in fallback mode "caching is
 disabled"). What holds, and how:
 
-* **Outage = caching off.** Every read/write operation here declares `Fallback.BYPASS`: while
-  Redis is away a read is a miss, a write is dropped, and the caller's source answers. Nothing
-  is cached in process memory. Deletes and tag invalidations are the exception: they run on the
-  memory twin and are *written back* when Redis returns, so an invalidation made during an
-  outage still removes the entry the outage kept in Redis (no old `/me` after recovery).
+* **Outage = caching per host, or off.** Every read/write operation here declares
+  `Fallback.HOST`: while Redis is away they run on the host tier when the service is one host
+  (every worker's invalidation lands there too, and the tier forgets the outage's entries when
+  it ends); otherwise (several hosts, process memory) a read is a miss, a write is dropped,
+  and the caller's source answers. Nothing is ever cached in process memory. Deletes and tag
+  invalidations run on the fallback's twin and are *written back* when Redis returns, so an
+  invalidation made during an outage still removes the entry Redis kept (no old `/me` after
+  recovery).
 * **Tags without cross-slot scripts.** A tag is a version token in its own key
   (`cache:{t:TAG}`). Before computing, a writer captures the current token of each of its tags;
   the entry is stored stamped with them. Invalidating a tag replaces its token with a fresh

@@ -1,6 +1,7 @@
 """The cache's operations, each Lua script next to its memory twin: READ, STAMP (a tag's
-version), LEASE and RELEASE (single-flight across processes), WRITE. All BYPASS: while
-Redis is away caching is off and each returns its `bypass` result.
+version), LEASE and RELEASE (single-flight across processes), WRITE. All `Fallback.HOST`:
+while Redis is away they run on the host tier when that tier is the whole service's (one
+host), and otherwise caching is off and each returns its `bypass` result.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class _Marker:
         return self.name
 
 
-# The reply of a cache operation while Redis is away (caching is off).
+# The reply of a cache operation while Redis is away and caching is off.
 BYPASSED: Any = _Marker("BYPASSED")
 # What a lookup returns while Redis is away: not a miss (the counters tell them apart).
 CACHING_OFF: Any = _Marker("CACHING_OFF")
@@ -61,13 +62,13 @@ def _read_memory(data: MemoryData, keys: Sequence[str], args: NoArgs) -> bytes |
     return data.get(keys[0])
 
 
-# A plain GET, but BYPASS: during an outage the read is a miss served by the source.
+# A plain GET; during an outage without the host's cache, a miss served by the source.
 READ: Operation[NoArgs, Any] = Operation(
     name="cache_read",
     lua="return redis.call('GET', KEYS[1])",
     args=NoArgs,
     memory=_read_memory,
-    fallback=Fallback.BYPASS,
+    fallback=Fallback.HOST,
     bypass=lambda args: BYPASSED,
 )
 
@@ -100,7 +101,7 @@ end
 return v
 """,
     memory=_stamp_memory,
-    fallback=Fallback.BYPASS,
+    fallback=Fallback.HOST,
     bypass=lambda args: BYPASSED,
 )
 
@@ -109,15 +110,16 @@ def _lease_memory(data: MemoryData, keys: Sequence[str], args: Lease) -> int:
     return int(data.set(keys[0], args.token, px=args.ttl_ms, nx=True))
 
 
-# One computation across processes: the first to take the lease computes. During an outage
-# every caller "has" it: each process computes for itself (caching is off anyway).
+# One computation across processes: the first to take the lease computes (in an outage, the
+# first of the host's workers, in the tier). With caching off every caller "has" it: each
+# process computes for itself.
 LEASE: Operation[Lease, bool] = Operation(
     name="cache_lease",
     args=Lease,
     lua="return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0",
     memory=_lease_memory,
     parse=bool,
-    fallback=Fallback.BYPASS,
+    fallback=Fallback.HOST,
     bypass=lambda args: True,
 )
 
@@ -143,7 +145,7 @@ return 1
 """,
     memory=_write_memory,
     parse=bool,
-    fallback=Fallback.BYPASS,
+    fallback=Fallback.HOST,
     bypass=lambda args: False,
 )
 
@@ -164,7 +166,7 @@ return 0
 """,
     memory=_release_memory,
     parse=bool,
-    fallback=Fallback.BYPASS,
+    fallback=Fallback.HOST,
     bypass=lambda args: False,
 )
 
