@@ -235,10 +235,20 @@ def largest_rows(root: Path, top: int = 3) -> dict[str, object]:
 
 # --- outage vs Redis up, 4 workers ---
 
+# route key -> (its request file, its label)
 ROUTES = {
-    "me 16": "logged-in GET /me",
-    "sessions": "logged-in GET /auth/sessions (no database)",
-    "plans": "anonymous GET /plans (decided by client address)",
+    "me 16": ("me 16", "logged-in GET /me (cached per host while away)"),
+    "sessions": ("sessions", "logged-in GET /auth/sessions (no database)"),
+    "plans": ("plans", "anonymous GET /plans (decided by client address)"),
+}
+# The same /me on a service that says it has two hosts: caching is off while Redis is away
+# (another host's invalidation could not reach this tier), so every /me reads the database.
+SEVERAL_HOSTS = {
+    "me several hosts": (
+        "me 16",
+        "logged-in GET /me, RATE_LIMIT_FALLBACK_DIVISOR=2 (several hosts: caching off while "
+        "away, every /me reads the database)",
+    ),
 }
 
 
@@ -249,18 +259,23 @@ def outage_rounds(
     tiers: Path,
     files: dict[str, Path],
     cookies: list[str],
+    *,
+    routes: dict[str, tuple[str, str]] = ROUTES,
+    env_extra: dict[str, str] | None = None,
+    tier: str = "workers",
 ) -> None:
     env = {
         **service_env(workdir),
         **QUICK_FAILOVER_ENV,
-        "UPAK_FALLBACK_PATH": str(tiers / "workers"),
+        "UPAK_FALLBACK_PATH": str(tiers / tier),
+        **(env_extra or {}),
     }
     with served(server, env, workers=WORKERS, server_cpus=SERVER_CPUS, load_cpus=LOAD_CPUS) as host:
         for cookie in cookies:  # each session used once while Redis is up: mirrored
             with httpx.Client(base_url=host.url, timeout=10) as client:
                 client.get("/me", headers={"Cookie": f"upak_session={cookie}"}).raise_for_status()
         runs: dict[str, dict[str, list[dict[str, float]]]] = {
-            route: {"up": [], "away": []} for route in ROUTES
+            route: {"up": [], "away": []} for route in routes
         }
         switches: dict[str, list[float]] = {"to memory": [], "to redis": []}
         state = "up"
@@ -272,30 +287,34 @@ def outage_rounds(
                     else:
                         switches["to redis"].append(host.redis_back())
                     state = side
-                for route in ROUTES:
-                    wrk(host.url, files[route], WARMUP_SECONDS, LOAD_CPUS)
-                    runs[route][side].append(counted(f"{side} {route}", host.url, files[route]))
+                for route, (file, _) in routes.items():
+                    wrk(host.url, files[file], WARMUP_SECONDS, LOAD_CPUS)
+                    runs[route][side].append(counted(f"{side} {route}", host.url, files[file]))
                 print(
                     f"    round {n} {side:<4} "
                     + "  ".join(
-                        f"{route}: {runs[route][side][-1]['rps']:,.0f} req/s" for route in ROUTES
+                        f"{route}: {runs[route][side][-1]['rps']:,.0f} req/s" for route in routes
                     )
                 )
         if state != "up":
             switches["to redis"].append(host.redis_back())
         log = host.service.log()
-    outage_rows(result, runs)
-    result.extra["outage_switch_seconds"] = switches
-    result.extra["outage_runs"] = runs
-    # A call that could not lock the tier within 50 ms was served from that worker's memory.
-    result.extra["tier_lock_misses_logged"] = log.count("host tier busy past")
-    result.extra["tracebacks_in_service_log"] = log.count("Traceback")
+    outage_rows(result, runs, routes)
+    result.extra[f"outage_switch_seconds {tier}"] = switches
+    result.extra[f"outage_runs {tier}"] = runs
+    # A call that could not lock the tier in time was served from that worker's memory.
+    result.extra[f"tier_lock_misses_logged {tier}"] = log.count("host tier busy past")
+    result.extra[f"tracebacks_in_service_log {tier}"] = log.count("Traceback")
     if "Traceback" in log:
         raise RuntimeError("the service logged a traceback:\n" + log[-3000:])
 
 
-def outage_rows(result: Result, runs: dict[str, dict[str, list[dict[str, float]]]]) -> None:
-    for route, label in ROUTES.items():
+def outage_rows(
+    result: Result,
+    runs: dict[str, dict[str, list[dict[str, float]]]],
+    routes: dict[str, tuple[str, str]],
+) -> None:
+    for route, (_, label) in routes.items():
         up = [run["rps"] for run in runs[route]["up"]]
         away = [run["rps"] for run in runs[route]["away"]]
         ratios = [a / u for a, u in zip(away, up, strict=True)]
@@ -612,6 +631,18 @@ def main() -> Result:
             phase("Redis-up cost, 1 worker")
             outage_rounds(result, server, workdir, tiers, files, hot)
             phase("outage vs Redis up, 4 workers")
+            outage_rounds(
+                result,
+                server,
+                workdir,
+                tiers,
+                files,
+                hot,
+                routes=SEVERAL_HOSTS,
+                env_extra={"RATE_LIMIT_FALLBACK_DIVISOR": "2"},
+                tier="several-hosts",
+            )
+            phase("outage vs Redis up, 4 workers, caching off (several hosts)")
         asyncio.run(bytes_per_record(result, tiers))
         mirror_write_cost(result, tiers)
         phase("bytes per record, mirror writes")
@@ -657,14 +688,18 @@ def notes(result: Result) -> list[str]:
         f"outage >= {BAR}x).",
         f"Load: wrk -t1 -c{HTTP_CONNECTIONS}, one URL per route. Logged-in routes: "
         f"{ACCOUNTS} accounts, one session each (logged in over HTTP), cookies round robin. "
-        "GET /me is a cache hit while Redis is up; while it is away the cache is bypassed "
-        "and every /me reads the database (SQLAlchemy; caching is off in an outage, the "
-        "seed's meaning, so this row measures the database read, not the tier). GET /auth/sessions "
-        "resolves the session and lists the user's sessions from the store, no database, "
-        f"no cache: away/up {ratio('sessions'):.2f}x against /me's {ratio('me 16'):.2f}x. "
-        "GET /plans: anonymous, "
+        "GET /me is a cache hit while Redis is up; while it is away it is a cache hit in the "
+        "host tier (the service is one host, RATE_LIMIT_FALLBACK_DIVISOR unset: the workers "
+        "cache per host, see the README's 'When Redis is away'). The same /me on a service "
+        "told it has two hosts (RATE_LIMIT_FALLBACK_DIVISOR=2, its own service and tier, "
+        "the same rounds) has caching off while Redis is away, so every /me there reads the "
+        f"database (SQLAlchemy): away/up {ratio('me several hosts'):.2f}x, the seed's "
+        "meaning, against one host's "
+        f"{ratio('me 16'):.2f}x. GET /auth/sessions resolves the session and lists the "
+        "user's sessions from the store, no database, no cache: away/up "
+        f"{ratio('sessions'):.2f}x. GET /plans: anonymous, "
         f"{CLIENTS:,} client addresses (X-Forwarded-For from the trusted 127.0.0.1) round "
-        "robin, rendered while the cache is bypassed. Rate-limit decisions: every request of "
+        "robin, one cached body (per host while away). Rate-limit decisions: every request of "
         "every route is one decision of the default limit (by user when logged in, else by "
         f"client address), RATE_LIMIT_DEFAULT={UNREACHED}, which the run never reaches: a "
         "decision, never a refusal. GCRA because a sliding log under a limit nobody reaches "
@@ -698,8 +733,9 @@ def notes(result: Result) -> list[str]:
         "what its byte budget counts (`HostTier.used`: key + encoded value). The tier "
         f"file on tmpfs per record (SQLite pages and indexes), bytes: {files}.",
         "Calls that found the tier locked past its 0.2 s deadline (served from that "
-        "worker's own memory instead) while the 4-worker service ran: "
-        f"{extra['tier_lock_misses_logged']} (from the workers' log).",
+        "worker's own memory instead, or not cached) while the 4-worker services ran: "
+        f"{extra['tier_lock_misses_logged workers']} with one host, "
+        f"{extra['tier_lock_misses_logged several-hosts']} with two (from the workers' log).",
         "Compare ratios within the run, not absolute figures across runs: the machine's "
         "other work, if any, moves both sides of a pair alike.",
     ]
