@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from upak.features.sessions import CREATE, REVOKE, TOUCH, NewSession, Revocation, Touch
+from upak.features.sessions import (
+    CREATE,
+    RESOLVE,
+    REVOKE,
+    TOUCH,
+    NewSession,
+    Revocation,
+    Touch,
+    Use,
+)
 from upak.store.host import (
     Budgets,
     HostData,
@@ -327,3 +336,24 @@ def test_a_log_written_oldest_first_by_an_older_worker_reads_newest_first() -> N
     legacy = b"q" + head + b"".join(n.to_bytes(8, "big", signed=True) for n in (1, 2, 3))
     assert decode(legacy) == (IntLog([3, 2, 1]), None)  # the order the script keeps
     assert decode(encode(IntLog([3, 2, 1]), None)) == (IntLog([3, 2, 1]), None)
+
+
+# --- the session mirror's cost ---
+
+
+def test_a_session_copied_again_leaves_its_user_s_index_row_as_it_was(tmp_path: Path) -> None:
+    # The index holds up to MAX_SESSIONS_PER_USER members: rewriting it on every copy made a
+    # copy cost O(the user's sessions). Its expiry is pushed far enough ahead to be left alone.
+    store = HostStore(HostTier(tmp_path, NAME), remember_interval=0)
+    keys = ["upak:sessions:{u1}:s:h", "upak:sessions:{u1}:index"]
+    start = 1_700_000_000_000
+
+    def copy(now: int) -> None:
+        reply = [str(start).encode(), str(now).encode(), str(start + 86_400_000).encode(), b"", b""]
+        store.remember(RESOLVE, keys, Use("h", now, 3_600_000), reply)
+
+    copy(start)
+    index = store.tier.load_row(keys[1])
+    copy(start + 1_000)  # seen a second later: the session's own expiry moves on
+    assert store.tier.load_row(keys[0]) is not None
+    assert store.tier.load_row(keys[1]) == index

@@ -507,11 +507,16 @@ class HostTier:
     # --- rows ---
 
     def load(self, key: str) -> tuple[Any, int | None] | None:
+        row = self.load_row(key)
+        return None if row is None else row[1:]
+
+    def load_row(self, key: str) -> tuple[bytes, Any, int | None] | None:
+        """The row's bytes as stored, its value and its expiry; None if absent or undecodable."""
         row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         try:
-            return decode(row[0])
+            return (row[0], *decode(row[0]))
         except UndecodableRow as exc:
             if key not in self._undecodable:
                 self._undecodable.add(key)
@@ -607,12 +612,13 @@ class HostData(MemoryData):
     def _fault_in(self, key: str) -> None:
         if key in self._original:
             return
-        row = self.tier.load(key)
+        row = self.tier.load_row(key)
         if row is None:
             self._original[key] = None
             return
-        value, expires = row
-        self._original[key] = encode(value, expires)
+        # The stored bytes are what `commit` compares with: no second encoding of a value
+        # that may be a user's whole session index.
+        self._original[key], value, expires = row
         self._keys[key] = [value, expires]
 
     def entry(self, key: str, kind: type | None = None) -> Any:

@@ -43,7 +43,11 @@ def _mirror(
     data.put(session_key, dict(fields), ends)
     data.zadd(index_key, {handle: float(int(fields[b"c"]))})
     if data.pttl(index_key) < ends - now_ms:
-        data.pexpire(index_key, ends - now_ms)
+        # A whole MIRROR_TTL past what this session needs: the index may outlive its sessions
+        # (a member whose session is gone is dropped where it is read), and so it is rewritten
+        # about once per MIRROR_TTL per user rather than on every copy (in the host tier a
+        # rewrite is the user's whole index, up to MAX_SESSIONS_PER_USER members).
+        data.pexpire(index_key, ends - now_ms + MIRROR_TTL_MS)
     if data.bounded_in_bytes:
         return  # the host tier's byte budget bounds the mirror; a registry row would be
         # rewritten whole on every copy, O(sessions) bytes per request
