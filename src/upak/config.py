@@ -211,6 +211,15 @@ def parse_networks(value: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+class WebhookSecret(SecretStr):
+    """WEBHOOK_SECRET, parsed once when the settings are read: the text stays hidden as any
+    SecretStr's does, and `keys` holds the decoded secrets (several while one rotates)."""
+
+    def __init__(self, secret_value: str) -> None:
+        super().__init__(secret_value)
+        self.keys = tuple(parse_webhook_secrets(secret_value))
+
+
 def parse_webhook_secrets(value: str) -> list[bytes]:
     """WEBHOOK_SECRET: comma-separated `whsec_<base64>` secrets (Standard Webhooks) -> keys.
 
@@ -458,9 +467,7 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            parse_webhook_secrets(value.get_secret_value())
-        return value
+        return None if value is None else WebhookSecret(value.get_secret_value())
 
     @field_validator("database_url")
     @classmethod
@@ -511,6 +518,12 @@ class Settings(BaseSettings):
     @property
     def redis(self) -> RedisTarget:
         return self._redis_target  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def webhook_keys(self) -> tuple[bytes, ...]:
+        """WEBHOOK_SECRET's decoded secrets (none when it is unset)."""
+        secret = self.webhook_secret
+        return secret.keys if isinstance(secret, WebhookSecret) else ()
 
     @property
     def production(self) -> bool:

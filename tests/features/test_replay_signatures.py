@@ -179,6 +179,16 @@ def test_webhook_secret_setting_is_validated_without_echoing_it() -> None:
     assert "topsecret" not in message and SECRET not in message
 
 
+def test_the_settings_hold_the_secrets_decoded_once() -> None:
+    settings = make_settings(webhook_secret=f"{SECRET}, {OLD_SECRET}")
+    assert settings.webhook_keys == tuple(parse_webhook_secrets(f"{SECRET},{OLD_SECRET}"))
+    assert make_settings(webhook_secret="").webhook_keys == ()
+    # What the service builds its verifier from: the settings' keys, not the text again.
+    body = notification()
+    headers = signed_headers(body, at=NOW, secrets=(OLD_SECRET,))
+    assert verify(SigningKeys(settings.webhook_keys), headers, body, now=NOW, tolerance=300)
+
+
 def test_keys_never_show_in_reprs() -> None:
     rendered = repr(keys(SECRET)) + repr(make_settings(webhook_secret=SECRET))
     assert SECRET not in rendered

@@ -53,7 +53,8 @@ class SigningKeys:
 
     @classmethod
     def from_setting(cls, value: str) -> SigningKeys:
-        """From WEBHOOK_SECRET's text (validated with the settings already)."""
+        """From WEBHOOK_SECRET's text (for tools and tests; the service takes the keys its
+        settings parsed, `Settings.webhook_keys`)."""
         return cls(parse_webhook_secrets(value))
 
     def __len__(self) -> int:

@@ -82,8 +82,8 @@ class Services:
             clock=self.clock,
         )
         self.replay = ReplayGuard(self.store, self.keys, ReplayWindows.from_settings(self.settings))
-        secret = self.settings.webhook_secret
-        self.webhook_keys = SigningKeys.from_setting(secret.get_secret_value()) if secret else None
+        keys = self.settings.webhook_keys
+        self.webhook_keys = SigningKeys(keys) if keys else None
         self.yookassa_networks = allowed_networks(self.settings.yookassa_allowed_ips)
         self.trusted_proxies = self.settings.trusted_proxies
         self.yookassa = api_from_settings(self.settings)
