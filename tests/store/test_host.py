@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -63,11 +64,26 @@ def test_every_value_type_round_trips_with_its_type(value: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "blob", [b"", b"b", b"x" + bytes(8), b"h" + bytes(8) + b"\x00\x00\x00\x09ab"]
+    "blob",
+    [
+        b"",
+        b"b",
+        b"x" + bytes(8),
+        b"h" + bytes(8) + b"\x00\x00\x00\x09ab",
+        b"Z" + bytes(8) + b"\x00\x00\x00\x01" + bytes(12) + b"extra",  # members overrun
+        b"Z" + bytes(8) + b"\x00\x00\x00\x05",  # five members announced, none there
+    ],
 )
 def test_a_malformed_row_is_refused(blob: bytes) -> None:
     with pytest.raises(UndecodableRow):
         decode(blob)
+
+
+def test_a_sorted_set_in_the_older_layout_still_decodes() -> None:
+    head = (-1).to_bytes(8, "big", signed=True)
+    member = b"m"
+    older = b"z" + head + len(member).to_bytes(4, "big") + member + struct.pack(">d", 2.5)
+    assert decode(older) == (_ZSet({b"m": 2.5}), None)
 
 
 def test_an_undecodable_row_is_absent_and_logged_once(
