@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -605,3 +606,39 @@ async def test_drain_gives_up_on_a_hung_refresh(cache: Cache, clock: Clock) -> N
     await cache.drain(grace=0.05)
     await asyncio.sleep(0)
     assert not cache._refreshing
+
+
+async def test_a_prefetched_read_counts_nothing_until_a_lookup_uses_it(
+    cache: Cache, monkeypatch
+) -> None:
+    await cache.set("hot", {"n": 1}, tags=["plans"])
+    reads = 0
+    run = cache.store.run
+
+    async def counting(op, keys, args=()):
+        nonlocal reads
+        reads += op is READ
+        return await run(op, keys, args)
+
+    monkeypatch.setattr(cache.store, "run", counting)
+    read = cache.prefetch("hot", ["plans"])
+    await asyncio.wait([read])
+    assert reads == 2 and cache.stats.hits == 0  # read, not counted: it may be dropped
+    found = await cache.get_or_compute("hot", Source(), tags=["plans"], prefetched=read)
+    assert found == {"n": 1} and cache.stats.hits == 1
+    assert reads == 2  # the lookup used the prefetched replies, it sent nothing itself
+
+
+async def test_a_dropped_prefetch_whose_read_failed_is_not_reported_unretrieved(
+    cache: Cache, monkeypatch, caplog
+) -> None:
+    async def failing(op, keys, args=()):
+        raise RuntimeError("the read failed")
+
+    monkeypatch.setattr(cache.store, "run", failing)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        dropped = cache.prefetch("hot", ["plans"])  # its request was refused: nobody asks
+        await asyncio.wait([dropped])
+        del dropped
+        gc.collect()
+    assert "never retrieved" not in caplog.text

@@ -161,3 +161,55 @@ async def test_what_a_hot_endpoint_raises_gets_the_apps_handler() -> None:
             assert response.status_code == status
             if body is not None:
                 assert response.json() == body
+
+
+def recording_store_calls(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The app's store calls as they start and end ("+cache_read", "-sessions.resolve")."""
+    store = app.state.services.store
+    run, events = store.run, []
+
+    async def recorded(op: Any, keys: Any, args: Any) -> Any:
+        events.append("+" + op.name)
+        try:
+            return await run(op, keys, args)
+        finally:
+            events.append("-" + op.name)
+
+    monkeypatch.setattr(store, "run", recorded)
+    return events
+
+
+async def test_the_plans_read_travels_with_the_session_lookup(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await build()
+    async with client_of(app) as client:
+        await register(client, EMAIL)
+        await login(client, EMAIL)
+        await client.get("/plans")  # the catalogue is cached
+        events = recording_store_calls(app, monkeypatch)
+        for method in ("GET", "HEAD"):
+            events.clear()
+            response = await client.request(method, "/plans")
+            assert response.status_code == 200
+            # Started before the session lookup was answered, and not read again after.
+            assert events.index("+cache_read") < events.index("-sessions.resolve")
+            assert events.count("+cache_read") == 2  # the entry and its tag, once
+    assert app.state.services.cache.stats.hits == 2
+
+
+async def test_a_refused_request_drops_its_read_uncounted(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await build(rate_limit_default="1/minute")
+    stats = app.state.services.cache.stats
+    async with client_of(app) as client:
+        assert (await client.get("/plans")).status_code == 200  # computed and cached
+        counted = stats.as_dict()
+        events = recording_store_calls(app, monkeypatch)
+        refused = await client.get("/plans")
+    assert "+cache_read" in events  # the read was made ahead, then dropped
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["status"] == 429 and "etag" not in refused.headers
+    assert stats.as_dict() == counted  # no hit, no miss: the read was never used

@@ -14,6 +14,13 @@ StoreError, DatabaseUnavailable) itself, with the app's handler for it, looked u
 Starlette's exception middleware looks it up: the same answer as from any route. A hot
 endpoint returns its answer rather than sending it, so an exception is always raised before
 anything was sent, and the answer goes out after.
+
+A public hot route's store read does not wait for its turn: `HotReads.start`, run by the
+session middleware just before the session lookup, starts it (`scope[PREFETCHED]`) so that
+it travels to Redis in the same write as the lookup and is answered while the rate limiter
+decides; the endpoint then finds it done. Nothing is sent before the limiter admits (the
+endpoint answers from it, inside the limiter), and a refused request's read is dropped
+uncounted.
 """
 
 from __future__ import annotations
@@ -33,6 +40,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from upak.web.http_cache import Answer
 
 HotEndpoint = Callable[[Scope], Awaitable[Answer]]
+# Where a hot route's early read is left for its endpoint (`HotReads`).
+PREFETCHED = "upak.hot.prefetched"
+
+
+class HotReads:
+    """The reads of public hot routes, by path, each started by a callable of no arguments."""
+
+    def __init__(self, reads: Mapping[str, Callable[[], object]]) -> None:
+        self.reads = dict(reads)
+
+    def start(self, scope: Scope) -> None:
+        """Start this request's read if it is a GET (or HEAD, answered as the GET) of one."""
+        if scope["method"] in ("GET", "HEAD"):
+            read = self.reads.get(get_route_path(scope))
+            if read is not None:
+                scope[PREFETCHED] = read()
 
 
 class HotRoutes:

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from upak.features.cache import Cache, user_key, user_tag
+from upak.features.cache import Cache, PrefetchedRead, user_key, user_tag
 
 PRIVATE_CACHE_CONTROL = "private, no-cache"
 PRIVATE_VARY = "Cookie, Authorization"
@@ -143,8 +143,10 @@ async def cached_representation(
     *,
     ttl: float | None = None,
     tags: Iterable[str] = (),
+    prefetched: PrefetchedRead | None = None,
 ) -> Representation:
-    """The rendered JSON of `await load()`, from the cache (computed once on a miss)."""
+    """The rendered JSON of `await load()`, from the cache (computed once on a miss);
+    `prefetched`: the cache's read of it, started earlier (`Cache.prefetch`)."""
 
     async def render() -> Representation:
         return represent_json(await load())
@@ -157,6 +159,7 @@ async def cached_representation(
         codec="msgpack",
         dump=Representation.dump,
         load=Representation.load,
+        prefetched=prefetched,
     )
 
 

@@ -37,7 +37,7 @@ Import from here: every name callers used before the split is re-exported.
 
 from __future__ import annotations
 
-from upak.features.cache.client import Cache, CacheStats, TagSnapshot
+from upak.features.cache.client import Cache, CacheStats, PrefetchedRead, TagSnapshot
 from upak.features.cache.codec import (
     CacheDecodeError,
     Codec,
@@ -71,6 +71,7 @@ __all__ = [
     "CacheStats",
     "Codec",
     "Entry",
+    "PrefetchedRead",
     "TagSnapshot",
     "decode_value",
     "digest",

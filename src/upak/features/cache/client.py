@@ -42,6 +42,9 @@ from upak.store.primitives import DELETE, SET, Expiring
 
 log = logging.getLogger("upak.cache")
 
+# Bound of the key-name memo (cleared whole when full: a miss only costs the naming).
+NAMES_MAX = 10_000
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -58,6 +61,15 @@ class _Spec(Generic[T]):
     codec: Codec
     dump: Callable[[T], Any] | None
     load: Callable[[Any], T] | None
+
+
+# A lookup's read started ahead of the lookup (`Cache.prefetch`): the raw replies.
+PrefetchedRead = asyncio.Future[list[Any]]
+
+
+def _retrieve(read: asyncio.Future[Any]) -> None:
+    if not read.cancelled():
+        read.exception()
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,8 @@ class Cache:
         self._refreshing: dict[str, asyncio.Task[Any]] = {}
         # Lookups not yet sent to Redis, by (key, tags): identical ones share them.
         self._reads: dict[tuple[str, tuple[str, ...]], asyncio.Future[list[Any]]] = {}
+        # Key names by cache key and tag: a hot key is named (and its name checked) once.
+        self._names: dict[tuple[str, str], str] = {}
 
     # --- key names ---
 
@@ -131,6 +145,18 @@ class Cache:
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def _name(self, kind: str, name: str) -> str:
+        """`entry_key` (kind "e") or `tag_key` ("t"), remembered: the reads of every request
+        name the same few keys."""
+        memo_key = (kind, name)
+        found = self._names.get(memo_key)
+        if found is None:
+            found = self.entry_key(name) if kind == "e" else self.tag_key(name)
+            if len(self._names) >= NAMES_MAX:
+                self._names.clear()
+            self._names[memo_key] = found
+        return found
 
     # --- plain operations ---
 
@@ -198,6 +224,7 @@ class Cache:
         codec: Codec | None = None,
         dump: Callable[[T], Any] | None = None,
         load: Callable[[Any], T] | None = None,
+        prefetched: PrefetchedRead | None = None,
     ) -> T:
         """The cached value of `key`, computed by `compute()` once on a miss.
 
@@ -205,22 +232,24 @@ class Cache:
         longer and served stale while one caller refreshes it in the background. `dump` turns
         a computed value into what the codec stores and `load` turns it back; if `load` raises
         ValueError, TypeError or KeyError the entry counts as corrupt (a miss). Exceptions from
-        `compute` reach every caller waiting on it and nothing is cached.
+        `compute` reach every caller waiting on it and nothing is cached. `prefetched` is
+        this lookup's read, started earlier by `prefetch(key, tags)` with the same tags.
         """
+        tag_names = tuple(tags)
+        found = await self._lookup(key, tag_names, load, prefetched)
+        if isinstance(found, Entry) and found.fresh_until_ms > self._now_ms():
+            self.stats.hits += 1  # the common case: nothing more to build or start
+            return found.value  # type: ignore[no-any-return]
         spec = _Spec(
             key=key,
             compute=compute,
             ttl=self.default_ttl if ttl is None else ttl,
-            tags=tuple(tags),
+            tags=tag_names,
             stale_ttl=stale_ttl,
             codec=codec or self.codec,
             dump=dump,
             load=load,
         )
-        found = await self._lookup(key, spec.tags, load)
-        if isinstance(found, Entry) and found.fresh_until_ms > self._now_ms():
-            self.stats.hits += 1
-            return found.value  # type: ignore[no-any-return]
         if isinstance(found, Entry) and stale_ttl > 0:
             # Past its soft TTL: served once more while one caller refreshes it.
             self.stats.stale_hits += 1
@@ -237,6 +266,14 @@ class Cache:
             self.stats.local_waits += 1
         # Shielded: a caller that goes away (client disconnect) does not cancel the others.
         return await asyncio.shield(task)  # type: ignore[no-any-return]
+
+    def prefetch(self, key: str, tags: Iterable[str] = ()) -> PrefetchedRead:
+        """Start the read a `get_or_compute(key, …, tags)` would make, now, so that it travels
+        with whatever else this loop step sends (a request's session lookup); hand it over
+        as `prefetched=`. It counts nothing until then: a read nobody uses (the request was
+        refused) is simply dropped. It sees the store as of now, which is within the
+        caller's own request: an invalidation that returned before it started is seen."""
+        return self._shared_read(key, tuple(tags))
 
     def _refresh_in_background(self, spec: _Spec[Any]) -> None:
         key = spec.key
@@ -343,14 +380,23 @@ class Cache:
         )
 
     async def _lookup(
-        self, key: str, tags: tuple[str, ...], load: Callable[[Any], Any] | None = None
+        self,
+        key: str,
+        tags: tuple[str, ...],
+        load: Callable[[Any], Any] | None = None,
+        prefetched: PrefetchedRead | None = None,
     ) -> Entry | object | None:
         """The live entry under `key` (maybe stale), None on a miss, CACHING_OFF in an outage.
 
         The tags the caller expects are read in the same round trip as the entry; tags the
         entry carries beyond those cost one more (a plain `get` of a tagged entry).
         """
-        blob, *found_versions = await self._fetch(key, tags)
+        shared = self._shared_read(key, tags) if prefetched is None else prefetched
+        # A read already answered (a prefetch, usually) is taken as it is: no wait, no shield.
+        if shared.done():
+            blob, *found_versions = shared.result()
+        else:
+            blob, *found_versions = await asyncio.shield(shared)
         if blob is BYPASSED:
             self.stats.bypasses += 1
             return CACHING_OFF
@@ -375,7 +421,7 @@ class Cache:
                 return None
         return Entry(value, entry.fresh_until_ms, entry.stamps)
 
-    async def _fetch(self, key: str, tags: tuple[str, ...]) -> list[Any]:
+    def _shared_read(self, key: str, tags: tuple[str, ...]) -> asyncio.Future[list[Any]]:
         """The raw replies for the entry and its tags' versions: one pipelined round trip.
 
         Concurrent identical lookups share one read, but only while that read has not been
@@ -383,7 +429,8 @@ class Cache:
         flushes its pipeline. So whoever joins a read started before it reached Redis, and
         sees Redis as of a moment inside its own call: a read that starts after an
         invalidation returned never gets an older answer. Only immutable bytes are shared;
-        each caller decodes its own value.
+        each caller decodes its own value. Callers wait on it shielded: one that goes away
+        does not cancel the others' read.
         """
         slot = (key, tags)
         shared = self._reads.get(slot)
@@ -391,14 +438,17 @@ class Cache:
             if not self._reads:
                 asyncio.get_running_loop().call_soon(self._reads.clear)
             shared = self._reads[slot] = asyncio.ensure_future(self._read(key, tags))
-        return await asyncio.shield(shared)
+            # Nobody may be left to ask (a prefetch dropped, its callers gone): asked here,
+            # a failed read is not logged as "never retrieved" (its callers got the error).
+            shared.add_done_callback(_retrieve)
+        return shared
 
     async def _read(self, key: str, tags: tuple[str, ...]) -> list[Any]:
+        entry = self.store.run(READ, [self._name("e", key)], NO_ARGS)
         if not tags:
-            return [await self.store.run(READ, [self.entry_key(key)], NO_ARGS)]
+            return [await entry]
         return await asyncio.gather(
-            self.store.run(READ, [self.entry_key(key)], NO_ARGS),
-            *(self.store.run(READ, [self.tag_key(tag)], NO_ARGS) for tag in tags),
+            entry, *(self.store.run(READ, [self._name("t", tag)], NO_ARGS) for tag in tags)
         )
 
     # --- the decorator ---

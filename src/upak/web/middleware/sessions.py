@@ -12,6 +12,8 @@ sibling subdomain cannot plant one), HttpOnly, SameSite=Lax.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from upak.config import Settings
@@ -70,13 +72,26 @@ def session_cookie_value(scope: Scope, name: str) -> tuple[str | None, bool]:
 
 
 class SessionMiddleware:
-    def __init__(self, app: ASGIApp, *, sessions: SessionManager, settings: Settings) -> None:
+    """`ahead(scope)`, when given, runs just before the lookup: a store read it starts goes to
+    Redis in the same write (`upak.web.hot_routes.HotReads`), at no extra middleware."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        sessions: SessionManager,
+        settings: Settings,
+        ahead: Callable[[Scope], None] | None = None,
+    ) -> None:
         self.app = app
         self.sessions = sessions
         self.name = cookie_name(settings)
+        self.ahead = ahead
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
+            if self.ahead is not None and scope["type"] == "http":
+                self.ahead(scope)
             session, problem = await self._resolve(scope)
             scope[SESSION] = session
             scope[PROBLEM] = problem

@@ -7,6 +7,7 @@ per-request machinery.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,8 +15,8 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from upak.domain.billing import PLANS
-from upak.features.cache import Cache
-from upak.web.hot_routes import HotEndpoint
+from upak.features.cache import Cache, PrefetchedRead
+from upak.web.hot_routes import PREFETCHED, HotEndpoint
 from upak.web.http_cache import (
     Answer,
     answer_representation,
@@ -55,7 +56,14 @@ def hot_list_plans(cache: Cache) -> HotEndpoint:
     cache_control = _CACHE_CONTROL.encode()
 
     async def list_plans_hot(scope: Scope) -> Answer:
-        representation = await cached_representation(cache, PLANS_KEY, catalogue, tags=_TAGS)
+        representation = await cached_representation(
+            cache, PLANS_KEY, catalogue, tags=_TAGS, prefetched=scope.get(PREFETCHED)
+        )
         return answer_representation(scope, representation, cache_control, None)
 
     return list_plans_hot
+
+
+def prefetch_plans(cache: Cache) -> Callable[[], PrefetchedRead]:
+    """The read `list_plans_hot` makes, to start ahead of it (`upak.web.hot_routes.HotReads`)."""
+    return lambda: cache.prefetch(PLANS_KEY, _TAGS)
