@@ -81,7 +81,17 @@ def load_results() -> dict[str, dict]:
 
 
 def load_failures() -> dict[str, str]:
-    return json.loads(FAILURES.read_text()) if FAILURES.exists() else {}
+    """bench/run_all.py's recorded failures, less those of scripts that have written a result
+    since (a script re-run by hand: `.venv/bin/python bench/NAME.py`, then this module)."""
+    if not FAILURES.exists():
+        return {}
+    recorded = FAILURES.stat().st_mtime
+    return {
+        name: why
+        for name, why in json.loads(FAILURES.read_text()).items()
+        if not (RESULTS / f"{name}.json").exists()
+        or (RESULTS / f"{name}.json").stat().st_mtime < recorded
+    }
 
 
 def _when(name: str, data: dict) -> str:
