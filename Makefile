@@ -63,12 +63,27 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(VENV)/.installed-bench  ## side-by-side figures -> docs/BENCHMARKS.md (installs wrk, valgrind)
+# The `limits`/slowapi peers in a venv of their own, on the redis-py and coredis that limits
+# declares (bench/peers/limits-requirements.txt); the service's locked runtime set beside them
+# (slowapi's server is the service's app), less its redis-py and hiredis pins: the peer's own.
+PEER_LIMITS := $(VENV)/peers/limits
+$(PEER_LIMITS)/.installed: bench/peers/limits-requirements.txt pyproject.toml uv.lock | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(PEER_LIMITS)
+	$(UV) export --frozen --quiet --no-hashes --no-emit-project --no-dev \
+	  | grep -v -E '^(redis|hiredis)==' > $(PEER_LIMITS)/runtime.txt
+	$(UV) pip install --quiet --python $(PEER_LIMITS)/bin/python \
+	  -r $(PEER_LIMITS)/runtime.txt -r bench/peers/limits-requirements.txt
+	touch $@
+
+# BENCH_ONLY=request_path,host_tier re-runs those scripts and rewrites only their sections
+# (the same as `.venv/bin/python bench/run_all.py --only request_path,host_tier`).
+BENCH_ONLY ?=
+bench: $(VENV)/.installed-bench $(PEER_LIMITS)/.installed  ## side-by-side figures -> docs/BENCHMARKS.md (installs wrk, valgrind)
 	@missing=""; command -v wrk >/dev/null 2>&1 || missing="wrk"; \
 	  command -v callgrind_control >/dev/null 2>&1 || missing="$$missing valgrind"; \
 	  if [ -n "$$missing" ]; then echo "installing$$missing (HTTP load, instruction counts)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 # Known vulnerabilities (PyPA advisory database via PyPI's JSON API) in what we ship: the
 # exact set of uv.lock, every extra included. --strict: a package that could not be checked fails the audit, it never

@@ -26,7 +26,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.responses import Response
 
-from common import Result, Row, asgi_get, measure_rate, redis_server
+from common import Result, Row, alternating, asgi_get, measure_rate, meter, redis_server
+from rates import mean
 from upak.config import load_settings
 from upak.features.cache import Cache
 from upak.store import KeySpace, build_store
@@ -50,6 +51,7 @@ PLANS: list[dict[str, Any]] = [
 
 
 DISTINCT_KEYS = 10_000
+PEER_SETUP = "cashews 7 defaults (Redis backend, pickle serializer, no client-side cache)"
 
 
 async def cache_hits(result: Result, url: str) -> None:
@@ -65,28 +67,35 @@ async def cache_hits(result: Result, url: str) -> None:
         await peer.set("plans", PLANS, expire=300)
         assert await ours.get("plans") == PLANS and await peer.get("plans") == PLANS
 
-        ours_get, peer_get = await interleaved(
-            lambda i: ours.get("plans"), lambda i: peer.get("plans"), concurrency=CONCURRENCY
-        )
-        result.add(Row("cache-hit get, 64 concurrent, one hot key", ours_get, peer_get, "cashews"))
-
-        # One hot key lets our single-flight merge concurrent lookups; distinct keys do not.
+        hot = "one hot key (every call reads the same entry: our single-flight merges "
+        hot += "concurrent lookups of one key into one read)"
+        distinct = f"{DISTINCT_KEYS:,} distinct keys round robin (no two concurrent calls "
+        distinct += "share a key: nothing to merge)"
         for n in range(DISTINCT_KEYS):
             await ours.set(f"plans:{n}", PLANS)
             await peer.set(f"plans:{n}", PLANS, expire=300)
-        ours_many, peer_many = await interleaved(
-            lambda i: ours.get(f"plans:{i % DISTINCT_KEYS}"),
-            lambda i: peer.get(f"plans:{i % DISTINCT_KEYS}"),
-            concurrency=CONCURRENCY,
-        )
-        result.add(
-            Row(
-                f"cache-hit get, 64 concurrent, {DISTINCT_KEYS:,} distinct keys",
-                ours_many,
-                peer_many,
-                "cashews",
-            )
-        )
+        for concurrency in (1, CONCURRENCY):
+            callers = f"{concurrency} concurrent caller{'s' if concurrency > 1 else ''}"
+            for keys, ours_get, peer_get in (
+                (hot, lambda i: ours.get("plans"), lambda i: peer.get("plans")),
+                (
+                    distinct,
+                    lambda i: ours.get(f"plans:{i % DISTINCT_KEYS}"),
+                    lambda i: peer.get(f"plans:{i % DISTINCT_KEYS}"),
+                ),
+            ):
+                ours_rate, peer_rate = await interleaved(
+                    ours_get, peer_get, concurrency=concurrency
+                )
+                result.add(
+                    Row(
+                        f"cache-hit get, {callers}, {keys.split(' (')[0]}",
+                        ours_rate,
+                        peer_rate,
+                        "cashews",
+                        setup=f"{callers}; {keys}; peer: {PEER_SETUP}",
+                    )
+                )
 
         async def source(currency: str) -> list[dict[str, Any]]:
             return PLANS
@@ -98,26 +107,33 @@ async def cache_hits(result: Result, url: str) -> None:
         peer_each = peer(ttl="5m", key="plans:{currency}", protected=False)(source)
         await ours_fn("RUB")
         await peer_fn("RUB")
+        callers = f"{CONCURRENCY} concurrent callers"
         ours_dec, peer_dec = await interleaved(
             lambda i: ours_fn("RUB"), lambda i: peer_each("RUB"), concurrency=CONCURRENCY
         )
-        result.add(Row("cache-hit decorated call, 64 concurrent", ours_dec, peer_dec, "cashews"))
+        result.add(
+            Row(
+                f"cache-hit decorated call, {callers}, one hot key",
+                ours_dec,
+                peer_dec,
+                "cashews, protected=False",
+                setup=f"{callers}; {hot}; peer: {PEER_SETUP}, decorator with protected=False "
+                "(one read per call, as ours)",
+            )
+        )
         ours_dec2, peer_coalesced = await interleaved(
             lambda i: ours_fn("RUB"), lambda i: peer_fn("RUB"), concurrency=CONCURRENCY
         )
         result.add(
             Row(
-                "cache-hit decorated call, 64 concurrent, cashews coalescing hits",
+                f"cache-hit decorated call, {callers}, one hot key, cashews coalescing hits",
                 ours_dec2,
                 peer_coalesced,
-                "cashews protected",
+                "cashews protected (its default)",
+                setup=f"{callers}; {hot}; peer: {PEER_SETUP}, decorator defaults "
+                "(protected=True: concurrent identical calls share one task)",
             )
         )
-
-        ours_one, peer_one = await interleaved(
-            lambda i: ours.get("plans"), lambda i: peer.get("plans"), concurrency=1
-        )
-        result.add(Row("cache-hit get, 1 caller (latency-bound)", ours_one, peer_one, "cashews"))
 
         async def source_plans() -> list[dict[str, Any]]:
             return PLANS
@@ -127,7 +143,13 @@ async def cache_hits(result: Result, url: str) -> None:
 
         await tagged()
         ours_tag = await measure_rate(lambda i: tagged(), concurrency=CONCURRENCY, seconds=SECONDS)
-        result.add(Row("cache-hit get_or_compute with 1 tag (ours only)", ours_tag))
+        result.add(
+            Row(
+                f"cache-hit get_or_compute with 1 tag (ours only), {CONCURRENCY} concurrent",
+                ours_tag,
+                setup=f"{CONCURRENCY} concurrent callers; one hot key and its tag",
+            )
+        )
         result.extra["cache_stats"] = ours.stats.as_dict()
     finally:
         await peer.close()
@@ -139,16 +161,13 @@ async def interleaved(
     peer: Callable[[int], Awaitable[object]],
     *,
     concurrency: int,
-    rounds: int = 3,
 ) -> tuple[float, float]:
-    """Mean rates of `ours` and `peer`, measured in alternating slices (the machine is shared:
-    alternating spreads its noise over both sides instead of one)."""
-    slice_seconds = SECONDS / rounds
-    a = b = 0.0
-    for _ in range(rounds):
-        a += await measure_rate(ours, concurrency=concurrency, seconds=slice_seconds)
-        b += await measure_rate(peer, concurrency=concurrency, seconds=slice_seconds)
-    return a / rounds, b / rounds
+    """Mean rates of `ours` and `peer`: both warmed, then paired rounds, the order reversed
+    each round (bench/rates.py), so neither is always timed first or cold."""
+    rates = await alternating(
+        {"ours": meter(ours, concurrency), "peer": meter(peer, concurrency)}, seconds=SECONDS
+    )
+    return mean(rates["ours"]), mean(rates["peer"])
 
 
 async def plans_route(result: Result, url: str) -> None:
@@ -218,8 +237,28 @@ async def plans_route(result: Result, url: str) -> None:
         stats = app.state.services.cache.stats
         assert stats.computes == 2 and stats.hits > 0, stats
     await engine.dispose()
-    result.add(Row("GET /plans req/s: cached vs the uncached route", real, plain, "uncached"))
-    result.add(Row("GET /plans from a database req/s: cached vs uncached", hot, cold, "uncached"))
+    setup = (
+        "16 concurrent in-process ASGI calls, one URL (one cache entry); both routes warmed, "
+        "paired rounds in alternating order"
+    )
+    result.add(
+        Row(
+            "GET /plans req/s: cached vs the uncached route",
+            real,
+            plain,
+            "uncached",
+            setup=f"{setup}; peer: the route as it was before caching (FastAPI serialises)",
+        )
+    )
+    result.add(
+        Row(
+            "GET /plans from a database req/s: cached vs uncached",
+            hot,
+            cold,
+            "uncached",
+            setup=f"{setup}; peer: SQLAlchemy select on SQLite + JSON + ETag per request",
+        )
+    )
     result.notes.append(
         "GET /plans rows: requests driven straight into the ASGI app (no HTTP client), 16 "
         "concurrent. The real /plans (a catalogue in code) against the route as it was before "
@@ -231,8 +270,11 @@ async def plans_route(result: Result, url: str) -> None:
 async def main() -> None:
     result = Result("cache", "Caching: cache-hit reads/s next to cashews, GET /plans cached")
     result.notes.append(
-        f"One private redis-server, {CONCURRENCY} concurrent callers, {SECONDS:g} s per figure; "
-        "cashews 7 with its defaults (pickle serializer, no client-side cache)."
+        f"One private redis-server; 1 or {CONCURRENCY} concurrent callers as each row says, "
+        f"{SECONDS:g} s per side in paired rounds (each side warmed first, the order reversed "
+        "each round); cashews 7 with its defaults (pickle serializer, no client-side cache). "
+        "One hot key flatters ours (single-flight merges concurrent lookups of a key into one "
+        f"read); the {DISTINCT_KEYS:,}-distinct-key rows are the comparison without it."
     )
     with redis_server() as server:
         await cache_hits(result, server.url)

@@ -6,7 +6,8 @@ and one EVALSHA carrying 64 GETs (a loop in Lua: the most one round trip can bat
 in GETs. Unpipelined redis-benchmark is not the peer: ours pipelines, so that comparison would
 flatter us. Raw redis-py (asyncio, 64 concurrent callers, one command each) is what a Python
 process gets without batching; ours is the store's `get` (a Lua GET, auto-pipelined) from the
-same 64 callers, one hot key throughout.
+same callers, 1 and 64 of them, every side warmed and timed in paired rounds whose order is
+reversed each round (bench/rates.py); one hot key throughout.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ import subprocess
 
 import redis.asyncio as aioredis
 
-from common import Result, Row, measure_rate, redis_server
+from common import Result, Row, alternating, meter, redis_server
+from rates import mean
 from upak.config import load_settings
 from upak.store import build_store
 from upak.store.primitives import GET
 from upak.store.redis import script_sha
 
 PIPELINE = 16
+CONCURRENCY = 64
+CONCURRENCIES = (1, CONCURRENCY)
+SECONDS = 2.0  # per side, over the paired rounds
+KEY = "upak:ceiling"
 BATCH = 64
 # One round trip, BATCH GETs of the same key: the ceiling of batching inside one script call.
 BATCH_LUA = f"for i = 1, {BATCH} do redis.call('GET', KEYS[1]) end return {BATCH}"
@@ -50,53 +56,65 @@ async def main() -> None:
     result = Result("ceiling", "The ceiling: redis-benchmark and raw redis-py next to ours")
     with redis_server() as server:
         client = aioredis.Redis(port=server.port)
-        await client.set("upak:ceiling", "x" * 64)
+        await client.set(KEY, "x" * 64)
         sha = await client.script_load(GET.lua)
         assert sha == script_sha(GET.lua)
         store = build_store(load_settings(env_file=None, redis_url=server.url))
         await store.start()
 
-        ours = await measure_rate(lambda i: store.get("upak:ceiling"), concurrency=64)
-        raw = await measure_rate(lambda i: client.get("upak:ceiling"), concurrency=64)
-        raw_script = await measure_rate(
-            lambda i: client.evalsha(sha, 1, "upak:ceiling"), concurrency=64
-        )
-        c_get = redis_benchmark(server.port, "GET", "upak:ceiling")
-        c_script = redis_benchmark(server.port, "EVALSHA", sha, "1", "upak:ceiling")
+        calls = {
+            "ours": lambda i: store.get(KEY),
+            "raw GET": lambda i: client.get(KEY),
+            "raw EVALSHA": lambda i: client.evalsha(sha, 1, KEY),
+        }
+        rates = {}
+        for concurrency in CONCURRENCIES:
+            meters = {name: meter(call, concurrency) for name, call in calls.items()}
+            rates[concurrency] = {
+                name: mean(r) for name, r in (await alternating(meters, seconds=SECONDS)).items()
+            }
+        c_get = redis_benchmark(server.port, "GET", KEY)
+        c_script = redis_benchmark(server.port, "EVALSHA", sha, "1", KEY)
         batch_sha = await client.script_load(BATCH_LUA)
-        c_batch = BATCH * redis_benchmark(server.port, "EVALSHA", batch_sha, "1", "upak:ceiling")
+        c_batch = BATCH * redis_benchmark(server.port, "EVALSHA", batch_sha, "1", KEY)
         await store.close()
         await client.aclose()
-    result.add(
-        Row(
-            "GET, one Python process: ours (Lua GET, pipelined) vs raw redis-py GET",
-            ours,
-            raw,
-            "redis-py GET, 64 concurrent",
-        )
+    paired = "one hot key, a 64-byte value; every side warmed, paired rounds in alternating order"
+    for concurrency in CONCURRENCIES:
+        callers = f"{concurrency} concurrent caller{'s' if concurrency > 1 else ''}"
+        for peer, peer_name in (("raw GET", "redis-py GET"), ("raw EVALSHA", "redis-py EVALSHA")):
+            result.add(
+                Row(
+                    f"GETs/s, one Python process, {callers}: ours (Lua GET, auto-pipelined) "
+                    f"vs raw {peer_name} of the same key",
+                    rates[concurrency]["ours"],
+                    rates[concurrency][peer],
+                    f"{peer_name}, {callers}",
+                    setup=f"{callers}; {paired}; peer: redis.asyncio, default pool, hiredis",
+                )
+            )
+    ours = rates[CONCURRENCY]["ours"]
+    ceiling = (
+        f"ours: 64 concurrent callers in one Python process; peer: redis-benchmark, 50 "
+        f"connections, -P {PIPELINE}, 200,000 requests, one hot key, on the same 2 cores as "
+        "redis-server"
     )
     result.add(
         Row(
-            "GET, one Python process: ours vs raw redis-py EVALSHA of the same script",
-            ours,
-            raw_script,
-            "redis-py EVALSHA, 64 concurrent",
-        )
-    )
-    result.add(
-        Row(
-            "GET: ours (64 concurrent) vs redis-benchmark GET -P 16",
+            f"GETs/s: ours (64 concurrent) vs redis-benchmark GET -P {PIPELINE}",
             ours,
             c_get,
             f"redis-benchmark GET, 50 connections, -P {PIPELINE}",
+            setup=ceiling,
         )
     )
     result.add(
         Row(
-            "EVALSHA: ours (64 concurrent) vs redis-benchmark EVALSHA -P 16",
+            f"GETs/s: ours (64 concurrent) vs redis-benchmark EVALSHA -P {PIPELINE}",
             ours,
             c_script,
             f"redis-benchmark EVALSHA, 50 connections, -P {PIPELINE}",
+            setup=ceiling,
         )
     )
     result.add(
@@ -105,8 +123,10 @@ async def main() -> None:
             ours,
             c_batch,
             f"redis-benchmark EVALSHA of a {BATCH}-GET loop, -P {PIPELINE}, x{BATCH}",
+            setup=f"{ceiling}; each script call {BATCH} GETs, counted in GETs",
         )
     )
+    result.extra["rates"] = {str(c): r for c, r in rates.items()}
     result.notes.append(
         "redis-benchmark, pipelined 16 deep and with 64 GETs per script call, is the server's "
         "own ceiling on these 2 cores (it shares them with redis-server): ours is expected "

@@ -267,6 +267,10 @@ def main() -> None:
         result.add(Row(f"{kind}: requests/s over the whole run", data["rps"]))
     result.notes.append(
         f"{len(cookies)} logins probed through the run; 5xx counted by wrk's Lua per status. "
+        f"The load: {len(traffic.files)} wrk processes at once for {LOAD_SECONDS} s (connections: "
+        + ", ".join(f"{k} {v}" for k, v in traffic.connections.items())
+        + "), the accounts' cookies and the webhook deliveries round robin; no peer (the rows "
+        "are counts and latencies of ours through the faults). "
         "Sessions created before an EMPTY restart are gone with Redis' data (that restart "
         "discards it on purpose); the count is reported, not hidden."
     )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,18 +23,32 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench scripts reuse the suite's redis-server launcher
 
+from rates import alternating, measure_rate, meter  # noqa: E402  (re-exported)
 from tests.support.redis_servers import RedisServer, redis_server  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+# bench/run_all.py ends an overrunning script with SIGTERM: as SystemExit, it unwinds the
+# script's `with redis_server()` and server blocks, so no redis-server or uvicorn is left on
+# the 2 cores for the scripts after it.
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 __all__ = [
     "RedisServer",
     "Result",
     "Row",
+    "alternating",
     "asgi_get",
     "fmt",
+    "load_average",
     "machine",
     "measure_rate",
+    "meter",
     "percentiles",
     "redis_server",
 ]
@@ -50,6 +65,9 @@ class Row:
     # False where the two figures are of different things (a memory answer next to a socket
     # timeout): both are reported, a ratio of them would be a number that means nothing.
     comparable: bool = True
+    # How this figure was taken, where the metric's name does not say it all: concurrency,
+    # key distribution, the peer's configuration. Shown beside the row in docs/BENCHMARKS.md.
+    setup: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -66,6 +84,10 @@ class Result:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
+    # When the script started and the machine's load then: the report says it per section,
+    # because the 2 cores are shared with other work and absolute figures move with it.
+    started: float = field(default_factory=time.time)
+    load_start: float = field(default_factory=lambda: load_average())
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -81,6 +103,13 @@ class Result:
         for raw, row in zip(data["rows"], self.rows, strict=True):
             raw["ratio"] = row.ratio
         data["machine"] = machine()
+        data["run"] = {
+            "script": f"bench/{self.name}.py",
+            "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.started)),
+            "seconds": round(time.time() - self.started, 1),
+            "load_start": self.load_start,
+            "load_end": load_average(),
+        }
         path.write_text(json.dumps(data, indent=2))
         print(f"wrote {path.relative_to(ROOT)}")
         return path
@@ -125,6 +154,11 @@ def fmt(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
+def load_average() -> float:
+    """The 1-minute load average (2 cores here: above 2, something else wanted the CPU too)."""
+    return round(os.getloadavg()[0], 2)
+
+
 def machine() -> dict[str, object]:
     try:
         redis_version = (
@@ -153,25 +187,3 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         "p50": statistics.median(ordered) * 1000,
         "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
     }
-
-
-async def measure_rate(
-    call: Callable[[int], Awaitable[object]], *, concurrency: int = 64, seconds: float = 2.0
-) -> float:
-    """Calls per second of `call(i)` from `concurrency` concurrent tasks for `seconds`."""
-    import asyncio
-
-    done = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker(offset: int) -> None:
-        nonlocal done
-        i = offset
-        while time.perf_counter() < deadline:
-            await call(i)
-            done += 1
-            i += concurrency
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    return done / (time.perf_counter() - started)

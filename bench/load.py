@@ -3,7 +3,8 @@
 One run: a private redis-server, `upak serve --workers 2` on SQLite, and wrk processes (one per
 kind of traffic, so each reports its own latency) driving logged-in reads (/me and /plans),
 logins, signed webhooks (every delivery sent three times) and anonymous requests. Then a
-concurrency sweep of GET /plans, ours against bare FastAPI. The load generators are separate
+concurrency sweep of GET /plans, ours against bare FastAPI (both up, each warmed, paired rounds
+in alternating order at each connection count). The load generators are separate
 processes; every run is bounded in time.
 """
 
@@ -37,7 +38,8 @@ SEP, HSEP = "\x1e", "\x1f"
 USERS = 40
 MIX_SECONDS = 8
 SWEEP = (8, 32, 128)
-SWEEP_SECONDS = 3
+SWEEP_SECONDS = 2
+SWEEP_ROUNDS = 4
 PASSWORD = "load-test-password-1"
 
 
@@ -259,14 +261,26 @@ def bare_fastapi(plans_json: str) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def sweep(url: str, workdir: Path, name: str) -> dict[str, list[float]]:
-    path = write_requests(workdir / f"sweep-{name}.txt", [("GET", "/plans", {}, b"")])
-    rps, p99 = [], []
+def sweep(urls: dict[str, str], workdir: Path) -> dict[str, dict[str, list[float]]]:
+    """GET /plans at each of SWEEP's connection counts on every server of `urls`: each warmed
+    1 s at that count, then SWEEP_ROUNDS rounds, the order reversed each round; per side and
+    count the mean req/s and p99."""
+    path = write_requests(workdir / "sweep.txt", [("GET", "/plans", {}, b"")])
+    curves = {name: {"rps": [], "p99_ms": []} for name in urls}
+    names = list(urls)
     for connections in SWEEP:
-        result = wrk_result(start_wrk(url, path, connections, SWEEP_SECONDS))
-        rps.append(result["rps"])
-        p99.append(result["p99_us"] / 1000)
-    return {"rps": rps, "p99_ms": p99}
+        for url in urls.values():
+            wrk_result(start_wrk(url, path, connections, 1))
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for n in range(SWEEP_ROUNDS):
+            for name in names if n % 2 == 0 else reversed(names):
+                runs[name].append(
+                    wrk_result(start_wrk(urls[name], path, connections, SWEEP_SECONDS))
+                )
+        for name, results in runs.items():
+            curves[name]["rps"].append(sum(r["rps"] for r in results) / len(results))
+            curves[name]["p99_ms"].append(sum(r["p99_us"] for r in results) / len(results) / 1000)
+    return curves
 
 
 def main() -> None:
@@ -277,9 +291,9 @@ def main() -> None:
         traffic = build_traffic(service, secret, workdir, tag=secrets.token_hex(3))
         mixed = run_mix(service, traffic, MIX_SECONDS)
         plans_json = httpx.get(service.url + "/plans").text
-        ours = sweep(service.url, workdir, "ours")
-    with bare_fastapi(plans_json) as peer_url:
-        peer = sweep(peer_url, workdir, "bare")
+        with bare_fastapi(plans_json) as peer_url:
+            curves = sweep({"ours": service.url, "bare": peer_url}, workdir)
+    ours, peer = curves["ours"], curves["bare"]
     print(f"mixed load for {MIX_SECONDS}s, all kinds at once (requests/s, p50/p99 ms)")
     for kind, data in mixed.items():
         result.add(Row(f"{kind}: requests/s", data["rps"]))
@@ -300,6 +314,10 @@ def main() -> None:
                 ours["rps"][i],
                 peer["rps"][i],
                 "bare FastAPI, same JSON",
+                setup=f"wrk -t1 -c{connections}, one URL (one cache entry), anonymous; both "
+                f"2 uvicorn workers, warmed 1 s, {SWEEP_ROUNDS} rounds of {SWEEP_SECONDS} s in "
+                "alternating order, the mean; peer: FastAPI returning the same JSON bytes, "
+                "no middleware",
             )
         )
     result.extra["curves"] = [
@@ -314,7 +332,10 @@ def main() -> None:
     result.notes.append(
         f"{USERS} accounts; {len(traffic.files)} wrk processes at once (connections: "
         + ", ".join(f"{k} {v}" for k, v in traffic.connections.items())
-        + "); rate limits raised far above the load so that the run measures throughput."
+        + f") for {MIX_SECONDS} s, the accounts' cookies and the webhook deliveries round "
+        "robin; rate limits raised far above the load so that the run measures throughput. "
+        "The mixed-load rows have no peer. The sweep: ours and bare FastAPI both up, wrk, "
+        "ours and redis-server sharing the 2 cores."
     )
     result.write()
     shutil.rmtree(workdir, ignore_errors=True)
