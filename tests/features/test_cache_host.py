@@ -11,13 +11,15 @@ import pytest
 
 from tests.features.test_cache import Clock, Source
 from tests.store.test_failover import quick_failover_settings, wait_for_mode
+from tests.store.test_host import lock_holder
 from tests.support.redis_servers import RedisServer
-from upak.features.cache import WRITE, Cache, user_tag
+from upak.features.cache import READ, WRITE, Cache, user_tag
 from upak.features.cache.operations import Write
 from upak.store import FailoverStore, KeySpace, Mode, build_store
 from upak.store.host import CACHE, Budgets, HostData, HostStore, HostTier
 from upak.store.journal import Outage
 from upak.store.memory import NOT_SERVED, MemoryStore
+from upak.store.operation import NO_ARGS
 from upak.store.primitives import SET, Expiring
 
 Worker = tuple[FailoverStore, Cache]
@@ -154,3 +156,14 @@ def test_a_flood_of_cache_entries_cannot_evict_sessions(tmp_path: Path) -> None:
         write(store, f"upak:cache:{{e:page{i}}}")
     assert store.tier.used(CACHE) <= 20_000
     assert HostData(store.tier).get("upak:sessions:{u1}:s:h") == b"s" * 200
+
+
+def test_a_cache_hit_reads_the_tier_without_its_write_lock(tmp_path: Path) -> None:
+    # A hit only reads: it must not queue behind writers (nor count as "tier busy").
+    store = tier_store(tmp_path)
+    store.mark_down(PART, Outage("unreachable", 0.0))
+    assert write(store) == 1
+    for _ in lock_holder(tmp_path / "tier.lock"):
+        assert store.execute_cached(READ, [ENTRY], NO_ARGS, PART) == b"x" * 100
+        assert write(store) is NOT_SERVED  # a write does need the lock: not cached
+    assert store.unlocked_calls == 1

@@ -617,6 +617,14 @@ class _Locked:
 # --- the twin's view of the tier ---
 
 
+class _Writes:
+    def __repr__(self) -> str:
+        return "WRITES"
+
+
+_WRITES: Any = _Writes()  # `_read_only`'s answer when the twin must run under the lock
+
+
 class HostData(MemoryData):
     """A MemoryData that reads keys from the tier on first use and, at `commit`, writes back
     the keys whose value or expiry changed. Live only within one locked transaction."""
@@ -658,6 +666,17 @@ class HostData(MemoryData):
         for (key,) in self.tier.db.execute("SELECT key FROM kv").fetchall():
             self._fault_in(key)
         return super().keys()
+
+    def changed(self) -> bool:
+        """Whether `commit` would write anything."""
+        for key, before in self._original.items():
+            slot = self._keys.get(key)
+            if slot is None:
+                if before is not None:
+                    return True
+            elif not _unchanged(slot, self._snapshots.get(key)):
+                return True
+        return any(key not in self._original for key in self._keys)
 
     def commit(self) -> None:
         touched: set[str] = set()
@@ -774,8 +793,11 @@ class HostStore(MemoryStore):
         and clears the outage under the same lock, so no entry written during an outage
         survives into the time Redis serves (when invalidations go to Redis only). A busy
         tier is not waited for and not replaced by process memory: that call's caching is off."""
-        if not self.caches:
+        if not self.caches or self.tier.outage(partition) is None:
             return NOT_SERVED
+        reply = self._read_only(op, keys, args)
+        if reply is not _WRITES:
+            return reply
         try:
             with self.tier.locked():
                 if self.tier.outage(partition) is None:
@@ -789,6 +811,19 @@ class HostStore(MemoryStore):
         except TierLocked:
             self._note_locked(op, "not cached (the tier was busy)")
             return NOT_SERVED
+
+    def _read_only(self, op: Operation[A, Any], keys: Sequence[str], args: A) -> Any:
+        """The twin on a read snapshot of the tier, without the write lock (WAL readers never
+        wait): a cache hit reads two rows, and taking the lock for them cost more than
+        rendering the page. `_WRITES` when the twin changed anything: the caller runs it
+        again under the lock. (A read racing `mark_up` sees the outage's rows or none.)"""
+        data = HostData(self.tier)
+        self.tier.db.execute("BEGIN")
+        try:
+            reply = op.memory(data, keys, args)
+            return _WRITES if data.changed() else reply
+        finally:
+            self.tier.db.execute("ROLLBACK")
 
     def _apply_owed_revocations(self) -> None:
         """Inside a tier transaction: the revocations the tier could not take when Redis
