@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, Result, Row, redis_server
+from common import ROOT, Result, Row, callgrind_control, callgrind_total, redis_server
 
 WARMUP = 2_000
 COUNTED = 3_000
@@ -118,22 +117,12 @@ def instructions_per_get(kind: str, url: str) -> float:
     try:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{kind}: the client under callgrind did not warm up")
-        subprocess.run(
-            ["callgrind_control", "--zero", str(proc.pid)],
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
+        callgrind_control("zero", proc.pid)
         proc.stdin.write("\n")
         proc.stdin.flush()
         if proc.stdout.readline().strip() != "done":
             raise RuntimeError(f"{kind}: the client under callgrind did not finish")
-        subprocess.run(
-            ["callgrind_control", "--dump", str(proc.pid)],
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
+        callgrind_control("dump", proc.pid)
         proc.stdin.write("\n")
         proc.stdin.flush()
         proc.wait(timeout=120)
@@ -142,8 +131,7 @@ def instructions_per_get(kind: str, url: str) -> float:
             proc.kill()
             proc.wait()
     (dump,) = outdir.glob("cg.*.1")
-    counted = int(re.search(r"^summary: (\d+)", dump.read_text(), re.M).group(1))  # type: ignore[union-attr]
-    return counted / COUNTED
+    return callgrind_total(dump) / COUNTED
 
 
 def main() -> None:

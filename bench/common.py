@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -152,6 +153,25 @@ def fmt(value: float) -> str:
     if float(value).is_integer():
         return f"{int(value):,}"
     return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+# --- callgrind: counters of a process run under valgrind --tool=callgrind ---
+
+
+def callgrind_control(action: str, pid: int) -> None:
+    """`callgrind_control --zero` or `--dump` for `pid`, bounded: a valgrind that stopped
+    answering fails the bench instead of holding it."""
+    subprocess.run(
+        ["callgrind_control", f"--{action}", str(pid)], check=True, timeout=60, capture_output=True
+    )
+
+
+def callgrind_total(dump: Path) -> int:
+    """The instructions a callgrind dump counted (its `summary:` line)."""
+    found = re.search(r"^summary: (\d+)", dump.read_text(), re.M)
+    if found is None:
+        raise RuntimeError(f"{dump} holds no callgrind summary")
+    return int(found.group(1))
 
 
 def load_average() -> float:

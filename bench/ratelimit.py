@@ -39,7 +39,17 @@ from typing import Any
 import httpx
 import redis.asyncio
 
-from common import ROOT, RedisServer, Result, Row, alternating, meter, redis_server
+from common import (
+    ROOT,
+    RedisServer,
+    Result,
+    Row,
+    alternating,
+    callgrind_control,
+    callgrind_total,
+    meter,
+    redis_server,
+)
 from rates import ROUNDS, WARMUP_SECONDS, mean
 from upak.config import load_settings
 from upak.features.ratelimit import DECIDE_LUA, RateLimiter, identity_token, named_limits
@@ -580,14 +590,14 @@ def instructions_per_request(
     ]
     with server(factory, url, wrapper=wrapper, start_timeout=240, **launch) as (base, pid):
         wrk(base, requests, warmup)  # memo tables and caches filled
-        subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+        callgrind_control("zero", pid)
         counted_run = wrk(base, requests, seconds)
         if counted_run["ok"] < 0.99:  # a count of 401s or 429s is not a count of the route
             raise RuntimeError(f"{factory}: only {counted_run['ok']:.0%} of responses were 200")
         served = counted_run["requests"]
-        subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+        callgrind_control("dump", pid)
         (dump,) = outdir.glob("cg.*.1")
-        counted = int(re.search(r"^summary: (\d+)", dump.read_text(), re.M).group(1))  # type: ignore[union-attr]
+        counted = callgrind_total(dump)
     return counted / served
 
 

@@ -543,8 +543,8 @@ async def test_an_unstorable_value_fails_loudly_and_frees_the_lease(cache: Cache
     assert await cache.get_or_compute("k", Source("ok"), codec="json") == "ok"
 
 
-async def test_concurrent_hits_share_one_read(cache: Cache, monkeypatch) -> None:
-    await cache.set("hot", {"n": 1}, tags=["plans"])
+def count_reads(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Count the READ calls `cache` sends to its store from now on; call the result to ask."""
     reads = 0
     run = cache.store.run
 
@@ -554,11 +554,17 @@ async def test_concurrent_hits_share_one_read(cache: Cache, monkeypatch) -> None
         return await run(op, keys, args)
 
     monkeypatch.setattr(cache.store, "run", counting)
+    return lambda: reads
+
+
+async def test_concurrent_hits_share_one_read(cache: Cache, monkeypatch) -> None:
+    await cache.set("hot", {"n": 1}, tags=["plans"])
+    reads = count_reads(cache, monkeypatch)
     results = await asyncio.gather(
         *(cache.get_or_compute("hot", Source(), tags=["plans"]) for _ in range(64))
     )
     assert results == [{"n": 1}] * 64 and cache.stats.hits == 64
-    assert reads == 2  # the entry and its tag, once for all 64 callers
+    assert reads() == 2  # the entry and its tag, once for all 64 callers
     results[0]["n"] = 2  # each caller decoded its own copy
     assert results[1] == {"n": 1}
 
@@ -612,21 +618,13 @@ async def test_a_prefetched_read_counts_nothing_until_a_lookup_uses_it(
     cache: Cache, monkeypatch
 ) -> None:
     await cache.set("hot", {"n": 1}, tags=["plans"])
-    reads = 0
-    run = cache.store.run
-
-    async def counting(op, keys, args=()):
-        nonlocal reads
-        reads += op is READ
-        return await run(op, keys, args)
-
-    monkeypatch.setattr(cache.store, "run", counting)
+    reads = count_reads(cache, monkeypatch)
     read = cache.prefetch("hot", ["plans"])
     await asyncio.wait([read])
-    assert reads == 2 and cache.stats.hits == 0  # read, not counted: it may be dropped
+    assert reads() == 2 and cache.stats.hits == 0  # read, not counted: it may be dropped
     found = await cache.get_or_compute("hot", Source(), tags=["plans"], prefetched=read)
     assert found == {"n": 1} and cache.stats.hits == 1
-    assert reads == 2  # the lookup used the prefetched replies, it sent nothing itself
+    assert reads() == 2  # the lookup used the prefetched replies, it sent nothing itself
 
 
 async def test_a_dropped_prefetch_whose_read_failed_is_not_reported_unretrieved(

@@ -12,6 +12,7 @@ import pytest
 from tests.features.test_cache import Clock, Source
 from tests.store.test_failover import quick_failover_settings, wait_for_mode
 from tests.store.test_host import lock_holder
+from tests.store.test_host_failover import outage
 from tests.support.redis_servers import RedisServer
 from upak.features.cache import READ, WRITE, Cache, user_tag
 from upak.features.cache.operations import Write
@@ -43,12 +44,6 @@ async def host(fresh_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Callab
     yield start
     for store in stores:
         await store.close()
-
-
-async def outage(*stores: FailoverStore) -> None:
-    for store in stores:
-        await store.ping()
-        assert store.mode is Mode.MEMORY
 
 
 async def test_the_host_s_workers_share_one_cache_in_an_outage(

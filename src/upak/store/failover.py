@@ -52,18 +52,17 @@ A = TypeVar("A")
 T = TypeVar("T")
 log = logging.getLogger("upak.store")
 
-DEGRADED_MEANING = (
+_DEGRADED_MEANING = (
     "replay protection, sessions and rate limits work per host (every worker of this host "
     "shares the fallback; per process when it runs alone), rate limits are divided by "
-    "RATE_LIMIT_FALLBACK_DIVISOR (the number of hosts), caching is "
+    "RATE_LIMIT_FALLBACK_DIVISOR (the number of hosts), caching is {caching}"
 )
 
 
 def degraded_meaning(memory: MemoryStore) -> str:
     """What the outage means for `memory`'s service, for the log line an outage starts."""
-    if memory.caches:
-        return DEGRADED_MEANING + "per host (the host tier; this host is the whole service)"
-    return DEGRADED_MEANING + "off"
+    caching = "per host (the host tier; this host is the whole service)" if memory.caches else "off"
+    return _DEGRADED_MEANING.format(caching=caching)
 
 
 @dataclass

@@ -669,30 +669,27 @@ class HostData(MemoryData):
 
     def changed(self) -> bool:
         """Whether `commit` would write anything."""
-        for key, before in self._original.items():
-            slot = self._keys.get(key)
-            if slot is None:
-                if before is not None:
-                    return True
-            elif not _unchanged(slot, self._snapshots.get(key)):
-                return True
-        return any(key not in self._original for key in self._keys)
+        return next(self._changes(), None) is not None
 
     def commit(self) -> None:
         touched: set[str] = set()
+        for key, after in self._changes():
+            self.tier.store(key, after, self.mirrored)
+            touched.add(namespace_of(key))
+        self.tier.enforce(touched)
+
+    def _changes(self) -> Iterator[tuple[str, bytes | None]]:
+        """Each key whose value or expiry changed, with its new bytes (None: deleted)."""
         for key, before in self._original.items():
             slot = self._keys.get(key)
             if slot is not None and _unchanged(slot, self._snapshots.get(key)):
                 continue
             after = None if slot is None else encode(slot[0], slot[1])
             if after != before:
-                self.tier.store(key, after, self.mirrored)
-                touched.add(namespace_of(key))
+                yield key, after
         for key, slot in self._keys.items():
             if key not in self._original:  # pragma: no cover - put always faults in first
-                self.tier.store(key, encode(slot[0], slot[1]), self.mirrored)
-                touched.add(namespace_of(key))
-        self.tier.enforce(touched)
+                yield key, encode(slot[0], slot[1])
 
 
 def _unchanged(slot: list[Any], snapshot: tuple[Any, int | None] | None) -> bool:
