@@ -195,12 +195,19 @@ def main() -> None:
         payments, extra_effects = duplicate_effects(service.workdir / "upak.db")
 
     server_errors = sum(data["server_errors"] for data in mix.values())
+    # Which kind of traffic got which 5xx: a count alone does not say where to look.
+    by_kind = {
+        kind: {s: n for s, n in sorted(data["status"].items()) if s.startswith("5")}
+        for kind, data in mix.items()
+        if data["server_errors"]
+    }
     result.add(
         Row(
             "5xx responses during the whole run",
             server_errors,
             unit="count",
             higher_is_better=False,
+            setup=f"by kind and status: {by_kind}" if by_kind else "",
         )
     )
     result.add(

@@ -191,6 +191,14 @@ def _reporter(
     return unavailable
 
 
+def _left_mid_operation(exc: BaseException) -> bool:
+    """asyncpg's "cannot switch to state N; another operation is in progress": a statement
+    cut off (a cancelled request, a server that went away mid-reply) left the connection's
+    protocol mid-operation, and SQLAlchemy may hand it out again (sqlalchemy#13241). It can
+    never serve again, whatever the server's state."""
+    return any(type(cause).__name__ == "InternalClientError" for cause in _causes(exc))
+
+
 def _ping_on_checkout(engine: AsyncEngine, unavailable: Callable[[str], Exception]) -> None:
     """SQLAlchemy's `pool_pre_ping`, with the difference that matters here.
 
@@ -230,6 +238,11 @@ def _guard(engine: AsyncEngine, unavailable: Callable[[str], Exception]) -> None
 
     @event.listens_for(engine.sync_engine, "handle_error")
     def _on_error(context: ExceptionContext) -> BaseException | None:
+        if _left_mid_operation(context.original_exception):
+            # One broken connection, not a database that cannot serve: drop it and answer
+            # this call 503 + Retry-After, without opening the breaker for every request.
+            context.is_disconnect = True
+            return DatabaseUnavailable("a pooled connection was left mid-operation")
         reason = unavailable_reason(context.original_exception)
         if reason is None:
             return None
