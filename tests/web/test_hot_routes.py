@@ -198,6 +198,22 @@ async def test_the_plans_read_travels_with_the_session_lookup(
     assert app.state.services.cache.stats.hits == 2
 
 
+async def test_the_plans_read_leaves_in_the_session_lookups_write(build: Build) -> None:
+    """A logged-in GET /plans writes to Redis twice: the session lookup with the catalogue's
+    entry and tag reads, then the rate-limit decision (keyed by the session's user)."""
+    app = await build()
+    async with client_of(app) as client:
+        await register(client, EMAIL)
+        await login(client, EMAIL)
+        await client.get("/plans")  # the catalogue is cached, the session touched
+        wire = app.state.services.store.redis._wire
+        for method in ("GET", "HEAD"):
+            before = wire.writes
+            response = await client.request(method, "/plans")
+            assert response.status_code == 200
+            assert wire.writes - before == 2
+
+
 async def test_a_refused_request_drops_its_read_uncounted(
     build: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:

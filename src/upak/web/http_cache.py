@@ -160,6 +160,7 @@ async def cached_representation(
         dump=Representation.dump,
         load=Representation.load,
         prefetched=prefetched,
+        immutable=True,  # a frozen pair of bytes and str: one decoded copy serves every hit
     )
 
 
