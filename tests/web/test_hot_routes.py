@@ -68,6 +68,33 @@ async def test_hot_routes_answer_what_the_declared_routes_answer(
     assert statuses == ([200, 200, 200, 200, 304] if logged_in else [200, 200, 401, 401, 401])
 
 
+def masked_count(result: tuple[int, list[tuple[str, str]], bytes]) -> Any:
+    """An answer with the RateLimit field's value masked (it counts down request by request)."""
+    status, headers, body = result
+    return status, [(k, "…" if k == "ratelimit" else v) for k, v in headers], body
+
+
+@pytest.mark.parametrize("logged_in", [True, False])
+async def test_hot_answers_carry_the_rate_limit_fields_where_the_routes_do(
+    build: Build, logged_in: bool
+) -> None:
+    """The limiter leaves its fields in the scope for RequestGuard's one `send` wrapper: a hot
+    answer carries them as the declared route's answer does, last, 304s and 401s included."""
+    app = await build()
+    async with client_of(app) as client:
+        if logged_in:
+            await register(client, EMAIL)
+            await login(client, EMAIL)
+        etag = (await client.get("/me")).headers.get("etag")
+        hot = await answers(client, etag)
+        declared_routes_only(app)
+        declared = await answers(client, etag)
+    for h, d in zip(hot, declared, strict=True):
+        assert masked_count(h)[1] == masked_count(d)[1]
+    for _, headers, _ in hot:
+        assert [name for name, _ in headers][-2:] == ["ratelimit-policy", "ratelimit"]
+
+
 async def test_a_session_cookie_that_ended_is_cleared_as_before(build: Build) -> None:
     app = await build()
     async with client_of(app) as client:

@@ -44,6 +44,7 @@ from upak.features.ratelimit import (
 )
 from upak.store import KeySpace, Store
 from upak.web.client_ip import Network, client_ip
+from upak.web.middleware.guard import RESPONSE_HEADERS
 from upak.web.problems import problem
 
 SESSION_SCOPE_KEY = "upak.session"  # where the session middleware leaves the session
@@ -189,14 +190,9 @@ class RateLimitMiddleware:
         if not decision.allowed:
             await refuse(decision, scope, receive, send)
             return
-        headers = decision_headers(decision)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        # Appended to the answer by the outermost layer's one `send` wrapper (RequestGuard).
+        scope[RESPONSE_HEADERS] = decision_headers(decision)
+        await self.app(scope, receive, send)
 
     def _client(self, scope: Scope) -> str:
         """The client IP's identity token. The scope's client is already the one behind any
@@ -327,7 +323,8 @@ def build_rate_limiter(
 
 def install_rate_limiting(app: ASGIApp, limiter: RateLimiter, settings: Settings) -> None:
     """Add the middleware to a FastAPI app (call before adding the session middleware, so
-    that sessions run first and their user id keys the default limit)."""
+    that sessions run first and their user id keys the default limit). Its RateLimit fields
+    reach the answer through `RequestGuard`, which the app puts outside every layer."""
     app.add_middleware(  # type: ignore[attr-defined]
         RateLimitMiddleware, limiter=limiter, rules=RateLimitRules.from_settings(settings)
     )
