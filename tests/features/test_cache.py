@@ -658,9 +658,14 @@ async def test_immutable_hits_of_unchanged_bytes_share_one_decoded_value(
 
     monkeypatch.setattr(client_module, "unpack_entry", counting_unpack)
 
+    class Doc(tuple):  # loaded by a classmethod: a new bound method at every lookup
+        @classmethod
+        def load(cls, raw: object) -> tuple:
+            return tuple(raw)  # type: ignore[call-overload]
+
     async def hit(source: Source) -> object:
         return await cache.get_or_compute(
-            "doc", source, tags=["t"], load=tuple, dump=list, immutable=True
+            "doc", source, tags=["t"], load=Doc.load, dump=list, immutable=True
         )
 
     first = await hit(Source(["a"]))  # computed, stored
@@ -671,7 +676,9 @@ async def test_immutable_hits_of_unchanged_bytes_share_one_decoded_value(
     # Another process rewrites the entry (same tags, new bytes): read and decoded anew.
     other = Cache(any_store, keyspace(any_store, key_prefix), default_ttl=60, clock=clock)
     clock.now += 61  # past the first entry's freshness, so `other` computes
-    rewritten = await other.get_or_compute("doc", Source(["b"]), tags=["t"], load=tuple, dump=list)
+    rewritten = await other.get_or_compute(
+        "doc", Source(["b"]), tags=["t"], load=Doc.load, dump=list
+    )
     assert rewritten == ["b"]
     assert await hit(Source()) == ("b",) and decoded == 3
     # An invalidation is seen at once, whatever this process decoded before.

@@ -428,7 +428,8 @@ class Cache:
         if blob is None:
             return None
         decoded = self._decoded.get(key) if immutable else None
-        if decoded is None or decoded.load is not load or decoded.blob != blob:
+        # `!=`, not `is not`: a classmethod (Representation.load) is a new bound method each time.
+        if decoded is None or decoded.load != load or decoded.blob != blob:
             decoded = self._decode(key, blob, load)
             if decoded is None:
                 return None

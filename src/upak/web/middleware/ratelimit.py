@@ -163,6 +163,8 @@ class RateLimitMiddleware:
         self._identities: dict[str | None, str] = {}
         # (limits, identity) -> its checks (the key strings).
         self._checks_memo: dict[tuple[int, str], list[Check]] = {}
+        # session user id -> the default limit's checks for that user.
+        self._user_checks: dict[object, list[Check]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.rules.exempt_paths:
@@ -223,8 +225,15 @@ class RateLimitMiddleware:
         if scope["path"].startswith(self.rules.webhook_prefix):
             return self._checks_for(self.rules.webhooks, self._client(scope))
         user_id = getattr(scope.get(SESSION_SCOPE_KEY), "user_id", None)
-        who = self._client(scope) if user_id is None else identity_token("user", str(user_id))
-        return self._checks_for(self.rules.default, who)
+        if user_id is None:
+            return self._checks_for(self.rules.default, self._client(scope))
+        checks = self._user_checks.get(user_id)
+        if checks is None:  # a user's token is a hash: made once per user, not per request
+            checks = self._checks_for(self.rules.default, identity_token("user", str(user_id)))
+            if len(self._user_checks) >= self.MEMO_MAX:
+                self._user_checks.clear()
+            self._user_checks[user_id] = checks
+        return checks
 
     async def _login_checks(
         self, scope: Scope, receive: Receive

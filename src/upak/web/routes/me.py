@@ -29,7 +29,7 @@ from upak.web.http_cache import (
     PRIVATE_VARY,
     Answer,
     Representation,
-    answer_representation,
+    RepresentationAnswers,
     private_representation,
     respond,
 )
@@ -86,8 +86,7 @@ async def me(
 
 def hot_me(services: Services) -> HotEndpoint:
     """`GET /me` as a raw ASGI endpoint: what `me` answers, `require_session` included."""
-    cache_control = PRIVATE_CACHE_CONTROL.encode()
-    vary = PRIVATE_VARY.encode()
+    answers = RepresentationAnswers(PRIVATE_CACHE_CONTROL.encode(), PRIVATE_VARY.encode())
 
     async def me_hot(scope: Scope) -> Answer:
         session: LoginSession | None = scope.get(SESSION)
@@ -95,6 +94,6 @@ def hot_me(services: Services) -> HotEndpoint:
         if session is None:
             raise not_logged_in(request)
         representation = await me_representation(services, session, request)
-        return answer_representation(scope, representation, cache_control, vary)
+        return answers.answer(scope, representation)
 
     return me_hot

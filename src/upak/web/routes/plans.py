@@ -19,7 +19,7 @@ from upak.features.cache import Cache, PrefetchedRead
 from upak.web.hot_routes import PREFETCHED, HotEndpoint
 from upak.web.http_cache import (
     Answer,
-    answer_representation,
+    RepresentationAnswers,
     cached_representation,
     public_cache_control,
     public_json,
@@ -53,13 +53,13 @@ async def list_plans(request: Request) -> Response:
 
 def hot_list_plans(cache: Cache) -> HotEndpoint:
     """`GET /plans` as a raw ASGI endpoint over `cache`: what `list_plans` answers."""
-    cache_control = _CACHE_CONTROL.encode()
+    answers = RepresentationAnswers(_CACHE_CONTROL.encode(), None)
 
     async def list_plans_hot(scope: Scope) -> Answer:
         representation = await cached_representation(
             cache, PLANS_KEY, catalogue, tags=_TAGS, prefetched=scope.get(PREFETCHED)
         )
-        return answer_representation(scope, representation, cache_control, None)
+        return answers.answer(scope, representation)
 
     return list_plans_hot
 
