@@ -241,6 +241,45 @@ async def test_the_plans_read_leaves_in_the_session_lookups_write(build: Build) 
             assert wire.writes - before == 2
 
 
+async def test_the_me_read_leaves_in_the_session_lookups_write(build: Build) -> None:
+    """A logged-in GET /me writes to Redis twice too: its cached document's read (for the
+    user the cookie names) goes with the session lookup, the rate-limit decision after."""
+    app = await build()
+    async with client_of(app) as client:
+        await register(client, EMAIL)
+        await login(client, EMAIL)
+        await client.get("/me")  # the document is cached, the session touched
+        wire = app.state.services.store.redis._wire
+        hits = app.state.services.cache.stats.hits
+        for method in ("GET", "HEAD"):
+            before = wire.writes
+            response = await client.request(method, "/me")
+            assert response.status_code == 200
+            assert wire.writes - before == 2
+        assert app.state.services.cache.stats.hits == hits + 2
+
+
+async def test_a_me_read_for_a_cookie_that_names_no_session_is_dropped(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read starts for the user a cookie names before the session is confirmed: a cookie
+    naming a real user with a token of nobody's gets the 401, and the read counts nothing."""
+    app = await build()
+    stats = app.state.services.cache.stats
+    async with client_of(app) as client:
+        await register(client, EMAIL)
+        await login(client, EMAIL)
+        assert (await client.get("/me")).status_code == 200  # user's document cached
+        user_id = session_cookie(client).split(".")[0]  # type: ignore[union-attr]
+    counted = stats.as_dict()
+    events = recording_store_calls(app, monkeypatch)
+    async with client_with(app, f"{user_id}.{'A' * 43}") as forged:
+        response = await forged.get("/me")
+    assert "+cache_read" in events  # started with the lookup, then dropped
+    assert response.status_code == 401 and "etag" not in response.headers
+    assert stats.as_dict() == counted
+
+
 async def test_a_refused_request_drops_its_read_uncounted(
     build: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:

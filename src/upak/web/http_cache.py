@@ -225,8 +225,22 @@ async def private_representation(
     *,
     ttl: float | None = None,
     tags: Iterable[str] = (),
+    prefetched: PrefetchedRead | None = None,
 ) -> Representation:
-    """What `private_json` answers, before it is a response: under the user's key and tag."""
+    """What `private_json` answers, before it is a response: under the user's key and tag.
+    `prefetched`: `prefetch_private(cache, user_id, name, tags)`, started earlier."""
     return await cached_representation(
-        cache, user_key(user_id, name), load, ttl=ttl, tags=(*tags, user_tag(user_id))
+        cache,
+        user_key(user_id, name),
+        load,
+        ttl=ttl,
+        tags=(*tags, user_tag(user_id)),
+        prefetched=prefetched,
     )
+
+
+def prefetch_private(
+    cache: Cache, user_id: Any, name: str, tags: Iterable[str] = ()
+) -> PrefetchedRead:
+    """The read `private_representation(cache, user_id, name, …, tags=tags)` makes, now."""
+    return cache.prefetch(user_key(user_id, name), (*tags, user_tag(user_id)))
