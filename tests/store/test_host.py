@@ -27,12 +27,14 @@ from upak.features.sessions import (
     Touch,
     Use,
 )
+from upak.store import host as host_module
 from upak.store.host import (
     Budgets,
     HostData,
     HostStore,
     HostTier,
     UndecodableRow,
+    _PackedZSet,
     decode,
     encode,
     tier_name,
@@ -40,7 +42,7 @@ from upak.store.host import (
 from upak.store.journal import Entry, Outage, decode_call, encode_call
 from upak.store.memory import IntLog, KeyRegistry, _ZSet
 from upak.store.operation import NO_ARGS, Operation
-from upak.store.primitives import CLAIM_ONCE, GET, SET, Expiring
+from upak.store.primitives import CLAIM_ONCE, DELETE, GET, SET, Expiring
 
 NAME = tier_name("127.0.0.1:6379/0", "upak:")
 
@@ -72,6 +74,8 @@ def test_every_value_type_round_trips_with_its_type(value: object) -> None:
         b"h" + bytes(8) + b"\x00\x00\x00\x09ab",
         b"Z" + bytes(8) + b"\x00\x00\x00\x01" + bytes(12) + b"extra",  # members overrun
         b"Z" + bytes(8) + b"\x00\x00\x00\x05",  # five members announced, none there
+        b"m" + bytes(8) + b"\x93\x01",  # a msgpack array cut short, not a map
+        b"m" + bytes(8) + b"\x81\x01\xc4\x01v",  # a map whose field is a number
     ],
 )
 def test_a_malformed_row_is_refused(blob: bytes) -> None:
@@ -373,3 +377,146 @@ def test_a_session_copied_again_leaves_its_user_s_index_row_as_it_was(tmp_path: 
     copy(start + 1_000)  # seen a second later: the session's own expiry moves on
     assert store.tier.load_row(keys[0]) is not None
     assert store.tier.load_row(keys[1]) == index
+
+
+def test_a_hash_written_field_by_field_by_an_older_worker_still_reads() -> None:
+    head = (-1).to_bytes(8, "big", signed=True)
+    legacy = b"h" + head + b"".join(len(f).to_bytes(4, "big") + f for f in (b"s", b"12", b"", b"x"))
+    assert decode(legacy) == ({b"s": b"12", b"": b"x"}, None)
+    assert encode({b"s": b"12"}, None)[:1] == b"m"  # written as a msgpack map now
+
+
+# --- what a call reads without the lock ---
+
+
+def test_a_lookup_reads_without_the_lock_and_sees_what_another_process_committed(
+    tmp_path: Path,
+) -> None:
+    a, b = HostStore(HostTier(tmp_path, NAME)), HostStore(HostTier(tmp_path, NAME))
+    base, now = "upak:sessions:{u1}:", 1_700_000_000_000
+    session, index, tomb = base + "s:h", base + "index", base + "t:h"
+    a.tier.clock = b.tier.clock = lambda: now / 1000
+    b.execute(
+        CREATE,
+        [session, index, base + "floor", tomb, base + "s:"],
+        NewSession("h", now, now + 86_400_000, 3_600_000, now, "", "", 100),
+    )
+    for child in lock_holder(tmp_path / f"{NAME}.lock"):
+        os.kill(child.pid, signal.SIGSTOP)  # nobody may take the write lock meanwhile
+        assert a.execute(RESOLVE, [session, index], Use("h", now, 3_600_000)) is not None
+        os.kill(child.pid, signal.SIGCONT)
+    assert a.unlocked_calls == 0  # served from the tier, not from a's own memory
+    assert b.execute(REVOKE, [session, index, tomb], Revocation("h", now, 86_400_000))
+    assert a.execute(RESOLVE, [session, index], Use("h", now, 3_600_000)) is None
+
+
+def test_a_read_sees_its_keys_as_of_one_moment(tmp_path: Path) -> None:
+    # The entry and its tag, read in one statement: another process's change lands wholly
+    # before the read or wholly after it, never between the two rows.
+    a, b = HostStore(HostTier(tmp_path, NAME)), HostStore(HostTier(tmp_path, NAME))
+    both = Operation(
+        name="both", lua="", args=type(NO_ARGS), memory=lambda d, k, a: [d.get(k[0]), d.get(k[1])]
+    )
+    b.execute(SET, ["e"], Expiring("v1", 60_000))
+    b.execute(SET, ["t"], Expiring("v1", 60_000))
+    seen = []
+
+    def twin(data: Any, keys: Any, args: Any) -> Any:
+        first = data.get(keys[0])
+        # Between the twin's two reads, another process replaces both rows.
+        b.execute(SET, ["e"], Expiring("v2", 60_000))
+        b.execute(SET, ["t"], Expiring("v2", 60_000))
+        seen.append([first, data.get(keys[1])])
+        return seen[-1]
+
+    assert a.execute(both, ["e", "t"], NO_ARGS, twin=twin) == [b"v1", b"v1"]
+    assert a.execute(both, ["e", "t"], NO_ARGS) == [b"v2", b"v2"]
+
+
+def test_a_read_of_keys_the_call_did_not_name_runs_in_one_snapshot(tmp_path: Path) -> None:
+    # A user's sessions, found in the index: read in one read transaction, not one SELECT.
+    a, b = HostStore(HostTier(tmp_path, NAME)), HostStore(HostTier(tmp_path, NAME))
+    listed = Operation(
+        name="listed",
+        lua="",
+        args=type(NO_ARGS),
+        families=(0,),
+        memory=lambda d, k, a: [d.get(k[0] + "x"), d.get(k[0] + "y")],
+    )
+    b.execute(SET, ["fam:x"], Expiring("1", 60_000))
+    b.execute(SET, ["fam:y"], Expiring("1", 60_000))
+
+    def twin(data: Any, keys: Any, args: Any) -> Any:
+        first = data.get("fam:x")
+        b.execute(SET, ["fam:x"], Expiring("2", 60_000))
+        b.execute(SET, ["fam:y"], Expiring("2", 60_000))
+        return [first, data.get("fam:y")]
+
+    assert a.execute(listed, ["fam:"], NO_ARGS, twin=twin) == [b"1", b"1"]
+    assert a.execute(listed, ["fam:"], NO_ARGS) == [b"2", b"2"]
+
+
+def test_an_operation_that_writes_goes_to_the_lock_and_its_write_lands(tmp_path: Path) -> None:
+    a, b = HostStore(HostTier(tmp_path, NAME)), HostStore(HostTier(tmp_path, NAME))
+    for n in range(40):  # past READ_FIRST_BACKOFF: each call's write lands either way
+        assert a.execute(CLAIM_ONCE, [f"k{n}"], Expiring("v", 60_000)) in (1, b"1", True)
+        assert b.execute(GET, [f"k{n}"], NO_ARGS) == b"v"
+
+
+def test_the_byte_count_matches_the_rows_after_rewrites_and_deletes(tmp_path: Path) -> None:
+    tier = HostTier(tmp_path, NAME)
+    store = HostStore(tier)
+    for n in range(50):
+        store.execute(SET, [f"k{n % 7}"], Expiring("v" * (n % 5 + 1), 60_000))
+        store.execute(SET, [f"upak:ratelimit:{n % 3}"], Expiring(str(n), 60_000))
+        if n % 4 == 0:
+            store.execute(DELETE, [f"k{n % 7}"], NO_ARGS)
+    for ns in ("main", "ratelimit"):
+        (rows,) = tier.db.execute("SELECT coalesce(sum(size), 0) FROM kv WHERE ns = ?", (ns,))
+        assert tier.used(ns) == rows[0]
+
+
+# --- a sorted set checked in its stored bytes ---
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {b"ab": 1.0, b"b": 2.0, b"abab": 3.0, b"ba": 4.0},  # members inside other members
+        {b"x" * 32: 5.0},
+        {bytes([n]) * (n % 4 + 1): float(n) for n in range(60)},
+    ],
+)
+def test_a_packed_sorted_set_finds_exactly_its_members(members: dict[bytes, float]) -> None:
+    packed = _PackedZSet.parse(encode(_ZSet(members), None))
+    assert packed is not None
+    for member, score in members.items():
+        assert packed.score(member) == score
+    for absent in (b"a", b"bab", b"abb", b"zz", b"x" * 31, b"x" * 33):
+        if absent not in members:
+            assert packed.score(absent) is None
+
+
+def test_a_session_copied_again_never_decodes_its_user_s_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = HostStore(HostTier(tmp_path, NAME), remember_interval=0)
+    start = 1_700_000_000_000
+
+    def copy(handle: str, now: int, created: int = start) -> None:
+        keys = [f"upak:sessions:{{u1}}:s:{handle}", "upak:sessions:{u1}:index"]
+        reply = [str(created).encode(), str(now).encode(), str(start + 86_400_000).encode()]
+        store.remember(RESOLVE, keys, Use(handle, now, 3_600_000), [*reply, b"", b""])
+
+    for n in range(100):
+        copy(f"h{n:02d}", start)
+    decoded: list[int] = []
+    real = host_module._zset
+    monkeypatch.setattr(host_module, "_zset", lambda body: decoded.append(1) or real(body))
+    for n in range(100):
+        copy(f"h{n:02d}", start + 1_000)  # seen again: the index already has it
+    assert decoded == []
+    copy("h100", start + 2_000)  # a session the index lacks is added to it...
+    copy("h00", start + 3_000, created=start + 5)  # ...and a changed score is changed
+    index = HostData(store.tier).zrange_withscores("upak:sessions:{u1}:index")
+    assert len(index) == 101 and dict(index)[b"h00"] == start + 5

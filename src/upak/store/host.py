@@ -27,8 +27,9 @@ Memory is bounded in bytes, with a separate budget for rate-limit counters (keys
 claims. Past its budget a namespace loses its soonest-expiring rows first (rows without a
 TTL last), which are the rows that were about to stop mattering anyway.
 
-Values are encoded in a small tagged format (never pickle or marshal, which are unsafe on a
-crafted file); a row that does not decode is treated as absent and logged once.
+Values are encoded in a small tagged format (hashes as msgpack maps of bytes; never pickle or
+marshal, which are unsafe on a crafted file); a row that does not decode is treated as absent
+and logged once.
 """
 
 from __future__ import annotations
@@ -42,12 +43,16 @@ import sqlite3
 import struct
 import time
 import zlib
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, TypeVar
+
+import msgpack
 
 from upak.store.conditions import Condition
 from upak.store.journal import (
@@ -69,6 +74,7 @@ from upak.store.memory import (
     MemoryData,
     MemoryStore,
     _ZSet,
+    to_bytes,
 )
 from upak.store.operation import NO_ARGS, Mode, NoArgs, Operation, journaled_operation
 
@@ -81,6 +87,7 @@ RATELIMIT = "ratelimit"
 CACHE = "cache"
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _LEN = struct.Struct(">I")
+_pack_map = partial(msgpack.packb, use_bin_type=True)
 _SCORE = struct.Struct(">d")
 
 
@@ -150,7 +157,9 @@ def encode(value: Any, expires_at_ms: int | None) -> bytes:
         lengths = struct.pack(f">I{n}I{n}d", n, *map(len, value), *value.values())
         return b"Z" + head + lengths + b"".join(value)
     if isinstance(value, dict):
-        return b"h" + head + b"".join(_field(f) + _field(v) for f, v in value.items())
+        # A hash (a session: five fields, decoded on every lookup) as a msgpack map of
+        # bytes: decoded in C, which a field-by-field loop took twenty times as long to do.
+        return b"m" + head + _pack_map(value)
     if isinstance(value, set):
         return b"s" + head + b"".join(_field(m) for m in sorted(value))
     if isinstance(value, IntLog):
@@ -167,6 +176,8 @@ def decode(blob: bytes) -> tuple[Any, int | None]:
         body = memoryview(blob)[9:]
         if tag == b"b":
             value: Any = bytes(body)
+        elif tag == b"m":
+            value = _map(body)
         elif tag == b"Z":
             value = _zset(body)
         elif tag in (b"Q", b"q"):
@@ -198,6 +209,18 @@ def decode(blob: bytes) -> tuple[Any, int | None]:
     except (struct.error, ValueError) as exc:
         raise UndecodableRow(str(exc)) from None
     return value, None if expires == -1 else expires
+
+
+def _map(body: memoryview) -> dict[bytes, bytes]:
+    try:
+        value = msgpack.unpackb(body, raw=True, strict_map_key=False, use_list=False)
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise UndecodableRow(f"a hash that is not a msgpack map ({type(exc).__name__})") from None
+    if type(value) is not dict or not all(
+        type(f) is bytes and type(v) is bytes for f, v in value.items()
+    ):
+        raise UndecodableRow("a hash whose fields are not bytes")
+    return value
 
 
 def _zset(body: memoryview) -> _ZSet:
@@ -297,6 +320,30 @@ def unpack_outage(word: int) -> Outage | None:
     return Outage(str(condition), (word >> 5) / 1000)
 
 
+_ONE_ROW = "SELECT key, value FROM kv WHERE key = ?"
+
+
+@cache
+def _rows_query(n: int) -> str:
+    """One statement that reads `n` keys' rows: a UNION ALL of key lookups (`IN (…)` builds
+    an ephemeral table per call, which costs more than a few lookups)."""
+    if n > 16:
+        return f"SELECT key, value FROM kv WHERE key IN ({', '.join('?' * n)})"  # noqa: S608
+    return " UNION ALL ".join([_ONE_ROW] * n)
+
+
+# In place (the row keeps its place in the key's b-tree), not INSERT OR REPLACE's delete and
+# insert.
+_UPSERT_ROW = (
+    "INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
+    " value = excluded.value, expires = excluded.expires, size = excluded.size,"
+    " ns = excluded.ns, mirrored = excluded.mirrored"
+)
+_ADD_USAGE = (
+    "INSERT INTO usage VALUES (?1, ?2) ON CONFLICT(ns) DO UPDATE SET bytes = bytes + ?2"
+    " RETURNING bytes"
+)
+
 # What `HostTier.pending` returns for a journal row it cannot replay: its write-back is a
 # no-op (`replay_args` gives None), so the row is cleared with the batch around it.
 _SKIPPED: Operation[NoArgs, Any] = Operation(
@@ -335,6 +382,7 @@ class HostTier:
         self._unknown_ops: set[str] = set()
         self._writer_fds: dict[int, int] = {}
         self._offsets: dict[str, int] = {}
+        self._last_outage: tuple[int, Outage | None] = (0, None)
         self._lock_fd = os.open(root / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._members_fd = os.open(root / f"{name}.members", os.O_RDWR | os.O_CREAT, 0o600)
         self._flags_fd = os.open(root / f"{name}.flags", os.O_RDWR | os.O_CREAT, 0o600)
@@ -392,12 +440,18 @@ class HostTier:
     # --- the host's breaker, per partition ---
 
     def outage(self, partition: str) -> Outage | None:
-        # On every call while Redis is up: one dict lookup and one 8-byte read.
+        # On every call while Redis is up: one dict lookup and one 8-byte read (during an
+        # outage, the same word as the last call's is not unpacked again).
         offset = self._offsets.get(partition)
         if offset is None:
             offset = self._offsets[partition] = flag_slot(partition) * _FLAG.size
         word = _FLAG.unpack_from(self._flags, offset)[0]
-        return None if word == 0 else unpack_outage(word)
+        if word == 0:
+            return None
+        last = self._last_outage
+        if last[0] != word:
+            last = self._last_outage = (word, unpack_outage(word))
+        return last[1]
 
     def set_outage(self, partition: str, outage: Outage | None) -> None:
         word = 0 if outage is None else pack_outage(outage)
@@ -532,37 +586,58 @@ class HostTier:
 
     def load_row(self, key: str) -> tuple[bytes, Any, int | None] | None:
         """The row's bytes as stored, its value and its expiry; None if absent or undecodable."""
-        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        blob = self.load_blob(key)
+        if blob is None:
             return None
         try:
-            return (row[0], *decode(row[0]))
+            return (blob, *decode(blob))
         except UndecodableRow as exc:
-            if key not in self._undecodable:
-                self._undecodable.add(key)
-                log.warning("host tier row %r does not decode (%s); treated as absent", key, exc)
+            self.note_undecodable(key, exc)
             return None
 
-    def store(self, key: str, blob: bytes | None, mirrored: bool) -> None:
-        """Write (or, with None, delete) one row and keep the namespace's byte count."""
+    def load_blob(self, key: str) -> bytes | None:
+        """The row's bytes as stored (not decoded); None if absent."""
+        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def load_rows(self, keys: Sequence[str]) -> list[tuple[str, bytes]]:
+        """The stored bytes of those of `keys` that are present, in one statement: one read
+        snapshot without a transaction around it."""
+        if not keys:
+            return []
+        return self.db.execute(_rows_query(len(keys)), tuple(keys)).fetchall()
+
+    def note_undecodable(self, key: str, exc: UndecodableRow) -> None:
+        if key not in self._undecodable:
+            self._undecodable.add(key)
+            log.warning("host tier row %r does not decode (%s); treated as absent", key, exc)
+
+    def store(
+        self, key: str, blob: bytes | None, mirrored: bool, old_size: int | None = None
+    ) -> int | None:
+        """Write (or, with None, delete) one row and keep the namespace's byte count.
+        `old_size` is the row's size as stored (0: absent), when the caller read it in this
+        transaction; else it is read. The namespace's new total when this write changed it."""
         namespace = namespace_of(key)
-        old = self.db.execute("SELECT size FROM kv WHERE key = ?", (key,)).fetchone()
-        delta = -(old[0] if old else 0)
+        if old_size is None:
+            old = self.db.execute("SELECT size FROM kv WHERE key = ?", (key,)).fetchone()
+            old_size = old[0] if old else 0
+        delta = -old_size
         if blob is None:
-            self.db.execute("DELETE FROM kv WHERE key = ?", (key,))
+            if old_size:
+                self.db.execute("DELETE FROM kv WHERE key = ?", (key,))
         else:
             size = len(key) + len(blob)
             delta += size
             expires = struct.unpack_from(">q", blob, 1)[0]
             self.db.execute(
-                "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)",
+                _UPSERT_ROW,
                 (key, blob, None if expires == -1 else expires, size, namespace, int(mirrored)),
             )
-        if delta:
-            self.db.execute(
-                "INSERT INTO usage VALUES (?, ?) ON CONFLICT(ns) DO UPDATE SET bytes = bytes + ?",
-                (namespace, delta, delta),
-            )
+        if not delta:
+            return None
+        (total,) = self.db.execute(_ADD_USAGE, (namespace, delta)).fetchone()
+        return total  # type: ignore[no-any-return]
 
     def drop_cache(self) -> None:
         """Inside a locked transaction: forget every cache entry and tag version. They are
@@ -575,10 +650,11 @@ class HostTier:
         row = self.db.execute("SELECT bytes FROM usage WHERE ns = ?", (namespace,)).fetchone()
         return row[0] if row else 0
 
-    def enforce(self, namespaces: set[str]) -> None:
-        """Evict the soonest-expiring rows of each namespace over its budget."""
-        for namespace in namespaces:
-            over = self.used(namespace) - self.budgets.of(namespace)
+    def enforce(self, used: dict[str, int]) -> None:
+        """Evict the soonest-expiring rows of each namespace over its budget (`used`: the
+        bytes of the namespaces a transaction's writes changed, after them)."""
+        for namespace, total in used.items():
+            over = total - self.budgets.of(namespace)
             while over > 0:
                 doomed = self.db.execute(
                     "SELECT key, size FROM kv WHERE ns = ? ORDER BY expires IS NULL, expires"
@@ -590,7 +666,7 @@ class HostTier:
                 for key, size in doomed:
                     if over <= 0:
                         break
-                    self.store(key, None, mirrored=False)
+                    self.store(key, None, mirrored=False, old_size=size)
                     over -= size
 
 
@@ -623,34 +699,81 @@ class _Writes:
 
 
 _WRITES: Any = _Writes()  # `_read_only`'s answer when the twin must run under the lock
+# After an operation's lock-free try wrote, its next calls of this many take the lock at once.
+READ_FIRST_BACKOFF = 32
+
+
+class _NotPreloaded(Exception):
+    """A twin reading without a transaction asked for a key its one SELECT did not load."""
 
 
 class HostData(MemoryData):
     """A MemoryData that reads keys from the tier on first use and, at `commit`, writes back
-    the keys whose value or expiry changed. Live only within one locked transaction."""
+    the keys whose value or expiry changed. Live only within one transaction (locked, for
+    one that writes), or, with `preload` (sealed), one SELECT of the call's keys and no
+    transaction.
+
+    A row is decoded only when the twin uses its value: a user's session index (up to
+    MAX_SESSIONS_PER_USER members) that a mirror write only checks (is the session in it,
+    with this score? until when does it live?) is answered from its stored bytes, and
+    never decoded nor rewritten."""
 
     bounded_in_bytes = True
 
-    def __init__(self, tier: HostTier, mirrored: bool = False) -> None:
+    def __init__(
+        self,
+        tier: HostTier,
+        mirrored: bool = False,
+        preload: Sequence[str] | None = None,
+        sealed: bool = True,
+    ) -> None:
         super().__init__(clock=tier.clock, max_keys=1 << 62)
         self.tier = tier
         self.mirrored = mirrored
+        # The stored bytes of every key read (None: absent), what `commit` compares with...
         self._original: dict[str, bytes | None] = {}
-        # A copy of each faulted-in value and its expiry: a key the twin only read (a user's
+        # ...those not decoded yet (the twin has not used the value)...
+        self._undecoded: dict[str, bytes] = {}
+        # ...and those whose stored row did not decode (absent to the twin; size unknown).
+        self._unreadable: set[str] = set()
+        # A copy of each decoded value and its expiry: a key the twin only read (a user's
         # session index, re-added to unchanged) is told unchanged by comparing with it, in C,
         # rather than by encoding it again.
         self._snapshots: dict[str, tuple[Any, int | None]] = {}
+        self._packed: dict[str, _PackedZSet | None] = {}  # the rows `_packed_zset` parsed
+        # Sealed: no transaction is open, so a key `preload` did not read cannot be read in
+        # its snapshot (`_NotPreloaded`). Unsealed, `preload` only saves statements.
+        self._sealed = preload is not None and sealed
+        if preload is not None:
+            rows = dict(tier.load_rows(preload))
+            for key in preload:
+                self._keep(key, rows.get(key))
 
-    def _fault_in(self, key: str) -> None:
+    def _keep(self, key: str, blob: bytes | None) -> None:
+        self._original[key] = blob
+        if blob is not None:
+            self._undecoded[key] = blob
+
+    def _load(self, key: str) -> None:
+        """The key's stored bytes, read once (not decoded)."""
         if key in self._original:
             return
-        row = self.tier.load_row(key)
-        if row is None:
-            self._original[key] = None
+        if self._sealed:
+            raise _NotPreloaded(key)
+        self._keep(key, self.tier.load_blob(key))
+
+    def _fault_in(self, key: str) -> None:
+        self._load(key)
+        blob = self._undecoded.pop(key, None)
+        if blob is None:
             return
-        # The stored bytes are what `commit` compares with: no second encoding of a value
-        # that may be a user's whole session index.
-        self._original[key], value, expires = row
+        try:
+            value, expires = decode(blob)
+        except UndecodableRow as exc:
+            self.tier.note_undecodable(key, exc)
+            self._original[key] = None
+            self._unreadable.add(key)
+            return
         self._keys[key] = [value, expires]
         self._snapshots[key] = (value if isinstance(value, bytes) else type(value)(value), expires)
 
@@ -663,33 +786,111 @@ class HostData(MemoryData):
         super().put(key, value, expires_at_ms, keep_ttl)
 
     def keys(self) -> list[str]:
+        if self._sealed:
+            raise _NotPreloaded("*")
         for (key,) in self.tier.db.execute("SELECT key FROM kv").fetchall():
             self._fault_in(key)
         return super().keys()
+
+    # --- a sorted set answered from its stored bytes, where they suffice ---
+
+    def _packed_zset(self, key: str) -> _PackedZSet | None:
+        """The key's sorted set as stored, while it is not decoded, is live and its row
+        parses; else None (the twin's command decodes it, and sees what the row is)."""
+        self._load(key)
+        blob = self._undecoded.get(key)
+        if blob is None or blob[:1] != b"Z":
+            return None
+        packed = self._packed.get(key)
+        if packed is None or packed.blob is not blob:
+            packed = self._packed[key] = _PackedZSet.parse(blob)
+        if packed is None or (packed.expires is not None and packed.expires <= self.now_ms()):
+            return None  # expired: the decoded path deletes it, as Redis would
+        return packed
+
+    def pttl(self, key: str) -> int:
+        packed = self._packed_zset(key)
+        if packed is None:
+            return super().pttl(key)
+        return -1 if packed.expires is None else max(packed.expires - self.now_ms(), 0)
+
+    def zadd(self, key: str, mapping: dict[Any, float]) -> int:
+        packed = self._packed_zset(key)
+        if packed is not None and all(
+            packed.score(to_bytes(member)) == float(score) for member, score in mapping.items()
+        ):
+            return 0  # every member is there with this score: nothing changes
+        return super().zadd(key, mapping)
+
+    # --- the end of the call ---
 
     def changed(self) -> bool:
         """Whether `commit` would write anything."""
         return next(self._changes(), None) is not None
 
     def commit(self) -> None:
-        touched: set[str] = set()
-        for key, after in self._changes():
-            self.tier.store(key, after, self.mirrored)
-            touched.add(namespace_of(key))
-        self.tier.enforce(touched)
+        used: dict[str, int] = {}
+        for key, before, after in self._changes():
+            old_size = None if key in self._unreadable else _row_size(key, before)
+            total = self.tier.store(key, after, self.mirrored, old_size)
+            if total is not None:
+                used[namespace_of(key)] = total
+        self.tier.enforce(used)
 
-    def _changes(self) -> Iterator[tuple[str, bytes | None]]:
-        """Each key whose value or expiry changed, with its new bytes (None: deleted)."""
+    def _changes(self) -> Iterator[tuple[str, bytes | None, bytes | None]]:
+        """Each key whose value or expiry changed: its stored bytes, its new bytes (None:
+        absent). A key never decoded is unchanged."""
+        undecoded = self._undecoded
         for key, before in self._original.items():
+            if key in undecoded:
+                continue
             slot = self._keys.get(key)
             if slot is not None and _unchanged(slot, self._snapshots.get(key)):
                 continue
             after = None if slot is None else encode(slot[0], slot[1])
             if after != before:
-                yield key, after
+                yield key, before, after
         for key, slot in self._keys.items():
             if key not in self._original:  # pragma: no cover - put always faults in first
-                yield key, encode(slot[0], slot[1])
+                yield key, None, encode(slot[0], slot[1])
+
+
+def _row_size(key: str, blob: bytes | None) -> int:
+    return 0 if blob is None else len(key) + len(blob)
+
+
+class _PackedZSet:
+    """An encoded sorted set ("Z" row) read in place: its members are stored end to end
+    after their lengths and scores, so a match of a member's bytes is that member only where
+    a member starts and is that long. One struct call per array, no member decoded."""
+
+    __slots__ = ("blob", "expires", "lengths", "n", "starts")
+
+    def __init__(self, blob: bytes, expires: int | None, lengths: tuple[int, ...]) -> None:
+        self.blob, self.expires, self.lengths, self.n = blob, expires, lengths, len(lengths)
+        self.starts = list(accumulate(lengths[:-1], initial=13 + 12 * len(lengths)))
+
+    @classmethod
+    def parse(cls, blob: bytes) -> _PackedZSet | None:
+        try:
+            (expires,) = struct.unpack_from(">q", blob, 1)
+            (n,) = struct.unpack_from(">I", blob, 9)
+            lengths = struct.unpack_from(f">{n}I", blob, 13)
+        except struct.error:
+            return None
+        if n == 0 or 13 + 12 * n + sum(lengths) != len(blob):
+            return None  # empty, or not what `encode` writes: decoded by the caller
+        return cls(blob, None if expires == -1 else expires, lengths)
+
+    def score(self, member: bytes) -> float | None:
+        blob, starts, n = self.blob, self.starts, self.n
+        found = blob.find(member, starts[0])
+        while found != -1:
+            i = bisect_left(starts, found)
+            if i < n and starts[i] == found and self.lengths[i] == len(member):
+                return float(_SCORE.unpack_from(blob, 13 + 4 * n + 8 * i)[0])
+            found = blob.find(member, found + 1)
+        return None
 
 
 def _unchanged(slot: list[Any], snapshot: tuple[Any, int | None] | None) -> bool:
@@ -730,6 +931,9 @@ class HostStore(MemoryStore):
         # The tier's journal holds about one entry per 512 bytes of the main budget.
         self.journal_max = max(1_000, tier.budgets.main // 512)
         self.unlocked_calls = 0
+        # Per operation: how many more calls go straight to the lock (see `execute`).
+        self._writers: dict[str, int] = {}
+        self._served_locally = False  # the last locked call found the tier stuck
         self._start_memo(remember_interval)
         # Revocations Redis answered that the tier was too busy to take (see `remember`).
         self._owed_revocations: list[tuple[Operation[Any, Any], tuple[str, ...], Any, Any]] = []
@@ -756,12 +960,28 @@ class HostStore(MemoryStore):
         mirrored: bool = False,
     ) -> Any:
         """Run `twin` (by default the op's memory half) on the tier in one transaction, and
-        journal `entry` in the same one."""
+        journal `entry` in the same one. A call that journals nothing is first run on a read
+        snapshot, without the lock (`_read_only`): a session lookup changes nothing, and
+        the lock costs more than the lookup. An operation whose last such try wrote (a rate
+        limit's decision records itself) goes straight to the lock for its next
+        `READ_FIRST_BACKOFF` calls, so a writer does not pay for the try on every call."""
         twin = twin or op.memory
+        if entry is None and not self._owed_revocations and not self._served_locally:
+            skip = self._writers.get(op.name, 0)
+            if skip:
+                self._writers[op.name] = skip - 1
+            else:
+                reply = self._read_only(twin, keys, args)
+                if reply is not _WRITES:
+                    return reply
+                self._writers[op.name] = READ_FIRST_BACKOFF
         try:
             return self._in_tier(twin, keys, args, entry, mirrored)
         except TierLocked:
             self._note_locked(op)
+            # Until the tier locks again, this process's calls are served by its own memory,
+            # reads too: they must see the writes it served there.
+            self._served_locally = True
             return self._run_on(self.local, twin, keys, args, entry)
 
     def _in_tier(
@@ -773,9 +993,10 @@ class HostStore(MemoryStore):
         mirrored: bool,
     ) -> Any:
         with self.tier.locked():
+            self._served_locally = False
             if self._owed_revocations:
                 self._apply_owed_revocations()
-            data = HostData(self.tier, mirrored=mirrored)
+            data = HostData(self.tier, mirrored=mirrored, preload=keys, sealed=False)
             reply = twin(data, keys, args)
             data.commit()
             if entry is not None:
@@ -792,7 +1013,7 @@ class HostStore(MemoryStore):
         tier is not waited for and not replaced by process memory: that call's caching is off."""
         if not self.caches or self.tier.outage(partition) is None:
             return NOT_SERVED
-        reply = self._read_only(op, keys, args)
+        reply = self._read_only(op.memory, keys, args)
         if reply is not _WRITES:
             return reply
         try:
@@ -809,18 +1030,33 @@ class HostStore(MemoryStore):
             self._note_locked(op, "not cached (the tier was busy)")
             return NOT_SERVED
 
-    def _read_only(self, op: Operation[A, Any], keys: Sequence[str], args: A) -> Any:
+    def _read_only(
+        self, twin: Callable[[MemoryData, Sequence[str], A], Any], keys: Sequence[str], args: A
+    ) -> Any:
         """The twin on a read snapshot of the tier, without the write lock (WAL readers never
-        wait): a cache hit reads two rows, and taking the lock for them cost more than
-        rendering the page. `_WRITES` when the twin changed anything: the caller runs it
-        again under the lock. (A read racing `mark_up` sees the outage's rows or none.)"""
-        data = HostData(self.tier)
-        self.tier.db.execute("BEGIN")
+        wait): a cache hit or a session lookup reads a row or two, and taking the lock for
+        them cost more than the rest of the call. `_WRITES` when the twin changed anything:
+        the caller runs it again under the lock. (A read racing `mark_up` sees the outage's
+        rows or none.)
+
+        The snapshot is one SELECT of the call's keys, which SQLite runs as one read
+        transaction: every row the twin sees is of one moment, and nothing is begun or
+        rolled back around it. A twin that reads a key the call did not name (the sessions a
+        user's index lists) is run again inside a read transaction that holds a snapshot
+        across its statements."""
         try:
-            reply = op.memory(data, keys, args)
-            return _WRITES if data.changed() else reply
-        finally:
-            self.tier.db.execute("ROLLBACK")
+            data = HostData(self.tier, preload=keys)
+            reply = twin(data, keys, args)
+        except _NotPreloaded:
+            data = HostData(self.tier)
+            self.tier.db.execute("BEGIN")
+            try:
+                reply = twin(data, keys, args)
+                changed = data.changed()
+            finally:
+                self.tier.db.execute("ROLLBACK")
+            return _WRITES if changed else reply
+        return _WRITES if data.changed() else reply
 
     def _apply_owed_revocations(self) -> None:
         """Inside a tier transaction: the revocations the tier could not take when Redis
