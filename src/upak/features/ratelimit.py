@@ -200,7 +200,11 @@ def split_decisions(records: Sequence[Decisions], reply: Sequence[int]) -> list[
     out: list[list[int]] = []
     at = 0
     for record in records:
-        end = at + sum(1 + len(limits) * 3 for limits in record.decisions)
+        decisions = record.decisions
+        if len(decisions) == 1:  # as RateLimiter asks
+            end = at + 1 + len(decisions[0]) * 3
+        else:
+            end = at + sum([1 + len(limits) * 3 for limits in decisions])
         out.append(list(reply[at:end]))
         at = end
     if at != len(reply):

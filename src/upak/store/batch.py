@@ -37,7 +37,11 @@ A = TypeVar("A")  # an operation's argument record
 I = TypeVar("I")  # an item of a batch  # noqa: E741
 Reply = Any
 
-__all__ = ["BatchCodec", "Part", "StepBatch", "fail", "settle", "split_into"]
+# What a merged operation's caller gets when its call is alone in its loop step (or its
+# slot): nothing to merge, so it runs the call itself, on the ordinary path.
+ALONE: Any = object()
+
+__all__ = ["ALONE", "BatchCodec", "Part", "StepBatch", "fail", "fresh_error", "settle"]
 
 
 class Part(NamedTuple, Generic[A]):
@@ -69,29 +73,51 @@ class BatchCodec(Generic[A]):
 
 
 class StepBatch(Generic[I]):
-    """Items submitted during one loop step, handed to `send` together when the step ends."""
+    """Items submitted during one loop step, handed over together when the step ends.
 
-    __slots__ = ("_items", "_loop", "_scheduled", "_send")
+    `add` queues an item for the owner's `send`. `defer` queues one for another handler
+    (the FailoverStore merging an operation's calls): deferred handlers run first, each
+    once with its items of the step, then `send` with the step's items."""
+
+    __slots__ = ("_deferred", "_items", "_loop", "_scheduled", "_send")
 
     def __init__(self, send: Callable[[list[I]], None]) -> None:
         self._send = send
         self._items: list[I] = []
+        self._deferred: dict[Callable[[list[Any]], None], list[Any]] = {}
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, item: I) -> None:
         self._items.append(item)
         if not self._scheduled:
-            self._scheduled = True
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self._run)
+            self._schedule()
+
+    def defer(self, handler: Callable[[list[Any]], None], item: Any) -> None:
+        queue = self._deferred.get(handler)
+        if queue is None:
+            self._deferred[handler] = [item]
+        else:
+            queue.append(item)
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self._run)
 
     def _run(self) -> None:
         self._scheduled = False
-        items, self._items = self._items, []
-        self._send(items)
+        if self._deferred:
+            deferred, self._deferred = self._deferred, {}
+            for handler, queued in deferred.items():
+                handler(queued)
+        if self._items:
+            items, self._items = self._items, []
+            self._send(items)
 
 
 def settle(future: asyncio.Future[Any], reply: Any) -> None:
@@ -114,30 +140,6 @@ def fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:
                 future.cancel()
             else:
                 future.set_exception(fresh_error(error))
-
-
-def split_into(
-    codec: BatchCodec[Any], records: Sequence[Any], waiters: Sequence[asyncio.Future[Any]]
-) -> Callable[[asyncio.Future[Any]], None]:
-    """The done-callback of a merged call: each waiter gets its part of the reply."""
-
-    def done(merged: asyncio.Future[Any]) -> None:
-        if merged.cancelled():
-            fail(waiters, asyncio.CancelledError())
-            return
-        error = merged.exception()
-        if error is not None:
-            fail(waiters, error)
-            return
-        try:
-            replies = codec.split(records, merged.result())
-        except Exception as exc:  # a reply of the wrong shape: each caller hears it
-            fail(waiters, exc)
-            return
-        for waiter, reply in zip(waiters, replies, strict=True):
-            settle(waiter, reply)
-
-    return done
 
 
 def fresh_error(error: BaseException) -> BaseException:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from redis.crc import key_slot
 
 from upak.store.base import Store
-from upak.store.batch import Part
+from upak.store.batch import Part, StepBatch
 from upak.store.failover import FailoverStore
 from upak.store.memory import MemoryData, MemoryStore
 from upak.store.operation import Mode, Operation
@@ -84,6 +84,13 @@ class ClusterNodeView:
     @property
     def calls_sent(self) -> int:
         return self.cluster.calls_sent
+
+    @property
+    def batch(self) -> StepBatch[Any]:
+        return self.cluster.batch
+
+    def slot_of(self, key: str) -> int | None:
+        return self.cluster.slot_of(key)
 
     @property
     def node(self) -> str:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from upak.store.base import Store
+from upak.store.batch import ALONE, StepBatch, fail
 from upak.store.conditions import Condition, condition_of, refuses_writes_only
 from upak.store.journal import Entry, Journal, Outage
 from upak.store.memory import NOT_SERVED, MemoryData, MemoryStore
@@ -167,6 +168,13 @@ class FailoverStore(Store):
         self._watcher: asyncio.Task[None] | None = None
         self._recovery_callbacks: list[Callable[[MemoryData], Awaitable[None]]] = []
         self._recovery_task: asyncio.Task[None] | None = None
+        # The loop step's batcher (the Redis store's, so a step has one; shared by every
+        # slot range's breaker on Cluster), and the tasks running merged calls.
+        self._batch: StepBatch[Any] = redis.batch if redis is not None else StepBatch(_nothing)
+        self._slot_of: Callable[[str], int | None] | None = (
+            redis.slot_of if redis is not None and redis.slot_of("") is not None else None
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
         self.stats = FailoverStats(
             mode=Mode.REDIS if redis else Mode.MEMORY,
             journal=lambda: (memory.pending(self.partition), memory.dropped(self.partition)),
@@ -183,7 +191,18 @@ class FailoverStore(Store):
 
     # --- the hot path ---
 
-    async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
+    async def run(
+        self, op: Operation[A, T], keys: Sequence[str], args: A, *, merged: bool = False
+    ) -> T:
+        if op.batch is not None and not merged:
+            # The loop step's calls of this operation run as one (`_merge`): this breaker's
+            # bookkeeping, and the fallback's, once per batch. A call alone in its step
+            # comes back (ALONE) and runs here as it is.
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._batch.defer(self._merge, (op, keys, args, future))
+            outcome = await future
+            if outcome is not ALONE:
+                return outcome  # type: ignore[no-any-return]
         if self._mode is Mode.REDIS and self.redis is not None:
             if self.memory.outage(self.partition) is not None:
                 self._follow_host()  # another worker of this host found Redis unable to serve
@@ -200,6 +219,72 @@ class FailoverStore(Store):
                     self.memory.remember(op, keys, args, reply)
                 return op.parse(reply)
         return await self._serve_from_fallback(op, keys, args)
+
+    def _merge(self, calls: list[tuple[Operation[Any, Any], Sequence[str], Any, Any]]) -> None:
+        """This step's calls of mergeable operations: each group of the same operation (and,
+        on Cluster, the same slot) becomes one call, run by one task, its reply split among
+        the callers; a call alone goes back to its caller to run itself."""
+        if len(calls) == 1:
+            future = calls[0][3]
+            if not future.done():
+                future.set_result(ALONE)
+            return
+        groups: dict[Any, list[Any]] = {}
+        slot_of = self._slot_of
+        for call in calls:
+            if call[3].done():
+                continue  # its caller gave up before its batch left: it is not run
+            # By operation (hashed by identity), and on Cluster by slot as well.
+            group = call[0] if slot_of is None else (call[0], slot_of(call[1][0]))
+            members = groups.get(group)
+            if members is None:
+                groups[group] = [call]
+            else:
+                members.append(call)
+        loop = asyncio.get_running_loop()
+        for members in groups.values():
+            op = members[0][0]
+            codec = op.batch
+            for start in range(0, len(members), codec.max_calls):
+                chunk = members[start : start + codec.max_calls]
+                if len(chunk) == 1:
+                    chunk[0][3].set_result(ALONE)
+                    continue
+                waiters = [call[3] for call in chunk]
+                try:
+                    keys, record = codec.merge([(call[1], call[2]) for call in chunk])
+                except Exception as exc:
+                    fail(waiters, exc)
+                    continue
+                records = [call[2] for call in chunk]
+                task = loop.create_task(self._run_merged(op, keys, record, records, waiters))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run_merged(
+        self,
+        op: Operation[Any, Any],
+        keys: Sequence[str],
+        record: Any,
+        records: list[Any],
+        waiters: list[asyncio.Future[Any]],
+    ) -> None:
+        """One merged call on the ordinary path (Redis, or the fallback as one call would);
+        each caller gets its part, or its own copy of the error. A caller that gave up
+        meanwhile only loses its part: the call is not cancelled for the others."""
+        codec = op.batch
+        assert codec is not None
+        try:
+            reply = await self.run(op, keys, record, merged=True)
+            parts = codec.split(records, reply)
+        except BaseException as exc:
+            fail(waiters, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for waiter, part in zip(waiters, parts, strict=True):
+            if not waiter.done():  # its caller may have given up: the others' stand
+                waiter.set_result(part)
 
     async def _serve_from_fallback(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         self.stats.fallback_calls += 1
@@ -452,6 +537,8 @@ class FailoverStore(Store):
         return None
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()  # their callers are cancelled with them (upak.store.batch)
         if self._recovery_task is not None:
             self._recovery_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -468,6 +555,10 @@ class FailoverStore(Store):
             self._watcher = None
         if self.redis is not None:
             await self.redis.close()
+
+
+def _nothing(items: list[Any]) -> None:
+    """A store without Redis sends nothing: its batcher only merges (`FailoverStore._merge`)."""
 
 
 def _probe_condition(exc: BaseException) -> Condition:

@@ -23,7 +23,7 @@ from redis.asyncio.cluster import PipelineCommand
 from upak.config import Settings
 from upak.connect import WireTarget, async_client, wire_target
 from upak.store.base import Store
-from upak.store.batch import StepBatch, fail, settle, split_into
+from upak.store.batch import StepBatch, fail, settle
 from upak.store.conditions import condition_of
 from upak.store.operation import Arg, Mode, Operation, StoreError
 from upak.store.wire import Wire, fresh_error, open_wire
@@ -78,9 +78,10 @@ class RedisStore(Store):
         self.call_timeout = call_timeout
         self._wire: Wire | None = None
         self._opening: asyncio.Future[Wire] | None = None
-        # The request path's one batcher: a loop step's calls, merged where their operation
-        # says how, leave in one write (one pipeline per node on Cluster).
-        self._batch: StepBatch[_Call] = StepBatch(self._send_step)
+        # The request path's one batcher: a loop step's calls leave in one write (one
+        # pipeline per node on Cluster); the FailoverStores over this store merge an
+        # operation's calls in the same step first (`StepBatch.defer`).
+        self.batch: StepBatch[_Call] = StepBatch(self._send_step)
         self._tasks: set[asyncio.Task[None]] = set()
         self._shas: dict[int, str] = {}
         self.calls_sent = 0  # operation calls written to Redis: lets tests see the breaker open
@@ -154,14 +155,14 @@ class RedisStore(Store):
         self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], record: Any
     ) -> Any:
         future = wire._loop.create_future()
-        self._batch.add((wire, op, keys, record, future, False, None))
+        self.batch.add((wire, op, keys, record, future, False, None))
         try:
             return await future
         except rex.NoScriptError:
             # The script cache was emptied: EVAL runs the script and caches it again.
             wire = await self._connected()
             future = wire._loop.create_future()
-            self._batch.add((wire, op, keys, record, future, True, None))
+            self.batch.add((wire, op, keys, record, future, True, None))
             return await future
 
     # --- the batcher's send: one loop step's calls ---
@@ -171,7 +172,10 @@ class RedisStore(Store):
             self._send_cluster(calls)
             return
         wire = calls[0][0]
-        if len(calls) == 1 or all(call[0] is wire for call in calls):
+        for call in calls:
+            if call[0] is not wire:
+                break
+        else:
             self._write(wire, calls)
             return
         by_wire: dict[int, list[_Call]] = {}  # a reconnection inside the step
@@ -181,13 +185,12 @@ class RedisStore(Store):
             self._write(group[0][0], group)
 
     def _write(self, wire: Any, calls: list[_Call]) -> None:
-        """One write: every call not given up on (merged where its operation says how), then
-        one WAIT behind them for the durable ones (WAIT counts the replicas that have this
-        connection's writes, so it follows them on the same one)."""
+        """One write: every call not given up on, then one WAIT behind them for the durable
+        ones (WAIT counts the replicas that have this connection's writes, so it follows
+        them on the same one)."""
         packed: list[bytes] = []
         futures: list[asyncio.Future[Any]] = []
         waits: list[asyncio.Future[int]] = []
-        merging: dict[tuple[int, bool], list[Any]] | None = None
         for _, op, keys, record, future, script, waited in calls:
             if op is None:  # a WAIT only
                 assert waited is not None
@@ -198,38 +201,12 @@ class RedisStore(Store):
                 continue  # its caller gave up before the call left: it is not sent
             if waited is not None:
                 waits.append(waited)
-            if op.batch is not None:
-                if merging is None:
-                    merging = {}
-                group = merging.get((id(op), script))
-                if group is None:  # the group's place in the write: its first call's
-                    merging[(id(op), script)] = [len(packed), op, script, []]
-                    packed.append(b"")
-                    futures.append(future)
-                    group = merging[(id(op), script)]
-                group[3].append((keys, record, future))
-                continue
             try:
                 packed.append(self._packed(op, keys, op.argv(record), script))
             except Exception as exc:
                 future.set_exception(exc)
                 continue
             futures.append(future)
-        if merging is not None:
-            holes = False
-            for at, op, script, members in merging.values():
-                merged = self._merged(wire, op, script, members)
-                if not merged:
-                    holes = True
-                    continue
-                packed[at], futures[at] = merged[0]  # where the group's first call was
-                for command, future in merged[1:]:
-                    packed.append(command)
-                    futures.append(future)
-            if holes:
-                kept = [i for i, command in enumerate(packed) if command]
-                packed = [packed[i] for i in kept]
-                futures = [futures[i] for i in kept]
         if waits:
             waited_all: asyncio.Future[Any] = wire._loop.create_future()
             waited_all.add_done_callback(_share_wait(waits))
@@ -242,33 +219,6 @@ class RedisStore(Store):
             wire.send(packed, futures)
         except BaseException as exc:  # the connection ended before this step's write
             fail(futures, exc)
-
-    def _merged(
-        self,
-        wire: Any,
-        op: Operation[Any, Any],
-        script: bool,
-        members: list[tuple[Sequence[str], Any, asyncio.Future[Any]]],
-    ) -> list[tuple[bytes, asyncio.Future[Any]]]:
-        """A mergeable operation's calls of this step as one call (one per `max_calls`)."""
-        codec = op.batch
-        assert codec is not None
-        out: list[tuple[bytes, asyncio.Future[Any]]] = []
-        for start in range(0, len(members), codec.max_calls):
-            chunk = members[start : start + codec.max_calls]
-            try:
-                if len(chunk) == 1:
-                    keys, record, future = chunk[0]
-                else:
-                    keys, record = codec.merge([(k, r) for k, r, _ in chunk])
-                    future = wire._loop.create_future()
-                    future.add_done_callback(
-                        split_into(codec, [r for _, r, _ in chunk], [f for *_, f in chunk])
-                    )
-                out.append((self._packed(op, keys, op.argv(record), script), future))
-            except Exception as exc:
-                fail([f for *_, f in chunk], exc)
-        return out
 
     def _packed(
         self, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg], script: bool
@@ -290,7 +240,7 @@ class RedisStore(Store):
             written = wire._loop.create_future()
             waited: asyncio.Future[int] = wire._loop.create_future()
             waited.add_done_callback(_retrieved)
-            self._batch.add((wire, op, keys, record, written, script, waited))
+            self.batch.add((wire, op, keys, record, written, script, waited))
             try:
                 reply = await written
             except rex.NoScriptError:
@@ -303,7 +253,7 @@ class RedisStore(Store):
     def _waited_again(self, wire: Wire) -> asyncio.Future[int]:
         """A WAIT on `wire`, shared with every other asked for in this loop step."""
         waited: asyncio.Future[int] = wire._loop.create_future()
-        self._batch.add((wire, None, (), None, None, False, waited))
+        self.batch.add((wire, None, (), None, None, False, waited))
         return waited
 
     async def _durable(
@@ -394,62 +344,29 @@ class RedisStore(Store):
 
     async def _queued(self, op: Operation[Any, Any], keys: Sequence[str], record: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._batch.add((None, op, keys, record, future, False, None))
+        self.batch.add((None, op, keys, record, future, False, None))
         return await future
 
     def _send_cluster(self, calls: list[_Call]) -> None:
-        """The step's calls as (op, keys, args, future), a mergeable operation's calls merged
-        per slot (a script's keys share one), and sent by one task."""
+        """The step's calls not given up on, sent by one task (one pipeline per node)."""
         batch: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg], Any]] = []
-        merging: dict[tuple[int, int], list[Any]] = {}
         for _, op, keys, record, future, _, _ in calls:
             assert op is not None and future is not None
             if future.done():
                 continue  # its caller gave up before the call left: it is not sent
             try:
-                if op.batch is not None:
-                    slot = self.client.keyslot(keys[0])
-                    group = merging.get((id(op), slot))
-                    if group is None:
-                        group = merging[(id(op), slot)] = [len(batch), op, []]
-                        batch.append((op, keys, (), None))  # the group's place
-                    group[2].append((keys, record, future))
-                    continue
                 batch.append((op, keys, op.argv(record), future))
             except Exception as exc:
                 future.set_exception(exc)
-        loop = asyncio.get_running_loop()
-        for at, op, members in merging.values():
-            codec = op.batch
-            assert codec is not None
-            places = [at]
-            for start in range(0, len(members), codec.max_calls):
-                chunk = members[start : start + codec.max_calls]
-                try:
-                    if len(chunk) == 1:
-                        keys, record, future = chunk[0]
-                    else:
-                        keys, record = codec.merge([(k, r) for k, r, _ in chunk])
-                        future = loop.create_future()
-                        future.add_done_callback(
-                            split_into(codec, [r for _, r, _ in chunk], [f for *_, f in chunk])
-                        )
-                    call = (op, keys, op.argv(record), future)
-                except Exception as exc:
-                    fail([f for *_, f in chunk], exc)
-                    continue
-                if places:
-                    batch[places.pop()] = call
-                else:
-                    batch.append(call)
-            if places:  # every chunk failed to encode
-                batch[at] = (op, (), (), None)
-        batch = [call for call in batch if call[3] is not None]
         if not batch:
             return
-        task = loop.create_task(self._send(batch))
+        task = asyncio.get_running_loop().create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def slot_of(self, key: str) -> int | None:
+        """`key`'s Cluster slot, None outside Cluster: calls merged into one must share it."""
+        return int(self.client.keyslot(key)) if self.cluster else None
 
     async def _send(
         self, batch: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg], Any]]
