@@ -367,6 +367,8 @@ class NamedLimit:
     key_suffix: str
     peek: bool = False  # ask only: admit or refuse, record nothing (see `peeking`)
     args: ScriptLimit = field(init=False)  # what the script gets for this limit
+    # The record of a decision on this limit alone (most requests ask one limit).
+    alone: Decisions = field(init=False, repr=False)
     # Rendered once: every response carries them (`"name";q=N;w=S`, `"name";r=%d;t=%d`).
     policy_member: bytes = field(init=False, repr=False)
     state_template: bytes = field(init=False, repr=False)
@@ -375,7 +377,9 @@ class NamedLimit:
         code = _ALGORITHM_CODE[self.limit.algorithm]
         if self.peek:
             code = code.upper()
-        object.__setattr__(self, "args", ScriptLimit(code, self.limit.amount, self.limit.window_ms))
+        args = ScriptLimit(code, self.limit.amount, self.limit.window_ms)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "alone", Decisions(((args,),)))
         object.__setattr__(self, "policy_member", self.policy_item.encode())
         object.__setattr__(self, "state_template", f'"{self.name}";r=%d;t=%d'.encode())
 
@@ -513,11 +517,15 @@ class RateLimiter:
             blocked = self._known_blocked(checks)
             if blocked is not None:
                 return blocked
-        reply = await self.store.run(
-            self.op,
-            [check.key for check in checks],
-            Decisions((tuple([check.limit.args for check in checks]),)),
-        )
+        if len(checks) == 1:
+            check = checks[0]
+            reply = await self.store.run(self.op, [check.key], check.limit.alone)
+        else:
+            reply = await self.store.run(
+                self.op,
+                [check.key for check in checks],
+                Decisions((tuple([check.limit.args for check in checks]),)),
+            )
         decision = _decision(checks, reply)
         if not decision.allowed:
             self._remember_blocked(checks, decision)

@@ -1,27 +1,34 @@
 """The store's one batcher: the calls of one event-loop step leave together.
 
-A `StepBatch` collects what callers submit during one event-loop step and hands all of it to
-its owner's `send` at the end of that step (one `call_soon` per step, none per call). The
-RedisStore owns the only one on the request path: its `send` merges the calls an operation
-declares mergeable (`BatchCodec`: the rate-limit decisions of one step become one script
-call), packs everything and writes it with one `write` (standalone, Sentinel), or as one
-pipeline per Cluster node. The Wire under it writes what it is given, with no batching of
-its own.
+A `StepBatch` collects what callers submit during one event-loop step and hands all of it
+over once, at the end of that step (one `call_soon` per step, none per call). The RedisStore
+owns the request path's only one, and every FailoverStore over it (one per slot range on
+Cluster) shares it:
+
+* first the deferred handlers run: each FailoverStore merges the step's calls of an
+  operation that declares a `BatchCodec` (the rate-limit decisions) into one call per
+  operation (and Cluster slot), run once on the ordinary path, so the breaker's and the
+  fallback's bookkeeping happen once per merged call; a call alone in its step is handed
+  back (`ALONE`) and runs as it is;
+* then the RedisStore's `send` packs every call of the step and writes them with one
+  `write` (standalone, Sentinel), or as one pipeline per Cluster node. The Wire under it
+  writes what it is given, with no batching of its own.
 
 One cancellation rule, for every call:
 
 * a caller that gives up (its future is cancelled) before its step's batch leaves is dropped
   from the batch: its call is never sent, and no other call of the batch changes;
 * a caller that gives up after its call left only loses its reply: the call stands (Redis
-  runs it), and every other caller of the batch gets its own reply, never one twice
-  (`settle` skips a future that is already done);
+  runs it), and every other caller of the batch gets its own reply, never one twice (a
+  future already done is skipped);
 * when the batch's sender is itself cancelled (the store closing), every caller still
   waiting is cancelled; any other failure reaches each waiter as its own copy of the error.
 
 A `BatchCodec` is an operation's merge/split pair: `merge` makes one record (and its keys) of
 several calls' records, `split` cuts the merged reply into each call's reply, shaped exactly
 as that call alone would have got it. `parts`/`join` do the reverse for a call whose keys
-span Cluster slots: the store sends each slot's part on its own and joins the replies.
+span Cluster slots: the ClusterFailoverStore sends each slot's part to that slot's breaker and
+joins the replies. Replies here are as the operation's `parse` returns them.
 """
 
 from __future__ import annotations

@@ -175,6 +175,7 @@ class FailoverStore(Store):
             redis.slot_of if redis is not None and redis.slot_of("") is not None else None
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._merger = self._merge  # bound once: the batcher keys its handlers by it
         self.stats = FailoverStats(
             mode=Mode.REDIS if redis else Mode.MEMORY,
             journal=lambda: (memory.pending(self.partition), memory.dropped(self.partition)),
@@ -199,7 +200,7 @@ class FailoverStore(Store):
             # bookkeeping, and the fallback's, once per batch. A call alone in its step
             # comes back (ALONE) and runs here as it is.
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._batch.defer(self._merge, (op, keys, args, future))
+            self._batch.defer(self._merger, (op, keys, args, future))
             outcome = await future
             if outcome is not ALONE:
                 return outcome  # type: ignore[no-any-return]
