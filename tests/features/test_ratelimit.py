@@ -345,7 +345,7 @@ async def test_a_caller_that_gives_up_after_its_batch_left_keeps_its_decision(
         await store.close()
 
 
-async def test_a_merged_call_that_fails_on_redis_falls_back_call_by_call(
+async def test_a_merged_call_that_fails_on_redis_falls_back_as_one_call(
     fresh_redis: RedisServer, key_prefix: str
 ):
     store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
@@ -358,7 +358,7 @@ async def test_a_merged_call_that_fails_on_redis_falls_back_call_by_call(
         fresh_redis.kill()
         async with asyncio.timeout(5):
             decisions = await asyncio.gather(*(limiter.decide([check]) for _ in range(8)))
-        # Each decision fell back as one call would: all answered, exact in memory.
+        # The merged call fell back as one call would: every decision answered, in order.
         assert [d.allowed for d in decisions] == [True] * 5 + [False] * 3
         # Merged, they tripped the breaker and were served from memory as one call.
         assert store.mode is Mode.MEMORY and store.stats.fallback_calls == 1
