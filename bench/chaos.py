@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 
 from chaos_database import database_faults
-from common import ROOT, Result, Row, redis_server
+from common import ROOT, Result, Row, redis_server, unhandled_exceptions
 from load import (
     PASSWORD,
     build_traffic,
@@ -193,12 +193,28 @@ def main() -> None:
                 client.get("/me", headers={"Cookie": c}).status_code != 200 for c in kept
             )
         payments, extra_effects = duplicate_effects(service.workdir / "upak.db")
+        unhandled = unhandled_exceptions(service.log())
 
     server_errors = sum(data["server_errors"] for data in mix.values())
+    # Which kind of traffic got which 5xx: a count alone does not say where to look.
+    by_kind = {
+        kind: {s: n for s, n in sorted(data["status"].items()) if s.startswith("5")}
+        for kind, data in mix.items()
+        if data["server_errors"]
+    }
     result.add(
         Row(
             "5xx responses during the whole run",
             server_errors,
+            unit="count",
+            higher_is_better=False,
+            setup=f"by kind and status: {by_kind}" if by_kind else "",
+        )
+    )
+    result.add(
+        Row(
+            "unhandled exceptions in the service's log (Redis faults)",
+            unhandled,
             unit="count",
             higher_is_better=False,
         )
@@ -402,6 +418,7 @@ def redis_sick_faults() -> list[Row]:
             load.join()
             time.sleep(2.0)  # both workers write back before the payments are counted
             off = _payments_off(service.workdir / "upak.db", deliveries)
+            unhandled = unhandled_exceptions(service.log())
             rows += [
                 Row(f"{fault}: 5xx", tally.server_errors, unit="count", higher_is_better=False),
                 Row(
@@ -417,6 +434,12 @@ def redis_sick_faults() -> list[Row]:
                     higher_is_better=False,
                 ),
                 Row(f"{fault}: requests", tally.requests, unit="count"),
+                Row(
+                    f"{fault}: unhandled exceptions in the service's log (so far)",
+                    unhandled,
+                    unit="count",
+                    higher_is_better=False,
+                ),
             ]
     return rows
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from common import ROOT, Result, Row, redis_server
+from common import ROOT, Result, Row, redis_server, unhandled_exceptions
 from load import (
     PASSWORD,
     make_accounts,
@@ -199,6 +199,7 @@ def database_faults(result: Result) -> None:
             for thread in threads:
                 thread.join(timeout=60)
             recorded, doubled = _payments(pg, database)
+            unhandled = unhandled_exceptions(service.log())
 
     acked_ids = {json.loads(body)["object"]["id"] for body in acked}
     lost = len(acked_ids - set(recorded))
@@ -254,6 +255,14 @@ def database_faults(result: Result) -> None:
         )
     )
     result.add(Row("payments applied twice (doubled)", twice, unit="count", higher_is_better=False))
+    result.add(
+        Row(
+            "unhandled exceptions in the service's log (database faults)",
+            unhandled,
+            unit="count",
+            higher_is_better=False,
+        )
+    )
     result.add(Row("payments acknowledged over the database faults", len(acked_ids), unit="count"))
     result.notes.append(
         "Database faults: PostgreSQL of the run's own, stopped at 3 s, started at 6 s, SIGSTOP "

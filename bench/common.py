@@ -174,6 +174,18 @@ def callgrind_total(dump: Path) -> int:
     return int(found.group(1))
 
 
+# What a server logs for an exception nothing was designed for: uvicorn's answer to one that
+# escaped the app, and asyncio's reports of one no task or callback handled.
+_UNHANDLED = re.compile(
+    r"Exception in ASGI application|exception was never retrieved|Exception in callback"
+)
+
+
+def unhandled_exceptions(log: str) -> int:
+    """How many unhandled exceptions a service's log reports (goal 0 under any fault)."""
+    return len(_UNHANDLED.findall(log))
+
+
 def load_average() -> float:
     """The 1-minute load average (2 cores here: above 2, something else wanted the CPU too)."""
     return round(os.getloadavg()[0], 2)

@@ -22,7 +22,7 @@ from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer
 from tests.support.webhooks import YOOKASSA_IP, notification
 from upak.domain.billing import Payment, as_utc, in_transaction
-from upak.domain.db import make_sessionmaker, upgrade
+from upak.domain.db import Deadlines, make_engine, make_sessionmaker, upgrade
 from upak.domain.models import User
 from upak.web.app import create_app
 
@@ -111,3 +111,36 @@ async def test_a_deadlock_is_retried_once(
     assert "retried after" in caplog.text
     async with sessions() as session:
         assert (await session.get(User, 1)).plan == "start"  # type: ignore[union-attr]
+
+
+async def test_a_lock_wait_past_the_busy_timeout_is_retried_once(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's counterpart of the deadlock: another writer holds the lock past the busy
+    timeout; `in_transaction` runs the work once more, and its second run succeeds."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/locked.db"
+    engine = make_engine(url, Deadlines(statement=0.2))
+    holder = make_engine(url)
+    try:
+        await upgrade(engine)
+        sessions = make_sessionmaker(engine)
+        runs = 0
+        async with holder.connect() as other:
+            await other.exec_driver_sql("BEGIN IMMEDIATE")  # another process writing
+
+            async def work(session) -> int:
+                nonlocal runs
+                runs += 1
+                if runs == 2:
+                    await other.rollback()  # the other writer is done by the second run
+                session.add(User(id=1, email="payer@example.com", password_hash="x"))
+                await session.commit()
+                return runs
+
+            assert await in_transaction(sessions, work) == 2
+        assert "retried after a lock wait" in caplog.text
+        async with sessions() as session:
+            assert await session.get(User, 1) is not None
+    finally:
+        await engine.dispose()
+        await holder.dispose()

@@ -25,6 +25,7 @@ from upak.features.cache import (
     user_key,
     user_tag,
 )
+from upak.features.cache import client as client_module
 from upak.features.cache.operations import Holder, Lease, Stamp, Write
 from upak.store import ClusterFailoverStore, FailoverStore, KeySpace, Store, build_store
 from upak.store.operation import NO_ARGS
@@ -640,3 +641,46 @@ async def test_a_dropped_prefetch_whose_read_failed_is_not_reported_unretrieved(
         del dropped
         gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+async def test_immutable_hits_of_unchanged_bytes_share_one_decoded_value(
+    cache: Cache, any_store: Store, key_prefix: str, clock: Clock, monkeypatch
+) -> None:
+    """`immutable=True`: the same entry bytes are decoded once per process; new bytes (another
+    process's write) or a new tag version (an invalidation) are seen on the next lookup."""
+    decoded = 0
+    real_unpack = client_module.unpack_entry
+
+    def counting_unpack(blob: bytes):
+        nonlocal decoded
+        decoded += 1
+        return real_unpack(blob)
+
+    monkeypatch.setattr(client_module, "unpack_entry", counting_unpack)
+
+    class Doc(tuple):  # loaded by a classmethod: a new bound method at every lookup
+        @classmethod
+        def load(cls, raw: object) -> tuple:
+            return tuple(raw)  # type: ignore[call-overload]
+
+    async def hit(source: Source) -> object:
+        return await cache.get_or_compute(
+            "doc", source, tags=["t"], load=Doc.load, dump=list, immutable=True
+        )
+
+    first = await hit(Source(["a"]))  # computed, stored
+    hits = [await hit(Source()) for _ in range(3)]
+    assert hits[0] == ("a",) and all(found is hits[0] for found in hits)
+    assert decoded == 1  # the three hits read the same bytes: decoded once
+    assert first == ["a"]  # the computation's own value, as computed
+    # Another process rewrites the entry (same tags, new bytes): read and decoded anew.
+    other = Cache(any_store, keyspace(any_store, key_prefix), default_ttl=60, clock=clock)
+    clock.now += 61  # past the first entry's freshness, so `other` computes
+    rewritten = await other.get_or_compute(
+        "doc", Source(["b"]), tags=["t"], load=Doc.load, dump=list
+    )
+    assert rewritten == ["b"]
+    assert await hit(Source()) == ("b",) and decoded == 3
+    # An invalidation is seen at once, whatever this process decoded before.
+    await other.invalidate("t")
+    assert await hit(Source(["c"])) == ["c"]  # recomputed

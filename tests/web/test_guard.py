@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from upak.store import FailoverStore, StoreError
 from upak.store.memory import MemoryStore
 from upak.web.metrics import Metrics
-from upak.web.middleware.guard import RequestGuard
+from upak.web.middleware.guard import RESPONSE_HEADERS, RequestGuard
 
 LIMIT = 1024
 
@@ -90,3 +90,37 @@ async def test_a_content_length_that_is_no_number_is_400() -> None:
     client, metrics = guarded(echo_length)
     response = await client.post("/x", content=b"{}", headers={"content-length": "abc"})
     assert response.status_code == 400 and counted(metrics, 400) == 1
+
+
+FIELDS = [(b"ratelimit-policy", b'"default";q=2;w=60'), (b"ratelimit", b'"default";r=1;t=60')]
+
+
+def leaving_fields(app: Any) -> Any:
+    """`app` behind a layer that leaves header fields for the answer (as the rate limiter)."""
+
+    async def layer(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RESPONSE_HEADERS] = FIELDS
+        await app(scope, receive, send)
+
+    return layer
+
+
+async def test_fields_left_in_the_scope_end_the_answers_headers() -> None:
+    client, _ = guarded(leaving_fields(echo_length))
+    response = await client.post("/x", content=b"abc")
+    assert response.text == "3"
+    assert response.headers.raw[-2:] == FIELDS
+
+
+async def test_the_guards_own_answers_do_not_carry_them() -> None:
+    client, _ = guarded(leaving_fields(store_fails))
+    unavailable = await client.post("/x")
+    assert unavailable.status_code == 503 and "ratelimit" not in unavailable.headers
+
+    async def chunks() -> Any:
+        for _ in range(3):
+            yield b"a" * (LIMIT // 2)
+
+    client, _ = guarded(leaving_fields(echo_length))
+    too_large = await client.post("/x", content=chunks())
+    assert too_large.status_code == 413 and "ratelimit" not in too_large.headers

@@ -68,6 +68,33 @@ async def test_hot_routes_answer_what_the_declared_routes_answer(
     assert statuses == ([200, 200, 200, 200, 304] if logged_in else [200, 200, 401, 401, 401])
 
 
+def masked_count(result: tuple[int, list[tuple[str, str]], bytes]) -> Any:
+    """An answer with the RateLimit field's value masked (it counts down request by request)."""
+    status, headers, body = result
+    return status, [(k, "…" if k == "ratelimit" else v) for k, v in headers], body
+
+
+@pytest.mark.parametrize("logged_in", [True, False])
+async def test_hot_answers_carry_the_rate_limit_fields_where_the_routes_do(
+    build: Build, logged_in: bool
+) -> None:
+    """The limiter leaves its fields in the scope for RequestGuard's one `send` wrapper: a hot
+    answer carries them as the declared route's answer does, last, 304s and 401s included."""
+    app = await build()
+    async with client_of(app) as client:
+        if logged_in:
+            await register(client, EMAIL)
+            await login(client, EMAIL)
+        etag = (await client.get("/me")).headers.get("etag")
+        hot = await answers(client, etag)
+        declared_routes_only(app)
+        declared = await answers(client, etag)
+    for h, d in zip(hot, declared, strict=True):
+        assert masked_count(h)[1] == masked_count(d)[1]
+    for _, headers, _ in hot:
+        assert [name for name, _ in headers][-2:] == ["ratelimit-policy", "ratelimit"]
+
+
 async def test_a_session_cookie_that_ended_is_cleared_as_before(build: Build) -> None:
     app = await build()
     async with client_of(app) as client:
@@ -196,6 +223,61 @@ async def test_the_plans_read_travels_with_the_session_lookup(
             assert events.index("+cache_read") < events.index("-sessions.resolve")
             assert events.count("+cache_read") == 2  # the entry and its tag, once
     assert app.state.services.cache.stats.hits == 2
+
+
+async def test_the_plans_read_leaves_in_the_session_lookups_write(build: Build) -> None:
+    """A logged-in GET /plans writes to Redis twice: the session lookup with the catalogue's
+    entry and tag reads, then the rate-limit decision (keyed by the session's user)."""
+    app = await build()
+    async with client_of(app) as client:
+        await register(client, EMAIL)
+        await login(client, EMAIL)
+        await client.get("/plans")  # the catalogue is cached, the session touched
+        wire = app.state.services.store.redis._wire
+        for method in ("GET", "HEAD"):
+            before = wire.writes
+            response = await client.request(method, "/plans")
+            assert response.status_code == 200
+            assert wire.writes - before == 2
+
+
+async def test_the_me_read_leaves_in_the_session_lookups_write(build: Build) -> None:
+    """A logged-in GET /me writes to Redis twice too: its cached document's read (for the
+    user the cookie names) goes with the session lookup, the rate-limit decision after."""
+    app = await build()
+    async with client_of(app) as client:
+        await register(client, EMAIL)
+        await login(client, EMAIL)
+        await client.get("/me")  # the document is cached, the session touched
+        wire = app.state.services.store.redis._wire
+        hits = app.state.services.cache.stats.hits
+        for method in ("GET", "HEAD"):
+            before = wire.writes
+            response = await client.request(method, "/me")
+            assert response.status_code == 200
+            assert wire.writes - before == 2
+        assert app.state.services.cache.stats.hits == hits + 2
+
+
+async def test_a_me_read_for_a_cookie_that_names_no_session_is_dropped(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read starts for the user a cookie names before the session is confirmed: a cookie
+    naming a real user with a token of nobody's gets the 401, and the read counts nothing."""
+    app = await build()
+    stats = app.state.services.cache.stats
+    async with client_of(app) as client:
+        await register(client, EMAIL)
+        await login(client, EMAIL)
+        assert (await client.get("/me")).status_code == 200  # user's document cached
+        user_id = session_cookie(client).split(".")[0]  # type: ignore[union-attr]
+    counted = stats.as_dict()
+    events = recording_store_calls(app, monkeypatch)
+    async with client_with(app, f"{user_id}.{'A' * 43}") as forged:
+        response = await forged.get("/me")
+    assert "+cache_read" in events  # started with the lookup, then dropped
+    assert response.status_code == 401 and "etag" not in response.headers
+    assert stats.as_dict() == counted
 
 
 async def test_a_refused_request_drops_its_read_uncounted(

@@ -18,11 +18,13 @@ from upak.web.app import create_app
 from upak.web.http_cache import (
     PRIVATE_CACHE_CONTROL,
     Representation,
+    RepresentationAnswers,
     if_none_match,
     private_json,
     public_cache_control,
     public_json,
     render_json,
+    represent_json,
     strong_etag,
 )
 
@@ -234,3 +236,28 @@ async def test_redis_killed_reads_still_served_then_hits_after_recovery(
         assert (await client.get("/t/plans")).status_code == 200
     assert source.calls == calls  # hits again
     assert app.state.services.cache.stats.hits >= 6
+
+
+def test_representation_answers_follow_the_representation_they_are_given() -> None:
+    answers = RepresentationAnswers(b"public, max-age=60", None)
+    first, second = represent_json({"n": 1}), represent_json({"n": 22})
+
+    def scope(if_none_match: str | None = None) -> dict[str, Any]:
+        headers = [] if if_none_match is None else [(b"if-none-match", if_none_match.encode())]
+        return {"headers": headers}
+
+    status, headers, body = answers.answer(scope(), first)
+    assert (status, body) == (200, first.body)
+    assert headers == [
+        (b"etag", first.etag.encode()),
+        (b"cache-control", b"public, max-age=60"),
+        (b"content-length", b"%d" % len(first.body)),
+        (b"content-type", b"application/json"),
+    ]
+    headers.append((b"x-added", b"by a layer outside"))  # its own list: the next is clean
+    assert answers.answer(scope(), first)[1][-1] == (b"content-type", b"application/json")
+    assert answers.answer(scope(first.etag), first) == (304, headers[:2], b"")
+    status, headers, body = answers.answer(scope(first.etag), second)  # changed since
+    assert (status, body) == (200, second.body)
+    assert headers[0] == (b"etag", second.etag.encode())
+    assert headers[2] == (b"content-length", b"%d" % len(second.body))

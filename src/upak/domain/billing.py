@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from upak.domain.db import Base
+from upak.domain.db import Base, DatabaseUnavailable
 from upak.domain.models import User
 from upak.domain.notifications import (
     CANCELED_EVENT,
@@ -188,8 +188,8 @@ def _retryable(exc: DBAPIError) -> bool:
 async def in_transaction(
     sessions: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
 ) -> T:
-    """Run `work` in a session of its own; a deadlock or serialization failure runs it once
-    more, anything else propagates."""
+    """Run `work` in a session of its own; a deadlock, a serialization failure or a lock
+    wait past SQLite's busy timeout runs it once more, anything else propagates."""
     for attempt in (1, 2):
         async with sessions() as session:
             try:
@@ -199,6 +199,13 @@ async def in_transaction(
                 if attempt == 2 or not _retryable(exc):
                     raise
                 log.warning("payment transaction retried after %s", type(exc.orig).__name__)
+            except DatabaseUnavailable as exc:
+                # SQLite's lock, held by another writer past the busy timeout (or a WAL
+                # snapshot another commit made stale, which fails at once): as a deadlock.
+                await session.rollback()
+                if attempt == 2 or not exc.contention:
+                    raise
+                log.warning("payment transaction retried after a lock wait (%s)", exc.reason)
     raise AssertionError("unreachable")
 
 

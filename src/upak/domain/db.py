@@ -60,6 +60,12 @@ class DatabaseUnavailable(DatabaseError):
         super().__init__(f"the database is unavailable: {reason}")
         self.reason = reason
 
+    @property
+    def contention(self) -> bool:
+        """Another writer held the lock past this call's deadline: the transaction was
+        rolled back whole and may simply run again (the database itself is serving)."""
+        return self.reason in _CONTENTION
+
 
 @dataclass(frozen=True)
 class Deadlines:
@@ -85,6 +91,8 @@ MIGRATION_DEADLINES = Deadlines(connect=10.0, checkout=10.0, statement=3600.0)
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
 # SQLite says the same in words: a lock held past the busy timeout, a file it cannot open.
 _UNAVAILABLE_SQLITE = ("database is locked", "unable to open database file", "disk i/o error")
+# Of those, the one that is contention for this call, not a database that cannot serve.
+_CONTENTION = ("database is locked",)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -191,6 +199,14 @@ def _reporter(
     return unavailable
 
 
+def _left_mid_operation(exc: BaseException) -> bool:
+    """asyncpg's "cannot switch to state N; another operation is in progress": a statement
+    cut off (a cancelled request, a server that went away mid-reply) left the connection's
+    protocol mid-operation, and SQLAlchemy may hand it out again (sqlalchemy#13241). It can
+    never serve again, whatever the server's state."""
+    return any(type(cause).__name__ == "InternalClientError" for cause in _causes(exc))
+
+
 def _ping_on_checkout(engine: AsyncEngine, unavailable: Callable[[str], Exception]) -> None:
     """SQLAlchemy's `pool_pre_ping`, with the difference that matters here.
 
@@ -230,9 +246,20 @@ def _guard(engine: AsyncEngine, unavailable: Callable[[str], Exception]) -> None
 
     @event.listens_for(engine.sync_engine, "handle_error")
     def _on_error(context: ExceptionContext) -> BaseException | None:
+        if _left_mid_operation(context.original_exception):
+            # One broken connection, not a database that cannot serve: drop it and answer
+            # this call 503 + Retry-After, without opening the breaker for every request.
+            context.is_disconnect = True
+            return DatabaseUnavailable("a pooled connection was left mid-operation")
         reason = unavailable_reason(context.original_exception)
         if reason is None:
             return None
+        if reason in _CONTENTION:
+            # Another writer held SQLite's lock past this call's deadline. The connection is
+            # sound and the database answers (the breaker's probe, a read, would pass at
+            # once): opening the breaker would only refuse every request of this worker
+            # until the next probe, as bench/chaos.py saw (6 lock waits, 170 refusals).
+            return DatabaseUnavailable(reason)
         context.is_disconnect = True
         return unavailable(reason)
 

@@ -130,8 +130,11 @@ def create_app(
     app.add_middleware(HeadAsGet)  # only the routes see a HEAD as its GET
     if services.ratelimit is not None:  # inside sessions, so user ids key the default limit
         install_rate_limiting(app, services.ratelimit, settings)
-    # /plans's cache read is started with the session lookup: one write, one round trip less.
-    hot_reads = HotReads({"/plans": plans.prefetch_plans(services.cache)})
+    # The hot routes' cache reads are started with the session lookup: one write, one round
+    # trip less (/me's for the user the cookie names, used only once the session confirms it).
+    hot_reads = HotReads(
+        {"/plans": plans.prefetch_plans(services.cache), "/me": me.prefetch_me(services.cache)}
+    )
     app.add_middleware(
         SessionMiddleware, sessions=services.sessions, settings=settings, ahead=hot_reads.start
     )

@@ -7,12 +7,14 @@ clear a cookie that no longer names a live session.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from upak.domain.accounts import get_user
+from upak.domain.db import DatabaseUnavailable
 from upak.domain.models import User
 from upak.features.sessions import LoginSession
 from upak.web.middleware.sessions import (
@@ -25,6 +27,8 @@ from upak.web.middleware.sessions import (
 )
 from upak.web.services import Services, get_services, services_of
 
+log = logging.getLogger("upak.web")
+
 _WHY = {
     None: "Not logged in: log in first.",
     ENDED: "The session has ended (expired, logged out or revoked): log in again.",
@@ -36,8 +40,18 @@ _WHY = {
 async def get_db(services: Services = Depends(get_services)) -> AsyncIterator[AsyncSession]:
     # While the database is known to be away this raises DatabaseUnavailable at once (503 +
     # Retry-After, see upak.web.problems) instead of waiting out a deadline per request.
-    async with services.db() as db:
+    db = services.db()
+    try:
         yield db
+    finally:
+        try:
+            await db.close()
+        except DatabaseUnavailable as exc:
+            # The session ends after the answer went out: its connection died since the
+            # route's last statement (whatever it committed stands, the rest is rolled back
+            # by the server). There is no one left to tell, and raising would only make
+            # uvicorn log a traceback for a request that was answered.
+            log.warning("a database session could not close cleanly: %s", exc.reason)
 
 
 def not_logged_in(request: Request, why: str | None = None) -> HTTPException:

@@ -15,12 +15,14 @@ Starlette's exception middleware looks it up: the same answer as from any route.
 endpoint returns its answer rather than sending it, so an exception is always raised before
 anything was sent, and the answer goes out after.
 
-A public hot route's store read does not wait for its turn: `HotReads.start`, run by the
-session middleware just before the session lookup, starts it (`scope[PREFETCHED]`) so that
-it travels to Redis in the same write as the lookup and is answered while the rate limiter
-decides; the endpoint then finds it done. Nothing is sent before the limiter admits (the
-endpoint answers from it, inside the limiter), and a refused request's read is dropped
-uncounted.
+A hot route's store read does not wait for its turn: `HotReads.start`, run by the session
+middleware just before the session lookup, starts it (`scope[PREFETCHED]`) so that it
+travels to Redis in the same write as the lookup and is answered while the rate limiter
+decides; the endpoint then finds it done. A per-user read (`GET /me`) is started for the
+user the session cookie names, before the session is confirmed: its endpoint uses it only
+for the user the confirmed session is of, and a cookie that names no live session gets its
+401 as before (its read dropped). Nothing is sent before the limiter admits (the endpoint
+answers from it, inside the limiter), and a refused request's read is dropped uncounted.
 """
 
 from __future__ import annotations
@@ -40,22 +42,27 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from upak.web.http_cache import Answer
 
 HotEndpoint = Callable[[Scope], Awaitable[Answer]]
-# Where a hot route's early read is left for its endpoint (`HotReads`).
+# Where a hot route's early read is left for its endpoint (`HotReads`): (the user id the
+# session cookie named, or None; the read).
 PREFETCHED = "upak.hot.prefetched"
+Prefetched = tuple[int | None, Any]
 
 
 class HotReads:
-    """The reads of public hot routes, by path, each started by a callable of no arguments."""
+    """The reads of hot routes, by path, each started by a callable given the user id the
+    session cookie names (None without one); it may return None (nothing to read)."""
 
-    def __init__(self, reads: Mapping[str, Callable[[], object]]) -> None:
+    def __init__(self, reads: Mapping[str, Callable[[int | None], object]]) -> None:
         self.reads = dict(reads)
 
-    def start(self, scope: Scope) -> None:
+    def start(self, scope: Scope, user_id: int | None) -> None:
         """Start this request's read if it is a GET (or HEAD, answered as the GET) of one."""
         if scope["method"] in ("GET", "HEAD"):
             read = self.reads.get(get_route_path(scope))
             if read is not None:
-                scope[PREFETCHED] = read()
+                started = read(user_id)
+                if started is not None:
+                    scope[PREFETCHED] = (user_id, started)
 
 
 class HotRoutes:

@@ -120,20 +120,40 @@ def _first_header(scope: Scope, name: bytes) -> str | None:
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-def answer_representation(
-    scope: Scope, representation: Representation, cache_control: bytes, vary: bytes | None
-) -> Answer:
-    """`respond` for a raw ASGI endpoint (`upak.web.hot_routes`): the same status, headers
-    (in the same order) and body, without building a Request or a Response."""
-    headers = [(b"etag", representation.etag.encode("latin-1")), (b"cache-control", cache_control)]
-    if vary:
-        headers.append((b"vary", vary))
-    if if_none_match(_first_header(scope, b"if-none-match"), representation.etag):
-        return 304, headers, b""
-    body = representation.body
-    headers.append((b"content-length", b"%d" % len(body)))
-    headers.append((b"content-type", representation.media_type.encode("latin-1")))
-    return 200, headers, body
+class RepresentationAnswers:
+    """`respond` for a raw ASGI endpoint (`upak.web.hot_routes`) under one policy: the same
+    status, headers (in the same order) and body, without building a Request or a Response.
+    The header fields of the representation answered last are kept encoded: a hit hands back
+    the same object (the cache's `immutable` lookup), so a repeated answer costs a list copy."""
+
+    def __init__(self, cache_control: bytes, vary: bytes | None) -> None:
+        self.cache_control = cache_control
+        self.vary = vary
+        self._last: tuple[Representation, tuple[Any, ...], tuple[Any, ...]] | None = None
+
+    def answer(self, scope: Scope, representation: Representation) -> Answer:
+        last = self._last
+        if last is None or last[0] is not representation:
+            last = self._last = (representation, *self._fields(representation))
+        _, not_modified, full = last
+        # Fresh lists: layers outside may change an answer's header list in place (CORS).
+        if if_none_match(_first_header(scope, b"if-none-match"), representation.etag):
+            return 304, list(not_modified), b""
+        return 200, list(full), representation.body
+
+    def _fields(self, representation: Representation) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        headers = [
+            (b"etag", representation.etag.encode("latin-1")),
+            (b"cache-control", self.cache_control),
+        ]
+        if self.vary:
+            headers.append((b"vary", self.vary))
+        full = [
+            *headers,
+            (b"content-length", b"%d" % len(representation.body)),
+            (b"content-type", representation.media_type.encode("latin-1")),
+        ]
+        return tuple(headers), tuple(full)
 
 
 async def cached_representation(
@@ -160,6 +180,7 @@ async def cached_representation(
         dump=Representation.dump,
         load=Representation.load,
         prefetched=prefetched,
+        immutable=True,  # a frozen pair of bytes and str: one decoded copy serves every hit
     )
 
 
@@ -204,8 +225,22 @@ async def private_representation(
     *,
     ttl: float | None = None,
     tags: Iterable[str] = (),
+    prefetched: PrefetchedRead | None = None,
 ) -> Representation:
-    """What `private_json` answers, before it is a response: under the user's key and tag."""
+    """What `private_json` answers, before it is a response: under the user's key and tag.
+    `prefetched`: `prefetch_private(cache, user_id, name, tags)`, started earlier."""
     return await cached_representation(
-        cache, user_key(user_id, name), load, ttl=ttl, tags=(*tags, user_tag(user_id))
+        cache,
+        user_key(user_id, name),
+        load,
+        ttl=ttl,
+        tags=(*tags, user_tag(user_id)),
+        prefetched=prefetched,
     )
+
+
+def prefetch_private(
+    cache: Cache, user_id: Any, name: str, tags: Iterable[str] = ()
+) -> PrefetchedRead:
+    """The read `private_representation(cache, user_id, name, …, tags=tags)` makes, now."""
+    return cache.prefetch(user_key(user_id, name), (*tags, user_tag(user_id)))

@@ -44,6 +44,9 @@ log = logging.getLogger("upak.cache")
 
 # Bound of the key-name memo (cleared whole when full: a miss only costs the naming).
 NAMES_MAX = 10_000
+# Bound of the decoded-entry memo (`immutable=True` lookups; cleared whole when full: a miss
+# only costs one decode).
+DECODED_MAX = 4_096
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -63,8 +66,21 @@ class _Spec(Generic[T]):
     load: Callable[[Any], T] | None
 
 
-# A lookup's read started ahead of the lookup (`Cache.prefetch`): the raw replies.
-PrefetchedRead = asyncio.Future[list[Any]]
+# A lookup's read started ahead of the lookup (`Cache.prefetch`): the raw replies (the
+# entry's blob alone for a lookup without tags, else [blob, *tag versions]).
+PrefetchedRead = asyncio.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """What one entry blob decodes to, kept for `immutable` lookups: the same bytes are not
+    decoded again. `tags` and `versions` are the stamps in the order the entry lists them."""
+
+    blob: bytes
+    load: Callable[[Any], Any] | None
+    entry: Entry
+    tags: tuple[str, ...]
+    versions: list[bytes]
 
 
 def _retrieve(read: asyncio.Future[Any]) -> None:
@@ -128,7 +144,9 @@ class Cache:
         # Background refreshes of stale entries; separate, since they may yield no value.
         self._refreshing: dict[str, asyncio.Task[Any]] = {}
         # Lookups not yet sent to Redis, by (key, tags): identical ones share them.
-        self._reads: dict[tuple[str, tuple[str, ...]], asyncio.Future[list[Any]]] = {}
+        self._reads: dict[tuple[str, tuple[str, ...]], asyncio.Future[Any]] = {}
+        # The last blob each key's `immutable` lookups decoded, and what it decoded to.
+        self._decoded: dict[str, _Decoded] = {}
         # Key names by cache key and tag: a hot key is named (and its name checked) once.
         self._names: dict[tuple[str, str], str] = {}
 
@@ -225,6 +243,7 @@ class Cache:
         dump: Callable[[T], Any] | None = None,
         load: Callable[[Any], T] | None = None,
         prefetched: PrefetchedRead | None = None,
+        immutable: bool = False,
     ) -> T:
         """The cached value of `key`, computed by `compute()` once on a miss.
 
@@ -234,9 +253,13 @@ class Cache:
         ValueError, TypeError or KeyError the entry counts as corrupt (a miss). Exceptions from
         `compute` reach every caller waiting on it and nothing is cached. `prefetched` is
         this lookup's read, started earlier by `prefetch(key, tags)` with the same tags.
+        `immutable`: the (loaded) value is never changed by anyone (a frozen record of bytes
+        and strings), so a hit whose entry is byte for byte the one this process decoded
+        last returns that same object instead of decoding it again. Redis is still read on
+        every lookup, entry and tags: only the decoding is saved, never a check.
         """
         tag_names = tuple(tags)
-        found = await self._lookup(key, tag_names, load, prefetched)
+        found = await self._lookup(key, tag_names, load, prefetched, immutable)
         if isinstance(found, Entry) and found.fresh_until_ms > self._now_ms():
             self.stats.hits += 1  # the common case: nothing more to build or start
             return found.value  # type: ignore[no-any-return]
@@ -385,6 +408,7 @@ class Cache:
         tags: tuple[str, ...],
         load: Callable[[Any], Any] | None = None,
         prefetched: PrefetchedRead | None = None,
+        immutable: bool = False,
     ) -> Entry | object | None:
         """The live entry under `key` (maybe stale), None on a miss, CACHING_OFF in an outage.
 
@@ -393,15 +417,45 @@ class Cache:
         """
         shared = self._shared_read(key, tags) if prefetched is None else prefetched
         # A read already answered (a prefetch, usually) is taken as it is: no wait, no shield.
-        if shared.done():
-            blob, *found_versions = shared.result()
+        replies = shared.result() if shared.done() else await asyncio.shield(shared)
+        if tags:
+            blob, *found_versions = replies
         else:
-            blob, *found_versions = await asyncio.shield(shared)
+            blob, found_versions = replies, []
         if blob is BYPASSED:
             self.stats.bypasses += 1
             return CACHING_OFF
         if blob is None:
             return None
+        decoded = self._decoded.get(key) if immutable else None
+        # `!=`, not `is not`: a classmethod (Representation.load) is a new bound method each time.
+        if decoded is None or decoded.load != load or decoded.blob != blob:
+            decoded = self._decode(key, blob, load)
+            if decoded is None:
+                return None
+            if immutable:
+                if len(self._decoded) >= DECODED_MAX:
+                    self._decoded.clear()
+                self._decoded[key] = decoded
+        if decoded.tags == tags:  # the usual case: the entry carries exactly the tags read
+            if decoded.versions == found_versions:
+                return decoded.entry
+            return None  # invalidated since it was computed (or BYPASSED)
+        versions = dict(zip(tags, found_versions, strict=True))
+        missing = [tag for tag in decoded.tags if tag not in versions]
+        if missing:
+            extra = await asyncio.gather(
+                *(self.store.run(READ, [self.tag_key(tag)], NO_ARGS) for tag in missing)
+            )
+            versions.update(zip(missing, extra, strict=True))
+        for tag, stamp in zip(decoded.tags, decoded.versions, strict=True):
+            if versions.get(tag) != stamp:  # invalidated since it was computed (or BYPASSED)
+                return None
+        return decoded.entry
+
+    def _decode(self, key: str, blob: bytes, load: Callable[[Any], Any] | None) -> _Decoded | None:
+        """`blob` as an entry with its value loaded; None (a miss, counted and logged) for an
+        entry this code cannot read."""
         try:
             entry = unpack_entry(blob)
             value = load(entry.value) if load is not None else entry.value
@@ -409,47 +463,51 @@ class Cache:
             self.stats.decode_errors += 1
             log.warning("cache entry %s could not be decoded (%s): treated as a miss", key, exc)
             return None
-        versions = dict(zip(tags, found_versions, strict=True))
-        missing = [tag for tag in entry.stamps if tag not in versions]
-        if missing:
-            extra = await asyncio.gather(
-                *(self.store.run(READ, [self.tag_key(tag)], NO_ARGS) for tag in missing)
-            )
-            versions.update(zip(missing, extra, strict=True))
-        for tag, stamp in entry.stamps.items():
-            if versions.get(tag) != stamp:  # invalidated since it was computed (or BYPASSED)
-                return None
-        return Entry(value, entry.fresh_until_ms, entry.stamps)
+        stamps = entry.stamps
+        return _Decoded(
+            blob,
+            load,
+            Entry(value, entry.fresh_until_ms, stamps),
+            tuple(stamps),
+            list(stamps.values()),
+        )
 
-    def _shared_read(self, key: str, tags: tuple[str, ...]) -> asyncio.Future[list[Any]]:
+    def _shared_read(self, key: str, tags: tuple[str, ...]) -> asyncio.Future[Any]:
         """The raw replies for the entry and its tags' versions: one pipelined round trip.
+
+        Each store call is its own task, created now: their first steps run, in order, on
+        the loop's next step, ahead of the store's flush that a call made in this step (a
+        request's session lookup, after `prefetch`) scheduled, so all of them leave in one
+        write. The reply is the entry's blob alone without tags, else [blob, *versions].
 
         Concurrent identical lookups share one read, but only while that read has not been
         sent: the shared slots are cleared one loop step after they open, before the store
         flushes its pipeline. So whoever joins a read started before it reached Redis, and
         sees Redis as of a moment inside its own call: a read that starts after an
         invalidation returned never gets an older answer. Only immutable bytes are shared;
-        each caller decodes its own value. Callers wait on it shielded: one that goes away
-        does not cancel the others' read.
+        each caller decodes its own value (unless it declared the value immutable). Callers
+        wait on it shielded: one that goes away does not cancel the others' read.
         """
         slot = (key, tags)
         shared = self._reads.get(slot)
         if shared is None:
+            loop = asyncio.get_running_loop()
             if not self._reads:
-                asyncio.get_running_loop().call_soon(self._reads.clear)
-            shared = self._reads[slot] = asyncio.ensure_future(self._read(key, tags))
+                loop.call_soon(self._reads.clear)
+            run = self.store.run
+            entry: asyncio.Future[Any] = loop.create_task(
+                run(READ, [self._name("e", key)], NO_ARGS)
+            )
+            if tags:
+                versions = [
+                    loop.create_task(run(READ, [self._name("t", t)], NO_ARGS)) for t in tags
+                ]
+                entry = asyncio.gather(entry, *versions)
+            shared = self._reads[slot] = entry
             # Nobody may be left to ask (a prefetch dropped, its callers gone): asked here,
             # a failed read is not logged as "never retrieved" (its callers got the error).
             shared.add_done_callback(_retrieve)
         return shared
-
-    async def _read(self, key: str, tags: tuple[str, ...]) -> list[Any]:
-        entry = self.store.run(READ, [self._name("e", key)], NO_ARGS)
-        if not tags:
-            return [await entry]
-        return await asyncio.gather(
-            entry, *(self.store.run(READ, [self._name("t", tag)], NO_ARGS) for tag in tags)
-        )
 
     # --- the decorator ---
 

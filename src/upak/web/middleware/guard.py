@@ -10,6 +10,11 @@ wrapper (they were three middlewares, each wrapping `send`):
   it mid-stream is refused (413) if nothing was answered yet, and a client that hangs up
   mid-body ends quietly (`upak.web.middleware.body_limit`).
 Refusals and the 503 go out through the same wrapper, so the metrics count them too.
+
+That wrapper is also the one place a layer inside adds header fields to the answer: it leaves
+them in `scope[RESPONSE_HEADERS]` (the rate limiter's RateLimit fields, once it admitted the
+request) and they are appended to whatever answer starts, after its own fields, instead of
+each such layer wrapping `send` again. The guard's own refusal and 503 do not carry them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from upak.web.middleware.store_errors import answer_store_error
 
 log = logging.getLogger("upak.web")
 
+# Header fields a layer inside wants appended to the answer (a list of (name, value) pairs).
+RESPONSE_HEADERS = "upak.response_headers"
+
 
 class RequestGuard:
     def __init__(self, app: ASGIApp, *, metrics: Metrics, limit: int = DEFAULT_LIMIT) -> None:
@@ -54,6 +62,9 @@ class RequestGuard:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
+                extra = scope.get(RESPONSE_HEADERS)
+                if extra is not None:
+                    message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         try:
@@ -65,12 +76,14 @@ class RequestGuard:
                 await self.app(scope, limited_receive(receive, self.limit), watching_send)
             except BodyTooLarge:
                 if not started:
+                    scope.pop(RESPONSE_HEADERS, None)  # the guard's own answer
                     await refuse(watching_send, 413, self.limit)
             except ClientDisconnect:
                 log.debug("client went away mid-request: %s %s", scope["method"], scope["path"])
             except StoreError as exc:
                 if started:
                     raise  # half a response is out: nothing left to answer with
+                scope.pop(RESPONSE_HEADERS, None)  # the guard's own answer
                 await answer_store_error(scope, receive, watching_send, exc)
         finally:
             self.metrics.observe_request(

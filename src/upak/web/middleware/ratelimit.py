@@ -44,6 +44,7 @@ from upak.features.ratelimit import (
 )
 from upak.store import KeySpace, Store
 from upak.web.client_ip import Network, client_ip
+from upak.web.middleware.guard import RESPONSE_HEADERS
 from upak.web.problems import problem
 
 SESSION_SCOPE_KEY = "upak.session"  # where the session middleware leaves the session
@@ -162,6 +163,8 @@ class RateLimitMiddleware:
         self._identities: dict[str | None, str] = {}
         # (limits, identity) -> its checks (the key strings).
         self._checks_memo: dict[tuple[int, str], list[Check]] = {}
+        # session user id -> the default limit's checks for that user.
+        self._user_checks: dict[object, list[Check]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.rules.exempt_paths:
@@ -189,14 +192,9 @@ class RateLimitMiddleware:
         if not decision.allowed:
             await refuse(decision, scope, receive, send)
             return
-        headers = decision_headers(decision)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        # Appended to the answer by the outermost layer's one `send` wrapper (RequestGuard).
+        scope[RESPONSE_HEADERS] = decision_headers(decision)
+        await self.app(scope, receive, send)
 
     def _client(self, scope: Scope) -> str:
         """The client IP's identity token. The scope's client is already the one behind any
@@ -227,8 +225,15 @@ class RateLimitMiddleware:
         if scope["path"].startswith(self.rules.webhook_prefix):
             return self._checks_for(self.rules.webhooks, self._client(scope))
         user_id = getattr(scope.get(SESSION_SCOPE_KEY), "user_id", None)
-        who = self._client(scope) if user_id is None else identity_token("user", str(user_id))
-        return self._checks_for(self.rules.default, who)
+        if user_id is None:
+            return self._checks_for(self.rules.default, self._client(scope))
+        checks = self._user_checks.get(user_id)
+        if checks is None:  # a user's token is a hash: made once per user, not per request
+            checks = self._checks_for(self.rules.default, identity_token("user", str(user_id)))
+            if len(self._user_checks) >= self.MEMO_MAX:
+                self._user_checks.clear()
+            self._user_checks[user_id] = checks
+        return checks
 
     async def _login_checks(
         self, scope: Scope, receive: Receive
@@ -321,7 +326,8 @@ def build_rate_limiter(
 
 def install_rate_limiting(app: ASGIApp, limiter: RateLimiter, settings: Settings) -> None:
     """Add the middleware to a FastAPI app (call before adding the session middleware, so
-    that sessions run first and their user id keys the default limit)."""
+    that sessions run first and their user id keys the default limit). Its RateLimit fields
+    reach the answer through `RequestGuard`, which the app puts outside every layer."""
     app.add_middleware(  # type: ignore[attr-defined]
         RateLimitMiddleware, limiter=limiter, rules=RateLimitRules.from_settings(settings)
     )

@@ -72,8 +72,9 @@ def session_cookie_value(scope: Scope, name: str) -> tuple[str | None, bool]:
 
 
 class SessionMiddleware:
-    """`ahead(scope)`, when given, runs just before the lookup: a store read it starts goes to
-    Redis in the same write (`upak.web.hot_routes.HotReads`), at no extra middleware."""
+    """`ahead(scope, user_id)`, when given, runs just before the lookup, with the user id the
+    cookie names (None without a well-formed cookie; not yet confirmed): a store read it
+    starts goes to Redis in the same write (`upak.web.hot_routes.HotReads`)."""
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class SessionMiddleware:
         *,
         sessions: SessionManager,
         settings: Settings,
-        ahead: Callable[[Scope], None] | None = None,
+        ahead: Callable[[Scope, int | None], None] | None = None,
     ) -> None:
         self.app = app
         self.sessions = sessions
@@ -90,8 +91,6 @@ class SessionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            if self.ahead is not None and scope["type"] == "http":
-                self.ahead(scope)
             session, problem = await self._resolve(scope)
             scope[SESSION] = session
             scope[PROBLEM] = problem
@@ -99,11 +98,13 @@ class SessionMiddleware:
 
     async def _resolve(self, scope: Scope) -> tuple[LoginSession | None, str | None]:
         value, oversized = session_cookie_value(scope, self.name)
+        cookie = None if oversized or not value else parse_cookie(value)
+        if self.ahead is not None and scope["type"] == "http":
+            self.ahead(scope, None if cookie is None else cookie.user_id)
         if oversized:
             return None, MALFORMED
         if value is None or value == "":
             return None, None
-        cookie = parse_cookie(value)
         if cookie is None:
             return None, MALFORMED
         session = await self.sessions.resolve(cookie)

@@ -12,6 +12,7 @@ the scope the session middleware filled, the same answer without dependency solv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,15 +22,17 @@ from starlette.types import Scope
 
 from upak.domain.accounts import get_user
 from upak.domain.models import User
+from upak.features.cache import Cache, PrefetchedRead
 from upak.features.sessions import LoginSession
 from upak.web.dependencies import not_logged_in, require_session
-from upak.web.hot_routes import HotEndpoint
+from upak.web.hot_routes import PREFETCHED, HotEndpoint, Prefetched
 from upak.web.http_cache import (
     PRIVATE_CACHE_CONTROL,
     PRIVATE_VARY,
     Answer,
     Representation,
-    answer_representation,
+    RepresentationAnswers,
+    prefetch_private,
     private_representation,
     respond,
 )
@@ -60,9 +63,13 @@ def me_body(user: User) -> dict[str, Any]:
 
 
 async def me_representation(
-    services: Services, session: LoginSession, request: Request
+    services: Services,
+    session: LoginSession,
+    request: Request,
+    prefetched: PrefetchedRead | None = None,
 ) -> Representation:
-    """The caller's /me document, rendered, from the cache or (a miss) the database."""
+    """The caller's /me document, rendered, from the cache or (a miss) the database;
+    `prefetched`: `prefetch_me`'s read for this session's user."""
 
     async def load() -> dict[str, Any]:
         async with services.db() as db:
@@ -71,7 +78,9 @@ async def me_representation(
             raise not_logged_in(request, "The account of this session no longer exists.")
         return me_body(user)
 
-    return await private_representation(services.cache, session.user_id, "me", load)
+    return await private_representation(
+        services.cache, session.user_id, "me", load, prefetched=prefetched
+    )
 
 
 @router.get("/me", response_model=Me, responses=not_modified())
@@ -86,15 +95,24 @@ async def me(
 
 def hot_me(services: Services) -> HotEndpoint:
     """`GET /me` as a raw ASGI endpoint: what `me` answers, `require_session` included."""
-    cache_control = PRIVATE_CACHE_CONTROL.encode()
-    vary = PRIVATE_VARY.encode()
+    answers = RepresentationAnswers(PRIVATE_CACHE_CONTROL.encode(), PRIVATE_VARY.encode())
 
     async def me_hot(scope: Scope) -> Answer:
         session: LoginSession | None = scope.get(SESSION)
         request = Request(scope)  # only a reference to the scope; read on a 401 or a miss
         if session is None:
             raise not_logged_in(request)
-        representation = await me_representation(services, session, request)
-        return answer_representation(scope, representation, cache_control, vary)
+        prefetched: Prefetched | None = scope.get(PREFETCHED)
+        read = None
+        if prefetched is not None and prefetched[0] == session.user_id:  # for this user only
+            read = prefetched[1]
+        representation = await me_representation(services, session, request, read)
+        return answers.answer(scope, representation)
 
     return me_hot
+
+
+def prefetch_me(cache: Cache) -> Callable[[int | None], PrefetchedRead | None]:
+    """The read `me_hot` makes, started for the user the session cookie names
+    (`upak.web.hot_routes.HotReads`); nothing without a cookie."""
+    return lambda user_id: None if user_id is None else prefetch_private(cache, user_id, "me")

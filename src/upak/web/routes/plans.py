@@ -16,10 +16,10 @@ from starlette.types import Scope
 
 from upak.domain.billing import PLANS
 from upak.features.cache import Cache, PrefetchedRead
-from upak.web.hot_routes import PREFETCHED, HotEndpoint
+from upak.web.hot_routes import PREFETCHED, HotEndpoint, Prefetched
 from upak.web.http_cache import (
     Answer,
-    answer_representation,
+    RepresentationAnswers,
     cached_representation,
     public_cache_control,
     public_json,
@@ -53,17 +53,23 @@ async def list_plans(request: Request) -> Response:
 
 def hot_list_plans(cache: Cache) -> HotEndpoint:
     """`GET /plans` as a raw ASGI endpoint over `cache`: what `list_plans` answers."""
-    cache_control = _CACHE_CONTROL.encode()
+    answers = RepresentationAnswers(_CACHE_CONTROL.encode(), None)
 
     async def list_plans_hot(scope: Scope) -> Answer:
         representation = await cached_representation(
-            cache, PLANS_KEY, catalogue, tags=_TAGS, prefetched=scope.get(PREFETCHED)
+            cache, PLANS_KEY, catalogue, tags=_TAGS, prefetched=_prefetched(scope)
         )
-        return answer_representation(scope, representation, cache_control, None)
+        return answers.answer(scope, representation)
 
     return list_plans_hot
 
 
-def prefetch_plans(cache: Cache) -> Callable[[], PrefetchedRead]:
-    """The read `list_plans_hot` makes, to start ahead of it (`upak.web.hot_routes.HotReads`)."""
-    return lambda: cache.prefetch(PLANS_KEY, _TAGS)
+def _prefetched(scope: Scope) -> PrefetchedRead | None:
+    prefetched: Prefetched | None = scope.get(PREFETCHED)
+    return None if prefetched is None else prefetched[1]
+
+
+def prefetch_plans(cache: Cache) -> Callable[[int | None], PrefetchedRead]:
+    """The read `list_plans_hot` makes, to start ahead of it (`upak.web.hot_routes.HotReads`):
+    the same for everyone."""
+    return lambda user_id: cache.prefetch(PLANS_KEY, _TAGS)
