@@ -364,3 +364,61 @@ async def test_a_merged_call_that_fails_on_redis_falls_back_as_one_call(
         assert store.mode is Mode.MEMORY and store.stats.fallback_calls == 1
     finally:
         await store.close()
+
+
+async def test_a_waiting_decision_is_the_batch_future_itself(
+    shared_redis: RedisServer, key_prefix: str
+):
+    # No coroutine of its own per decision: the store hands back the batch's future.
+    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, blocked_max=0)
+        (limit,) = one("2/minute")
+        check = limiter.check_for(limit, "ip:future")
+        waiting = store.submit(limiter.op, [check.key], check.limit.alone)
+        assert isinstance(waiting, asyncio.Future)
+        assert (await waiting)[0] == 1
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("callers", [1, 3])
+async def test_a_decision_after_the_script_cache_emptied_is_made_once(
+    fresh_redis: RedisServer, key_prefix: str, callers: int
+):
+    store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, blocked_max=0)
+        (limit,) = one("3/minute")
+        check = limiter.check_for(limit, "ip:flushed")
+        await limiter.decide([limiter.check_for(limit, "ip:warm")])  # connection open
+        fresh_redis.client().script_flush()
+        async with asyncio.timeout(5):
+            decisions = await asyncio.gather(*(limiter.decide([check]) for _ in range(callers)))
+        # NOSCRIPT: the script never ran, so sent again (EVAL) each decision counts once.
+        assert [d.states[0].remaining for d in decisions] == list(range(2, 2 - callers, -1))
+        assert store.mode is Mode.REDIS
+    finally:
+        await store.close()
+
+
+async def test_a_decision_alone_that_fails_on_redis_falls_back(
+    fresh_redis: RedisServer, key_prefix: str
+):
+    store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, blocked_max=0)
+        (limit,) = one("1/minute")
+        check = limiter.check_for(limit, "ip:alone")
+        await limiter.decide([limiter.check_for(limit, "ip:warm")])
+        fresh_redis.kill()
+        async with asyncio.timeout(5):
+            first = await limiter.decide([check])
+            second = await limiter.decide([check])
+        assert first.allowed and not second.allowed
+        assert store.mode is Mode.MEMORY and store.stats.fallback_calls == 2
+    finally:
+        await store.close()

@@ -519,9 +519,9 @@ class RateLimiter:
                 return blocked
         if len(checks) == 1:
             check = checks[0]
-            reply = await self.store.run(self.op, [check.key], check.limit.alone)
+            reply = await self.store.submit(self.op, [check.key], check.limit.alone)
         else:
-            reply = await self.store.run(
+            reply = await self.store.submit(
                 self.op,
                 [check.key for check in checks],
                 Decisions((tuple([check.limit.args for check in checks]),)),

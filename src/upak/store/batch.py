@@ -8,8 +8,9 @@ Cluster) shares it:
 * first the deferred handlers run: each FailoverStore merges the step's calls of an
   operation that declares a `BatchCodec` (the rate-limit decisions) into one call per
   operation (and Cluster slot), run once on the ordinary path, so the breaker's and the
-  fallback's bookkeeping happen once per merged call; a call alone in its step is handed
-  back (`ALONE`) and runs as it is;
+  fallback's bookkeeping happen once per merged call; a call alone in its step runs as it
+  is. The caller awaits its future directly (`Store.submit`: no coroutine per call), and
+  while Redis serves the call goes into this step's write with a callback on its reply;
 * then the RedisStore's `send` packs every call of the step and writes them with one
   `write` (standalone, Sentinel), or as one pipeline per Cluster node. The Wire under it
   writes what it is given, with no batching of its own.
@@ -44,11 +45,7 @@ A = TypeVar("A")  # an operation's argument record
 I = TypeVar("I")  # an item of a batch  # noqa: E741
 Reply = Any
 
-# What a merged operation's caller gets when its call is alone in its loop step (or its
-# slot): nothing to merge, so it runs the call itself, on the ordinary path.
-ALONE: Any = object()
-
-__all__ = ["ALONE", "BatchCodec", "Part", "StepBatch", "fail", "fresh_error", "settle"]
+__all__ = ["BatchCodec", "Part", "StepBatch", "fail", "fresh_error", "settle"]
 
 
 class Part(NamedTuple, Generic[A]):
@@ -117,11 +114,14 @@ class StepBatch(Generic[I]):
         loop.call_soon(self._run)
 
     def _run(self) -> None:
-        self._scheduled = False
         if self._deferred:
+            # Still scheduled meanwhile: what a handler adds leaves with this step's items.
             deferred, self._deferred = self._deferred, {}
             for handler, queued in deferred.items():
                 handler(queued)
+        self._scheduled = False
+        if self._deferred:  # a handler deferred a call: it runs in the next step
+            self._schedule()
         if self._items:
             items, self._items = self._items, []
             self._send(items)

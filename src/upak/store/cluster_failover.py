@@ -161,6 +161,13 @@ class ClusterFailoverStore(Store):
         for store in self.stores:
             store.on_recovery(callback)
 
+    def submit(self, op: Operation[A, T], keys: Sequence[str], args: A) -> Awaitable[T]:
+        if op.batch is not None and len(keys) > 1:
+            parts = op.batch.parts(keys, args, _slot)
+            if parts is not None:
+                return self._run_parts(op, args, parts)
+        return self.store_for(keys[0]).submit(op, keys, args)
+
     async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         if op.batch is not None and len(keys) > 1:
             parts = op.batch.parts(keys, args, _slot)

@@ -151,6 +151,29 @@ class RedisStore(Store):
         except BaseException as exc:
             raise self._failed(exc) from None
 
+    def submit_raw(
+        self, op: Operation[Any, Any], keys: Sequence[str], record: Any
+    ) -> asyncio.Future[Any] | None:
+        """`run_raw`'s common case with no coroutine: the call joins this loop step's write
+        and the future has its raw reply, or the error as Redis gave it (`failed` makes it
+        what `run_raw` raises; a NoScriptError means the script did not run). None when the
+        call needs `run_raw` (no open connection, a durable write, Cluster)."""
+        if self.cluster:
+            return None
+        wire = self._wire
+        if wire is None or wire.error is not None:
+            return None
+        if op.durable and self.wait_replicas:
+            return None
+        self.calls_sent += 1
+        future = wire._loop.create_future()
+        self.batch.add((wire, op, keys, record, future, False, None))
+        return future
+
+    def failed(self, exc: BaseException) -> BaseException:
+        """What `run_raw` raises for `exc`, an error a `submit_raw` future got."""
+        return self._failed(exc)
+
     async def _evalsha(
         self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], record: Any
     ) -> Any:
