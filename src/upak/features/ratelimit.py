@@ -195,7 +195,7 @@ def merge_decisions(
     return keys, Decisions(tuple(decisions))
 
 
-def split_decisions(records: Sequence[Decisions], reply: Sequence[int]) -> list[list[int]]:
+def split_decisions(records: Sequence[Decisions], reply: list[int]) -> list[list[int]]:
     """A merged call's reply cut back into each call's own (the other half of the merge)."""
     out: list[list[int]] = []
     at = 0
@@ -205,7 +205,7 @@ def split_decisions(records: Sequence[Decisions], reply: Sequence[int]) -> list[
             end = at + 1 + len(decisions[0]) * 3
         else:
             end = at + sum([1 + len(limits) * 3 for limits in decisions])
-        out.append(list(reply[at:end]))
+        out.append(reply[at:end])  # a list: `parse` made the reply one
         at = end
     if at != len(reply):
         raise ValueError("a merged rate-limit reply does not match its decisions")
