@@ -16,7 +16,8 @@ A call whose keys span slots (a login's IP and email limits) is split by its ope
 `BatchCodec.parts`, each part sent to its own slot's store, and the replies joined.
 
 Every node's calls of one loop step still go out together (`RedisStore._evalsha_all`: one
-pipeline per node, all at once), and one node's failure fails only its own calls.
+pipeline per node, all at once), each node's callers get their replies when that node
+answers, and one node's failure (or hang) fails (or holds) only its own calls.
 """
 
 from __future__ import annotations

@@ -394,39 +394,45 @@ class RedisStore(Store):
     async def _send(
         self, batch: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg], Any]]
     ) -> None:
+        futures = [future for *_, future in batch]
         try:
-            replies = await self._evalsha_all([(op, keys, args) for op, keys, args, _ in batch])
+            await self._evalsha_all([(op, keys, args) for op, keys, args, _ in batch], futures)
         except BaseException as exc:  # every waiter must hear what happened to its call
-            fail([future for *_, future in batch], _as_store_error(exc))
+            fail(futures, _as_store_error(exc))
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            settle(future, _as_store_error(reply) if isinstance(reply, BaseException) else reply)
 
     async def _evalsha_all(
-        self, calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]]
-    ) -> list[Any]:
-        """Each call's reply or its own error: the calls are grouped by the master of their
-        slot and each group goes as one pipeline to its node, all groups at once. A node
-        that is down, hung or refusing fails its own group only (a per-node breaker keeps
-        the other nodes' keys on Redis), and is left to redis-py's topology refresh."""
+        self,
+        calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]],
+        futures: list[asyncio.Future[Any]],
+    ) -> None:
+        """Each call's reply or its own error to its future: the calls are grouped by the
+        master of their slot and each group goes as one pipeline to its node, all groups at
+        once, each group's futures settled as soon as its node answered. A node that is
+        down, hung or refusing fails (and delays) its own group only (a per-node breaker
+        keeps the other nodes' keys on Redis), and is left to redis-py's topology refresh."""
         if self.client._initialize:
-            async with asyncio.timeout(self.call_timeout):
-                await self.client.initialize()  # the slot map (again, after a node failed)
+            try:
+                async with asyncio.timeout(self.call_timeout):
+                    await self.client.initialize()  # the slot map (again, after a node failed)
+            except Exception:
+                # The slot map could not be read again (the node asked is down or slow):
+                # the map held so far routes these calls, so only a dead node's calls fail
+                # (on their own), and the next step's calls ask again.
+                if not self.client.nodes_manager.slots_cache:
+                    raise
         self.calls_sent += len(calls)
         groups: dict[str, tuple[Any, list[int]]] = {}
         for i, (_, keys, _) in enumerate(calls):
             node = self.cluster_node(self.client.keyslot(keys[0]))
             groups.setdefault(node.name, (node, []))[1].append(i)
-        replies: list[Any] = [None] * len(calls)
         await asyncio.gather(
             *(
-                self._node_pipeline(node, calls, indexes, replies)
+                self._node_pipeline(node, calls, indexes, futures)
                 for node, indexes in groups.values()
             )
         )
-        return replies
 
     def cluster_node(self, slot: int) -> Any:
         """The redis-py ClusterNode serving `slot` now (the master of its slot range)."""
@@ -437,9 +443,25 @@ class RedisStore(Store):
         node: Any,
         calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]],
         indexes: list[int],
-        replies: list[Any],
+        futures: list[asyncio.Future[Any]],
     ) -> None:
-        """One node's calls as one pipeline; their replies (or errors) go into `replies`."""
+        """One node's calls as one pipeline; their replies (or errors) settle their futures
+        as soon as this node answered, whatever the other nodes do."""
+        replies: dict[int, Any] = {}
+        await self._node_replies(node, calls, indexes, replies)  # cancelled: see `_send`
+        for i in indexes:
+            reply = replies[i]
+            if isinstance(reply, BaseException):
+                reply = _as_store_error(reply)
+            settle(futures[i], reply)
+
+    async def _node_replies(
+        self,
+        node: Any,
+        calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]],
+        indexes: list[int],
+        replies: dict[int, Any],
+    ) -> None:
         todo = indexes
         try:
             async with asyncio.timeout(self.call_timeout):
