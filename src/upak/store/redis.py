@@ -412,16 +412,7 @@ class RedisStore(Store):
         once, each group's futures settled as soon as its node answered. A node that is
         down, hung or refusing fails (and delays) its own group only (a per-node breaker
         keeps the other nodes' keys on Redis), and is left to redis-py's topology refresh."""
-        if self.client._initialize:
-            try:
-                async with asyncio.timeout(self.call_timeout):
-                    await self.client.initialize()  # the slot map (again, after a node failed)
-            except Exception:
-                # The slot map could not be read again (the node asked is down or slow):
-                # the map held so far routes these calls, so only a dead node's calls fail
-                # (on their own), and the next step's calls ask again.
-                if not self.client.nodes_manager.slots_cache:
-                    raise
+        await self._refresh_slot_map()
         self.calls_sent += len(calls)
         groups: dict[str, tuple[Any, list[int]]] = {}
         for i, (_, keys, _) in enumerate(calls):
@@ -433,6 +424,20 @@ class RedisStore(Store):
                 for node, indexes in groups.values()
             )
         )
+
+    async def _refresh_slot_map(self) -> None:
+        """The slot map asked again after a node failed. A refresh that fails (the node
+        asked is down or slow) leaves the map held so far routing calls and heartbeats, so
+        only a dead node's own calls and pings fail, not every range's; the next step asks
+        again."""
+        if not self.client._initialize:
+            return
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                await self.client.initialize()
+        except Exception:
+            if not self.client.nodes_manager.slots_cache:
+                raise  # no map to fall back on (never read)
 
     def cluster_node(self, slot: int) -> Any:
         """The redis-py ClusterNode serving `slot` now (the master of its slot range)."""
@@ -548,9 +553,8 @@ class RedisStore(Store):
     async def ping_slot(self, slot: int) -> float:
         """Round-trip seconds of a PING to the master serving `slot` (a per-node heartbeat)."""
         started = time.perf_counter()
+        await self._refresh_slot_map()
         async with asyncio.timeout(self.call_timeout):
-            if self.client._initialize:
-                await self.client.initialize()
             node = self.cluster_node(slot)
             try:
                 await node.execute_command("PING")
