@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import make_settings
 from tests.support.redis_servers import RedisServer, free_port
 from upak.features.ratelimit import (
+    DECISIONS_BATCH,
     Decisions,
     RateLimiter,
     ScriptLimit,
@@ -16,12 +17,10 @@ from upak.features.ratelimit import (
     identity_token,
     named_limits,
 )
-from upak.store import KeySpace, MemoryData, MemoryStore, Store, build_store
+from upak.store import KeySpace, MemoryData, MemoryStore, Mode, Store, build_store
 
 
 def limiter_for(store: Store, key_prefix: str, **kwargs) -> RateLimiter:
-    # On a cluster, as build_rate_limiter decides from REDIS_URL: one call per identity.
-    kwargs.setdefault("one_slot_per_call", getattr(getattr(store, "redis", None), "cluster", False))
     return RateLimiter(store, KeySpace(key_prefix), **kwargs)
 
 
@@ -227,8 +226,9 @@ async def test_keys_never_hold_an_email_and_share_a_tag_per_identity(shared_redi
     assert limiter.check_for(limit, "ip:1.2.3.4").key.startswith("upak:ratelimit:{ip:1.2.3.4}:")
 
 
-async def test_cluster_mode_splits_checks_by_identity(any_store: Store, key_prefix: str):
-    limiter = limiter_for(any_store, key_prefix, one_slot_per_call=True, blocked_max=0)
+async def test_checks_of_several_identities_decide_together(any_store: Store, key_prefix: str):
+    # On Cluster the two identities' keys are in two slots: the store splits the call.
+    limiter = limiter_for(any_store, key_prefix, blocked_max=0)
     a, b = one("2/minute", "a")[0], one("1/minute", "b")[0]
     checks = [limiter.check_for(a, "ip:1"), limiter.check_for(b, "email:z")]
     first = await limiter.decide(checks)
@@ -258,5 +258,167 @@ async def test_concurrent_decisions_share_one_script_call(shared_redis: RedisSer
         assert sum(d.allowed for d in decisions) == 60
         # In order within the batch: each identity's first two are admitted, the third not.
         assert [d.allowed for d in decisions[60:]] == [False] * 30
+    finally:
+        await store.close()
+
+
+async def test_a_merged_call_holds_at_most_max_calls_decisions(
+    shared_redis: RedisServer, key_prefix
+):
+    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, blocked_max=0)
+        (limit,) = one("1000/minute")
+        client = shared_redis.client()
+
+        def evalsha_calls() -> int:
+            return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+        await limiter.decide([limiter.check_for(limit, "ip:warm")])
+        before = evalsha_calls()
+        cap = DECISIONS_BATCH.max_calls
+        decisions = await asyncio.gather(
+            *(limiter.decide([limiter.check_for(limit, "ip:many")]) for _ in range(cap + 1))
+        )
+        assert evalsha_calls() - before == 2  # cap decisions in one call, the last in another
+        assert [d.states[0].remaining for d in decisions] == list(range(999, 998 - cap, -1))
+    finally:
+        await store.close()
+
+
+async def _waiting_in_the_batch(shared_redis: RedisServer, key_prefix: str):
+    """A store and limiter, warmed (connection open, script loaded), and three decisions on
+    one 2/minute key, asked for in one loop step and still waiting in its batch."""
+    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    limiter = limiter_for(store, key_prefix, blocked_max=0)
+    (limit,) = one("2/minute")
+    check = limiter.check_for(limit, "ip:cancel")
+    await limiter.decide([limiter.check_for(limit, "ip:warm")])
+    wire = store.redis._wire
+    tasks = [asyncio.create_task(limiter.decide([check])) for _ in range(3)]
+    writes = wire.writes
+    await asyncio.sleep(0)  # the three are waiting; this step's batch has not left yet
+    assert wire.writes == writes and not any(t.done() for t in tasks)
+    return store, limiter, check, wire, tasks
+
+
+async def test_a_caller_that_gives_up_before_its_batch_leaves_is_not_sent(
+    shared_redis: RedisServer, key_prefix: str
+):
+    store, limiter, check, _, tasks = await _waiting_in_the_batch(shared_redis, key_prefix)
+    try:
+        tasks[1].cancel()
+        async with asyncio.timeout(5):  # a waiter left hanging fails, rather than hangs
+            first, third = await tasks[0], await tasks[2]
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[1]
+        # The cancelled decision was never made: the other two are the key's two admissions.
+        assert first.allowed and third.allowed
+        assert [first.states[0].remaining, third.states[0].remaining] == [1, 0]
+        assert not (await limiter.decide([check])).allowed
+    finally:
+        await store.close()
+
+
+async def test_a_caller_that_gives_up_after_its_batch_left_keeps_its_decision(
+    shared_redis: RedisServer, key_prefix: str
+):
+    store, limiter, check, wire, tasks = await _waiting_in_the_batch(shared_redis, key_prefix)
+    try:
+        writes = wire.writes
+        while wire.writes == writes:
+            await asyncio.sleep(0)
+        assert not any(t.done() for t in tasks)  # written, no reply read yet
+        tasks[1].cancel()
+        async with asyncio.timeout(5):  # a waiter left hanging fails, rather than hangs
+            first, third = await tasks[0], await tasks[2]
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[1]
+        # Redis made the cancelled caller's decision (admitted, the second); the others get
+        # their own, once each: the first admitted, the third refused.
+        assert first.allowed and first.states[0].remaining == 1
+        assert not third.allowed
+        assert not (await limiter.decide([check])).allowed
+    finally:
+        await store.close()
+
+
+async def test_a_merged_call_that_fails_on_redis_falls_back_as_one_call(
+    fresh_redis: RedisServer, key_prefix: str
+):
+    store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, blocked_max=0)
+        (limit,) = one("5/minute")
+        check = limiter.check_for(limit, "ip:outage")
+        await limiter.decide([limiter.check_for(limit, "ip:warm")])
+        fresh_redis.kill()
+        async with asyncio.timeout(5):
+            decisions = await asyncio.gather(*(limiter.decide([check]) for _ in range(8)))
+        # The merged call fell back as one call would: every decision answered, in order.
+        assert [d.allowed for d in decisions] == [True] * 5 + [False] * 3
+        # Merged, they tripped the breaker and were served from memory as one call.
+        assert store.mode is Mode.MEMORY and store.stats.fallback_calls == 1
+    finally:
+        await store.close()
+
+
+async def test_a_waiting_decision_is_the_batch_future_itself(
+    shared_redis: RedisServer, key_prefix: str
+):
+    # No coroutine of its own per decision: the store hands back the batch's future.
+    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, blocked_max=0)
+        (limit,) = one("2/minute")
+        check = limiter.check_for(limit, "ip:future")
+        waiting = store.submit(limiter.op, [check.key], check.limit.alone)
+        assert isinstance(waiting, asyncio.Future)
+        assert (await waiting)[0] == 1
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("callers", [1, 3])
+async def test_a_decision_after_the_script_cache_emptied_is_made_once(
+    fresh_redis: RedisServer, key_prefix: str, callers: int
+):
+    store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, blocked_max=0)
+        (limit,) = one("3/minute")
+        check = limiter.check_for(limit, "ip:flushed")
+        await limiter.decide([limiter.check_for(limit, "ip:warm")])  # connection open
+        fresh_redis.client().script_flush()
+        async with asyncio.timeout(5):
+            decisions = await asyncio.gather(*(limiter.decide([check]) for _ in range(callers)))
+        # NOSCRIPT: the script never ran, so sent again (EVAL) each decision counts once.
+        assert [d.states[0].remaining for d in decisions] == list(range(2, 2 - callers, -1))
+        assert store.mode is Mode.REDIS
+    finally:
+        await store.close()
+
+
+async def test_a_decision_alone_that_fails_on_redis_falls_back(
+    fresh_redis: RedisServer, key_prefix: str
+):
+    store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    try:
+        limiter = limiter_for(store, key_prefix, blocked_max=0)
+        (limit,) = one("1/minute")
+        check = limiter.check_for(limit, "ip:alone")
+        await limiter.decide([limiter.check_for(limit, "ip:warm")])
+        fresh_redis.kill()
+        async with asyncio.timeout(5):
+            first = await limiter.decide([check])
+            second = await limiter.decide([check])
+        assert first.allowed and not second.allowed
+        assert store.mode is Mode.MEMORY and store.stats.fallback_calls == 2
     finally:
         await store.close()

@@ -77,6 +77,39 @@ async def test_durable_writes_wait_for_each_nodes_replicas(
         await store.close()
 
 
+async def test_a_hung_masters_calls_do_not_hold_the_others_of_their_step(
+    replicated_cluster: RedisCluster, key_prefix: str
+) -> None:
+    """The calls of one loop step go to every node at once; a healthy node's callers get
+    their replies when that node answers, not when the hung one times out."""
+    group = replicated_cluster
+    keys = keys_by_master(group, f"{key_prefix}:hung", per_master=1)
+    hung_port, healthy_port = sorted(keys)[:2]
+    hung: RedisServer = next(n for n in group.nodes if n.port == hung_port)
+    settings = make_settings(
+        redis_url=group.url, redis_socket_timeout=0.3, redis_connect_timeout=0.3
+    )
+    store = build_store(settings)
+    await store.start()
+    try:
+        await store.set(keys[hung_port][0], "warm", 60_000)  # connections open
+        await store.set(keys[healthy_port][0], "warm", 60_000)
+        hung.pause()
+        try:
+            stuck = asyncio.create_task(store.get(keys[hung_port][0]))
+            healthy = asyncio.create_task(store.get(keys[healthy_port][0]))
+            # Well inside the hung node's 0.6 s call deadline (and the cluster's 1 s node
+            # timeout: no failover), the healthy node's reply is in.
+            done, _ = await asyncio.wait({healthy}, timeout=0.3)
+            assert healthy in done and not stuck.done()
+        finally:
+            hung.resume()
+        assert healthy.result() == b"warm"
+        await stuck
+    finally:
+        await store.close()
+
+
 async def test_one_dead_master_degrades_only_its_slots(
     replicated_cluster: RedisCluster, key_prefix: str
 ) -> None:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import hiredis
 import pytest
 import redis.exceptions as rex
 import uvloop
@@ -40,9 +41,14 @@ def test_concurrent_calls_each_get_their_own_reply(run: Runner, shared_redis: Re
             # Mixed sizes, one of 1 MB: replies arrive split across many reads.
             values = [f"value-{i}-".encode() * (i % 40 + 1) for i in range(3000)]
             values[1500] = b"x" * 1_000_000
-            replies = await asyncio.gather(*(wire.call(("ECHO", v)) for v in values))
-            assert replies == values
-            assert wire.writes == 2  # the set-up, then all 3000 calls of one loop step
+            set_up = wire.writes
+            futures = [asyncio.get_running_loop().create_future() for _ in values]
+            wire.send([hiredis.pack_command(("ECHO", v)) for v in values], futures)
+            # A call in the middle of them, written on its own, gets its own reply.
+            alone = wire.call(("ECHO", "alone"))
+            assert await asyncio.gather(*futures) == values
+            assert await alone == b"alone"
+            assert wire.writes == set_up + 2  # the 3000 calls in one write, then the one
         finally:
             wire.close()
 

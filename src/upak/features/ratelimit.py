@@ -22,19 +22,19 @@ host count together in the host tier (store/host.py), so N hosts together stay a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, NamedTuple
 
 from upak.ratelimit_policy import Limit, parse_policy
 from upak.store import KeySpace, Operation, Store
+from upak.store.batch import BatchCodec, Part
 from upak.store.keyspace import IntLog
 from upak.store.operation import Arg
 
@@ -182,19 +182,86 @@ def decode_decisions(argv: Sequence[Arg]) -> Decisions:
     return Decisions(tuple(decisions))
 
 
-# One decision's reply: allowed, then remaining, next_ms, retry_ms per limit, flat.
-DecisionReply = tuple[bool, Sequence[int]]
+def merge_decisions(
+    calls: Sequence[tuple[Sequence[str], Decisions]],
+) -> tuple[list[str], Decisions]:
+    """Several calls' decisions as one call: their keys and decisions, in order (the script
+    takes them in order, each atomic on its own, and each sees the ones before it)."""
+    keys: list[str] = []
+    decisions: list[tuple[ScriptLimit, ...]] = []
+    for call_keys, record in calls:
+        keys += call_keys
+        decisions += record.decisions
+    return keys, Decisions(tuple(decisions))
 
 
-def split_reply(record: Decisions, reply: Sequence[int]) -> list[DecisionReply]:
-    """The script's reply, decision by decision (the other half of `encode_decisions`)."""
-    out: list[DecisionReply] = []
+def split_decisions(records: Sequence[Decisions], reply: list[int]) -> list[list[int]]:
+    """A merged call's reply cut back into each call's own (the other half of the merge)."""
+    out: list[list[int]] = []
     at = 0
-    for limits in record.decisions:
-        end = at + 1 + len(limits) * 3
-        out.append((bool(reply[at]), reply[at + 1 : end]))
+    for record in records:
+        decisions = record.decisions
+        if len(decisions) == 1:  # as RateLimiter asks
+            end = at + 1 + len(decisions[0]) * 3
+        else:
+            end = at + sum([1 + len(limits) * 3 for limits in decisions])
+        out.append(reply[at:end])  # a list: `parse` made the reply one
         at = end
+    if at != len(reply):
+        raise ValueError("a merged rate-limit reply does not match its decisions")
     return out
+
+
+def decision_parts(
+    keys: Sequence[str], record: Decisions, group: Callable[[str], Hashable]
+) -> list[Part[Decisions]] | None:
+    """A call whose keys fall into several Cluster slots (a login's IP and email limits): one
+    one-decision call per decision and slot, or None when every key shares one slot. Each
+    part is atomic on its own; together they are not (a part that admits records even if
+    another part refuses)."""
+    groups = [group(key) for key in keys]
+    if all(g == groups[0] for g in groups):
+        return None
+    parts: list[Part[Decisions]] = []
+    k = 0
+    for limits in record.decisions:
+        mine: dict[Hashable, list[int]] = {}
+        for i in range(k, k + len(limits)):
+            mine.setdefault(groups[i], []).append(i)
+        for indexes in mine.values():
+            part = Decisions((tuple(limits[i - k] for i in indexes),))
+            parts.append(Part(indexes, [keys[i] for i in indexes], part))
+        k += len(limits)
+    return parts
+
+
+def join_decisions(
+    record: Decisions, parts: Sequence[Part[Decisions]], replies: Sequence[Sequence[int]]
+) -> list[int]:
+    """The reply of the call `decision_parts` split: a decision admits if all its parts did."""
+    owner: list[int] = []  # key position -> decision
+    for d, limits in enumerate(record.decisions):
+        owner += [d] * len(limits)
+    allowed = [1] * len(record.decisions)
+    values: list[Sequence[int]] = [()] * len(owner)
+    for part, reply in zip(parts, replies, strict=True):
+        for j, i in enumerate(part.indexes):
+            values[i] = reply[1 + j * 3 : 4 + j * 3]
+            if not reply[0]:
+                allowed[owner[i]] = 0
+    out: list[int] = []
+    at = 0
+    for d, limits in enumerate(record.decisions):
+        out.append(allowed[d])
+        for value in values[at : at + len(limits)]:
+            out += value
+        at += len(limits)
+    return out
+
+
+DECISIONS_BATCH: BatchCodec[Decisions] = BatchCodec(
+    merge=merge_decisions, split=split_decisions, parts=decision_parts, join=join_decisions
+)
 
 
 _Log = IntLog  # the memory twin's sliding log: admission times in µs, newest first, as the script
@@ -279,6 +346,7 @@ def decide_operation(divisor: int = 1) -> Operation[Decisions, list[int]]:
         args=Decisions,
         encode=encode_decisions,
         decode=decode_decisions,
+        batch=DECISIONS_BATCH,
         memory=_decide_memory,
         parse=list,
         fallback_args=_divide_amounts(divisor) if divisor > 1 else None,
@@ -299,6 +367,8 @@ class NamedLimit:
     key_suffix: str
     peek: bool = False  # ask only: admit or refuse, record nothing (see `peeking`)
     args: ScriptLimit = field(init=False)  # what the script gets for this limit
+    # The record of a decision on this limit alone (most requests ask one limit).
+    alone: Decisions = field(init=False, repr=False)
     # Rendered once: every response carries them (`"name";q=N;w=S`, `"name";r=%d;t=%d`).
     policy_member: bytes = field(init=False, repr=False)
     state_template: bytes = field(init=False, repr=False)
@@ -307,7 +377,9 @@ class NamedLimit:
         code = _ALGORITHM_CODE[self.limit.algorithm]
         if self.peek:
             code = code.upper()
-        object.__setattr__(self, "args", ScriptLimit(code, self.limit.amount, self.limit.window_ms))
+        args = ScriptLimit(code, self.limit.amount, self.limit.window_ms)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "alone", Decisions(((args,),)))
         object.__setattr__(self, "policy_member", self.policy_item.encode())
         object.__setattr__(self, "state_template", f'"{self.name}";r=%d;t=%d'.encode())
 
@@ -406,11 +478,13 @@ def client_network(address: IPAddress | str | None, ipv6_prefix: int = 64) -> st
 
 
 class RateLimiter:
-    """Decides requests against their limits: one script call each, batched per loop step.
+    """Decides requests against their limits: one script call each, merged by the store.
 
-    Decisions asked for in the same event-loop step go to Redis as ONE script call (at most
-    `batch_max` decisions each): the script takes them in order, each atomic on its own, so
-    a busy process pays one EVALSHA, not one per request, and stays exact.
+    Each decision is one call of the decision operation; the store's batcher merges the
+    decisions asked for in the same event-loop step into ONE script call (at most
+    `BatchCodec.max_calls` each, `DECISIONS_BATCH`): the script takes them in order, each
+    atomic on its own, so a busy process pays one EVALSHA, not one per request, and stays
+    exact. On Redis Cluster the store sends each slot's part of a decision on its own.
     """
 
     def __init__(
@@ -420,24 +494,15 @@ class RateLimiter:
         *,
         divisor: int = 1,
         clock: Callable[[], float] = time.monotonic,
-        one_slot_per_call: bool = False,
         blocked_max: int = 10_000,
-        batch_max: int = 128,
     ) -> None:
         self.store = store
         self.keys = keys
         self.op = decide_operation(divisor)
         self._clock = clock
-        # On Redis Cluster a script's keys must share a slot: each decision is then its own
-        # call, split by identity (sent together in one pipeline, still one round trip).
-        self.one_slot_per_call = one_slot_per_call
         # key -> local time it admits again: until then answered without Redis.
         self._blocked: OrderedDict[str, float] = OrderedDict()
         self.blocked_max = blocked_max
-        self.batch_max = batch_max
-        self._pending: list[tuple[Sequence[Check], asyncio.Future[Decision]]] = []
-        self._flush_scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
         self.local_refusals = 0
 
     def check_for(self, limit: NamedLimit, identity: str) -> Check:
@@ -452,67 +517,17 @@ class RateLimiter:
             blocked = self._known_blocked(checks)
             if blocked is not None:
                 return blocked
-        if self.one_slot_per_call:
-            return await self._decide_per_slot(checks)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Decision] = loop.create_future()
-        self._pending.append((checks, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        pending, self._pending = self._pending, []
-        loop = asyncio.get_running_loop()
-        for start in range(0, len(pending), self.batch_max):
-            task = loop.create_task(self._send(pending[start : start + self.batch_max]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[Sequence[Check], asyncio.Future[Decision]]]) -> None:
-        keys: list[str] = []
-        decisions: list[tuple[ScriptLimit, ...]] = []
-        for checks, _ in batch:
-            keys += [check.key for check in checks]
-            decisions.append(_limits(checks))
-        record = Decisions(tuple(decisions))
-        try:
-            reply = await self.store.run(self.op, keys, record)
-        except BaseException as exc:  # every waiter hears what happened to its decision
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        for (checks, future), part in zip(batch, split_reply(record, reply), strict=True):
-            decision = _decision(checks, part)
-            if not decision.allowed:
-                self._remember_blocked(checks, decision)
-            if not future.done():
-                future.set_result(decision)
-
-    async def _decide_per_slot(self, checks: Sequence[Check]) -> Decision:
-        groups: dict[str, list[Check]] = {}
-        for check in checks:
-            groups.setdefault(_tag(check.key), []).append(check)
-        records = [Decisions((_limits(group),)) for group in groups.values()]
-        replies = await asyncio.gather(
-            *(
-                self.store.run(self.op, [c.key for c in group], record)
-                for group, record in zip(groups.values(), records, strict=True)
+        if len(checks) == 1:
+            check = checks[0]
+            reply = await self.store.submit(self.op, [check.key], check.limit.alone)
+        else:
+            reply = await self.store.submit(
+                self.op,
+                [check.key for check in checks],
+                Decisions((tuple([check.limit.args for check in checks]),)),
             )
-        )
-        states: dict[str, LimitState] = {}
-        allowed = True
-        for group, record, reply in zip(groups.values(), records, replies, strict=True):
-            part = _decision(group, split_reply(record, reply)[0])
-            allowed = allowed and part.allowed
-            states.update(zip((c.key for c in group), part.states, strict=True))
-        decision = Decision(allowed, tuple(states[c.key] for c in checks))
-        if not allowed:
+        decision = _decision(checks, reply)
+        if not decision.allowed:
             self._remember_blocked(checks, decision)
         return decision
 
@@ -550,26 +565,17 @@ class RateLimiter:
             self._blocked.popitem(last=False)
 
 
-def _tag(key: str) -> str:
-    start = key.index("{")
-    return key[start : key.index("}", start)]
-
-
-def _limits(checks: Sequence[Check]) -> tuple[ScriptLimit, ...]:
-    return tuple([check.limit.args for check in checks])
-
-
-def _decision(checks: Sequence[Check], part: DecisionReply) -> Decision:
-    allowed, values = part
+def _decision(checks: Sequence[Check], reply: Sequence[int]) -> Decision:
+    """A one-decision reply: allowed, then remaining, next_ms, retry_ms per check."""
     states = tuple(
         [
             LimitState(
                 check.limit,
-                int(values[i * 3]),
-                max(0, int(values[i * 3 + 1])),
-                max(0, int(values[i * 3 + 2])),
+                int(reply[1 + i * 3]),
+                max(0, int(reply[2 + i * 3])),
+                max(0, int(reply[3 + i * 3])),
             )
             for i, check in enumerate(checks)
         ]
     )
-    return Decision(allowed, states)
+    return Decision(bool(reply[0]), states)

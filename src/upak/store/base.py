@@ -28,6 +28,11 @@ class Store(ABC):
         """Run `op` atomically, in one round trip, and return its parsed reply. `args` is the
         op's record (`op.args`; `NO_ARGS` for an operation that takes none)."""
 
+    def submit(self, op: Operation[A, T], keys: Sequence[str], args: A) -> Awaitable[T]:
+        """`run` as an awaitable to await once: a store that batches (FailoverStore) hands
+        back the batch's future itself, with no coroutine per call."""
+        return self.run(op, keys, args)
+
     @abstractmethod
     async def ping(self) -> float | None:
         """Round-trip latency to Redis in seconds; None when Redis is not in use."""

@@ -12,8 +12,12 @@ there (scripts route by key). A slot moved by resharding keeps the store of its 
 (redis-py follows the MOVED), so only the grain of degradation is as at start. A cluster that
 cannot be read at start gets one store for all slots, split at the next restart.
 
+A call whose keys span slots (a login's IP and email limits) is split by its operation's
+`BatchCodec.parts`, each part sent to its own slot's store, and the replies joined.
+
 Every node's calls of one loop step still go out together (`RedisStore._evalsha_all`: one
-pipeline per node, all at once), and one node's failure fails only its own calls.
+pipeline per node, all at once), each node's callers get their replies when that node
+answers, and one node's failure (or hang) fails (or holds) only its own calls.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, TypeVar
 from redis.crc import key_slot
 
 from upak.store.base import Store
+from upak.store.batch import Part, StepBatch
 from upak.store.failover import FailoverStore
 from upak.store.memory import MemoryData, MemoryStore
 from upak.store.operation import Mode, Operation
@@ -36,6 +41,10 @@ from upak.store.redis import RedisStore
 A = TypeVar("A")
 T = TypeVar("T")
 SLOTS = 16384
+
+
+def _slot(key: str) -> int:
+    return key_slot(key.encode())
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,13 @@ class ClusterNodeView:
     @property
     def calls_sent(self) -> int:
         return self.cluster.calls_sent
+
+    @property
+    def batch(self) -> StepBatch[Any]:
+        return self.cluster.batch
+
+    def slot_of(self, key: str) -> int | None:
+        return self.cluster.slot_of(key)
 
     @property
     def node(self) -> str:
@@ -146,8 +162,29 @@ class ClusterFailoverStore(Store):
         for store in self.stores:
             store.on_recovery(callback)
 
+    def submit(self, op: Operation[A, T], keys: Sequence[str], args: A) -> Awaitable[T]:
+        if op.batch is not None and len(keys) > 1:
+            parts = op.batch.parts(keys, args, _slot)
+            if parts is not None:
+                return self._run_parts(op, args, parts)
+        return self.store_for(keys[0]).submit(op, keys, args)
+
     async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
+        if op.batch is not None and len(keys) > 1:
+            parts = op.batch.parts(keys, args, _slot)
+            if parts is not None:
+                return await self._run_parts(op, args, parts)
         return await self.store_for(keys[0]).run(op, keys, args)
+
+    async def _run_parts(self, op: Operation[A, T], args: A, parts: list[Part[A]]) -> T:
+        """A call whose keys span slots, as its operation splits it (`BatchCodec.parts`):
+        each slot's part to that slot's store (its own breaker), side by side, then joined."""
+        codec = op.batch
+        assert codec is not None
+        replies = await asyncio.gather(
+            *(self.store_for(part.keys[0]).run(op, part.keys, part.record) for part in parts)
+        )
+        return codec.join(args, parts, replies)  # type: ignore[no-any-return]
 
     async def start(self) -> None:
         if self._started:

@@ -38,9 +38,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
+import redis.exceptions as rex
+
 from upak.store.base import Store
+from upak.store.batch import StepBatch, fail
 from upak.store.conditions import Condition, condition_of, refuses_writes_only
 from upak.store.journal import Entry, Journal, Outage
 from upak.store.memory import NOT_SERVED, MemoryData, MemoryStore
@@ -167,6 +171,18 @@ class FailoverStore(Store):
         self._watcher: asyncio.Task[None] | None = None
         self._recovery_callbacks: list[Callable[[MemoryData], Awaitable[None]]] = []
         self._recovery_task: asyncio.Task[None] | None = None
+        # The loop step's batcher (the Redis store's, so a step has one; shared by every
+        # slot range's breaker on Cluster), and the tasks running merged calls.
+        self._batch: StepBatch[Any] = redis.batch if redis is not None else StepBatch(_nothing)
+        self._slot_of: Callable[[str], int | None] | None = (
+            redis.slot_of if redis is not None and redis.slot_of("") is not None else None
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._merger = self._merge  # bound once: the batcher keys its handlers by it
+        # The Redis store's coroutine-free send (a Cluster slot range's view has none).
+        self._submit_raw: Callable[..., asyncio.Future[Any] | None] | None = getattr(
+            redis, "submit_raw", None
+        )
         self.stats = FailoverStats(
             mode=Mode.REDIS if redis else Mode.MEMORY,
             journal=lambda: (memory.pending(self.partition), memory.dropped(self.partition)),
@@ -183,7 +199,24 @@ class FailoverStore(Store):
 
     # --- the hot path ---
 
+    def submit(self, op: Operation[A, T], keys: Sequence[str], args: A) -> Awaitable[T]:
+        """`run` as an awaitable. A mergeable operation's call (`op.batch`) joins the loop
+        step's batch and its caller awaits the batch's future itself: no coroutine of its own
+        per call; `_merge` runs the step's calls (this breaker's bookkeeping once per merged
+        call) and settles each caller's future."""
+        if op.batch is None:
+            return self._run(op, keys, args)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._batch.defer(self._merger, (op, keys, args, future))
+        return future
+
     async def run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
+        if op.batch is not None:
+            return await self.submit(op, keys, args)
+        return await self._run(op, keys, args)
+
+    async def _run(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
+        """One call on the ordinary path: Redis while it serves, else the fallback."""
         if self._mode is Mode.REDIS and self.redis is not None:
             if self.memory.outage(self.partition) is not None:
                 self._follow_host()  # another worker of this host found Redis unable to serve
@@ -200,6 +233,169 @@ class FailoverStore(Store):
                     self.memory.remember(op, keys, args, reply)
                 return op.parse(reply)
         return await self._serve_from_fallback(op, keys, args)
+
+    def _merge(self, calls: list[tuple[Operation[Any, Any], Sequence[str], Any, Any]]) -> None:
+        """This step's calls of mergeable operations: each group of the same operation (and,
+        on Cluster, the same slot) becomes one call, its reply split among the callers; a
+        call alone runs as it is (`_start`)."""
+        if len(calls) == 1:
+            op, keys, args, future = calls[0]
+            if not future.done():  # its caller gave up before its batch left: not run
+                self._start(op, keys, args, None, [future])
+            return
+        groups: dict[Any, list[Any]] = {}
+        slot_of = self._slot_of
+        for call in calls:
+            if call[3].done():
+                continue  # its caller gave up before its batch left: it is not run
+            # By operation (hashed by identity), and on Cluster by slot as well.
+            group = call[0] if slot_of is None else (call[0], slot_of(call[1][0]))
+            members = groups.get(group)
+            if members is None:
+                groups[group] = [call]
+            else:
+                members.append(call)
+        for members in groups.values():
+            op = members[0][0]
+            codec = op.batch
+            for start in range(0, len(members), codec.max_calls):
+                chunk = members[start : start + codec.max_calls]
+                if len(chunk) == 1:
+                    self._start(op, chunk[0][1], chunk[0][2], None, [chunk[0][3]])
+                    continue
+                waiters = [call[3] for call in chunk]
+                try:
+                    keys, record = codec.merge([(call[1], call[2]) for call in chunk])
+                except Exception as exc:
+                    fail(waiters, exc)
+                    continue
+                self._start(op, keys, record, [call[2] for call in chunk], waiters)
+
+    def _start(
+        self,
+        op: Operation[Any, Any],
+        keys: Sequence[str],
+        record: Any,
+        records: list[Any] | None,
+        waiters: list[asyncio.Future[Any]],
+    ) -> None:
+        """Run one (merged) call for `waiters` (`records`: the merged calls' own records, or
+        None for a call alone). The common case, Redis serving and its connection open, goes
+        out in this loop step's write with a callback on its reply: no task, no coroutine.
+        Anything else runs the ordinary path in a task."""
+        submit_raw = self._submit_raw
+        if (
+            submit_raw is not None
+            and self._mode is Mode.REDIS
+            and self.memory.outage(self.partition) is None
+        ):
+            raw = submit_raw(op, keys, record)
+            if raw is not None:
+                raw.add_done_callback(partial(self._landed, op, keys, record, records, waiters))
+                return
+        self._in_task(op, keys, record, records, waiters)
+
+    def _in_task(
+        self,
+        op: Operation[Any, Any],
+        keys: Sequence[str],
+        record: Any,
+        records: list[Any] | None,
+        waiters: list[asyncio.Future[Any]],
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._run_merged(op, keys, record, records, waiters)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _landed(
+        self,
+        op: Operation[Any, Any],
+        keys: Sequence[str],
+        record: Any,
+        records: list[Any] | None,
+        waiters: list[asyncio.Future[Any]],
+        raw: asyncio.Future[Any],
+    ) -> None:
+        """The reply of a call `_start` sent: as `_run` would have handled it."""
+        if raw.cancelled():  # the connection's reader was cancelled (the store closing)
+            fail(waiters, asyncio.CancelledError())
+            return
+        exc = raw.exception()
+        if exc is None:
+            reply = raw.result()
+            if op.remember is not None:
+                self.memory.remember(op, keys, record, reply)
+            self._settle(op, records, waiters, reply)
+            return
+        if isinstance(exc, rex.NoScriptError):
+            # The script never ran: the ordinary path sends it again (and EVALs it).
+            self._in_task(op, keys, record, records, waiters)
+            return
+        assert self.redis is not None
+        exc = self.redis.failed(exc)
+        condition = condition_of(exc)
+        if condition is None:
+            fail(waiters, exc)  # a programming error (StoreError): no outage, no fallback
+            return
+        self._trip(exc, condition)
+        self._in_task(op, keys, record, records, waiters)  # now on the fallback
+
+    def _settle(
+        self,
+        op: Operation[Any, Any],
+        records: list[Any] | None,
+        waiters: list[asyncio.Future[Any]],
+        reply: Any,
+    ) -> None:
+        try:
+            parsed = op.parse(reply)
+            if records is None:
+                parts = [parsed]
+            else:
+                codec = op.batch
+                assert codec is not None
+                parts = codec.split(records, parsed)
+        except Exception as exc:
+            fail(waiters, exc)
+            return
+        for waiter, part in zip(waiters, parts, strict=True):
+            if not waiter.done():  # its caller may have given up: the others' stand
+                waiter.set_result(part)
+
+    async def _run_merged(
+        self,
+        op: Operation[Any, Any],
+        keys: Sequence[str],
+        record: Any,
+        records: list[Any] | None,
+        waiters: list[asyncio.Future[Any]],
+    ) -> None:
+        """One (merged) call on the ordinary path (Redis, or the fallback as one call
+        would); each caller gets its part, or its own copy of the error. A caller that gave
+        up meanwhile only loses its part: the call is not cancelled for the others."""
+        try:
+            reply = await self._run(op, keys, record)
+        except BaseException as exc:
+            fail(waiters, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if records is None:
+            if not waiters[0].done():
+                waiters[0].set_result(reply)
+            return
+        codec = op.batch
+        assert codec is not None
+        try:
+            parts = codec.split(records, reply)
+        except Exception as exc:
+            fail(waiters, exc)
+            return
+        for waiter, part in zip(waiters, parts, strict=True):
+            if not waiter.done():
+                waiter.set_result(part)
 
     async def _serve_from_fallback(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         self.stats.fallback_calls += 1
@@ -452,6 +648,8 @@ class FailoverStore(Store):
         return None
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()  # their callers are cancelled with them (upak.store.batch)
         if self._recovery_task is not None:
             self._recovery_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -468,6 +666,10 @@ class FailoverStore(Store):
             self._watcher = None
         if self.redis is not None:
             await self.redis.close()
+
+
+def _nothing(items: list[Any]) -> None:
+    """A store without Redis sends nothing: its batcher only merges (`FailoverStore._merge`)."""
 
 
 def _probe_condition(exc: BaseException) -> Condition:

@@ -11,7 +11,8 @@ read its fields by name, and the record's field order IS the script's ARGV order
 (`Operation.argv`, derived here, once, for every backend and for the journal's bytes;
 `Operation.record_of` rebuilds the record from them). An operation whose ARGV is not one
 fixed row (a batch of decisions) gives its own `encode`/`decode` pair instead, so that
-encoding too lives in one place.
+encoding too lives in one place; one whose calls the store may merge (the decisions of one
+loop step, one script call) declares how in `batch` (`upak.store.batch.BatchCodec`).
 
 Features define their operations next to their policy (`upak.features.*`) and never touch
 Redis or catch its errors: the `FailoverStore` decides what each operation does while Redis
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 from upak.store.core import Arg, Mode, StoreError
 
 if TYPE_CHECKING:
+    from upak.store.batch import BatchCodec
     from upak.store.keyspace import MemoryData
 
 __all__ = ["Arg", "Fallback", "Mode", "NoArgs", "Operation", "StoreError"]
@@ -145,6 +147,9 @@ class Operation(Generic[A, T]):
     # A batch's own ARGV encoding, instead of the record's fields in order; both or neither.
     encode: Callable[[A], Sequence[Arg]] | None = None
     decode: Callable[[Sequence[Arg]], A] | None = None
+    # Calls of this operation made in one loop step may be merged into one call (and one
+    # call split by Cluster slot): the store's batcher does it (`upak.store.batch`).
+    batch: BatchCodec[A] | None = None
     fallback: Fallback = Fallback.MEMORY
     # The result when `fallback` is BYPASS (or HOST and not served); gets the call's record.
     bypass: Callable[[A], T] | None = None

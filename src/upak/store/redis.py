@@ -16,12 +16,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+import hiredis
 import redis.exceptions as rex
 from redis.asyncio.cluster import PipelineCommand
 
 from upak.config import Settings
 from upak.connect import WireTarget, async_client, wire_target
 from upak.store.base import Store
+from upak.store.batch import StepBatch, fail, settle
 from upak.store.conditions import condition_of
 from upak.store.operation import Arg, Mode, Operation, StoreError
 from upak.store.wire import Wire, fresh_error, open_wire
@@ -76,10 +78,10 @@ class RedisStore(Store):
         self.call_timeout = call_timeout
         self._wire: Wire | None = None
         self._opening: asyncio.Future[Wire] | None = None
-        self._pending: list[
-            tuple[Operation[Any, Any], Sequence[str], Sequence[Arg], asyncio.Future]
-        ] = []
-        self._flush_scheduled = False
+        # The request path's one batcher: a loop step's calls leave in one write (one
+        # pipeline per node on Cluster); the FailoverStores over this store merge an
+        # operation's calls in the same step first (`StepBatch.defer`).
+        self.batch: StepBatch[_Call] = StepBatch(self._send_step)
         self._tasks: set[asyncio.Task[None]] = set()
         self._shas: dict[int, str] = {}
         self.calls_sent = 0  # operation calls written to Redis: lets tests see the breaker open
@@ -94,7 +96,6 @@ class RedisStore(Store):
         self.wait_pause = 1.0
         self._wait_paused_until = 0.0
         self._node_wait_paused: dict[str, float] = {}  # Cluster: the same, per node
-        self._wait_slot: tuple[Wire, asyncio.Future[int]] | None = None
         # How long a durable write may wait, during a failover, for Sentinel to name the
         # new master so the write can be repeated there.
         self.failover_wait = 2.0
@@ -137,91 +138,156 @@ class RedisStore(Store):
     async def run_raw(self, op: Operation[A, Any], keys: Sequence[str], record: A) -> Any:
         """The operation's raw reply. Outage errors pass through (the failover's business);
         anything else Redis refused is a StoreError."""
-        args = op.argv(record)  # the one place a record becomes ARGV on the way to Redis
         if self.cluster:
-            return await self._queued(op, keys, args)
+            return await self._queued(op, keys, record)
         wire = self._wire
         if wire is None or wire.error is not None:
             wire = await self._connected()
         self.calls_sent += 1
         try:
             if op.durable and self.wait_replicas and time.monotonic() >= self._wait_paused_until:
-                return await self._durable(wire, op, keys, args)
-            return await self._evalsha(wire, op, keys, args)
+                return await self._durable(wire, op, keys, record)
+            return await self._evalsha(wire, op, keys, record)
         except BaseException as exc:
             raise self._failed(exc) from None
 
+    def submit_raw(
+        self, op: Operation[Any, Any], keys: Sequence[str], record: Any
+    ) -> asyncio.Future[Any] | None:
+        """`run_raw`'s common case with no coroutine: the call joins this loop step's write
+        and the future has its raw reply, or the error as Redis gave it (`failed` makes it
+        what `run_raw` raises; a NoScriptError means the script did not run). None when the
+        call needs `run_raw` (no open connection, a durable write, Cluster)."""
+        if self.cluster:
+            return None
+        wire = self._wire
+        if wire is None or wire.error is not None:
+            return None
+        if op.durable and self.wait_replicas:
+            return None
+        self.calls_sent += 1
+        future = wire._loop.create_future()
+        self.batch.add((wire, op, keys, record, future, False, None))
+        return future
+
+    def failed(self, exc: BaseException) -> BaseException:
+        """What `run_raw` raises for `exc`, an error a `submit_raw` future got."""
+        return self._failed(exc)
+
     async def _evalsha(
-        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg]
+        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], record: Any
     ) -> Any:
+        future = wire._loop.create_future()
+        self.batch.add((wire, op, keys, record, future, False, None))
         try:
-            return await wire.call(("EVALSHA", self._sha(op), len(keys), *keys, *args))
+            return await future
         except rex.NoScriptError:
             # The script cache was emptied: EVAL runs the script and caches it again.
             wire = await self._connected()
-            return await wire.call(("EVAL", self._script(op), len(keys), *keys, *args))
+            future = wire._loop.create_future()
+            self.batch.add((wire, op, keys, record, future, True, None))
+            return await future
+
+    # --- the batcher's send: one loop step's calls ---
+
+    def _send_step(self, calls: list[_Call]) -> None:
+        if self.cluster:
+            self._send_cluster(calls)
+            return
+        wire = calls[0][0]
+        for call in calls:
+            if call[0] is not wire:
+                break
+        else:
+            self._write(wire, calls)
+            return
+        by_wire: dict[int, list[_Call]] = {}  # a reconnection inside the step
+        for call in calls:
+            by_wire.setdefault(id(call[0]), []).append(call)
+        for group in by_wire.values():
+            self._write(group[0][0], group)
+
+    def _write(self, wire: Any, calls: list[_Call]) -> None:
+        """One write: every call not given up on, then one WAIT behind them for the durable
+        ones (WAIT counts the replicas that have this connection's writes, so it follows
+        them on the same one)."""
+        packed: list[bytes] = []
+        futures: list[asyncio.Future[Any]] = []
+        waits: list[asyncio.Future[int]] = []
+        for _, op, keys, record, future, script, waited in calls:
+            if op is None:  # a WAIT only
+                assert waited is not None
+                waits.append(waited)
+                continue
+            assert future is not None
+            if future.done():
+                continue  # its caller gave up before the call left: it is not sent
+            if waited is not None:
+                waits.append(waited)
+            try:
+                packed.append(self._packed(op, keys, op.argv(record), script))
+            except Exception as exc:
+                future.set_exception(exc)
+                continue
+            futures.append(future)
+        if waits:
+            waited_all: asyncio.Future[Any] = wire._loop.create_future()
+            waited_all.add_done_callback(_share_wait(waits))
+            wait = ("WAIT", self.wait_replicas, self.wait_ms)
+            packed.append(hiredis.pack_command(wait))  # type: ignore[arg-type]
+            futures.append(waited_all)
+        if not packed:
+            return
+        try:
+            wire.send(packed, futures)
+        except BaseException as exc:  # the connection ended before this step's write
+            fail(futures, exc)
+
+    def _packed(
+        self, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg], script: bool
+    ) -> bytes:
+        if script:
+            command: tuple[Any, ...] = ("EVAL", self._script(op), len(keys), *keys, *args)
+        else:
+            command = ("EVALSHA", self._sha(op), len(keys), *keys, *args)
+        return hiredis.pack_command(command)  # type: ignore[arg-type]
 
     async def _written_and_waited(
-        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg]
+        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], record: Any
     ) -> tuple[Any, int, Wire]:
-        """The call and a WAIT behind it, in one write on one connection (WAIT counts the
-        replicas that have this connection's writes, so it must follow on the same one)."""
-        command: tuple[Any, ...] = ("EVALSHA", self._sha(op), len(keys), *keys, *args)
+        """The call and the loop step's WAIT behind it, in one write on one connection (one
+        WAIT for every durable call of the step: one per call would hold the shared
+        connection a timeout each while replicas do not answer)."""
+        script = False
         for _ in range(2):
-            written = wire.call(command)
-            waited = self._shared_wait(wire)
+            written = wire._loop.create_future()
+            waited: asyncio.Future[int] = wire._loop.create_future()
+            waited.add_done_callback(_retrieved)
+            self.batch.add((wire, op, keys, record, written, script, waited))
             try:
                 reply = await written
             except rex.NoScriptError:
                 wire = await self._connected()
-                command = ("EVAL", self._script(op), len(keys), *keys, *args)
+                script = True
                 continue
-            return reply, await _own_copy(waited), wire
+            return reply, await waited, wire
         raise StoreError(f"Redis lost the script of {op.name} twice in a row")
 
-    def _shared_wait(self, wire: Wire) -> asyncio.Future[int]:
-        """One WAIT for every durable call this loop step sends on `wire`, queued after all
-        of them (a WAIT covers every earlier write of its connection). One WAIT per call
-        would hold the shared connection a timeout each while replicas do not answer."""
-        if self._wait_slot is not None and self._wait_slot[0] is wire:
-            return self._wait_slot[1]
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-        future.add_done_callback(_retrieved)
-        self._wait_slot = (wire, future)
-        loop.call_soon(self._send_wait, wire, future)
-        return future
-
-    def _send_wait(self, wire: Wire, future: asyncio.Future[int]) -> None:
-        if self._wait_slot is not None and self._wait_slot[1] is future:
-            self._wait_slot = None
-        try:
-            waited = wire.call(("WAIT", self.wait_replicas, self.wait_ms))
-        except BaseException as exc:
-            future.set_exception(exc)
-            return
-
-        def settle(done: asyncio.Future[Any]) -> None:
-            if future.done():
-                return
-            if done.cancelled():
-                future.cancel()
-            elif done.exception() is not None:
-                future.set_exception(done.exception())  # type: ignore[arg-type]
-            else:
-                future.set_result(int(done.result()))
-
-        waited.add_done_callback(settle)
+    def _waited_again(self, wire: Wire) -> asyncio.Future[int]:
+        """A WAIT on `wire`, shared with every other asked for in this loop step."""
+        waited: asyncio.Future[int] = wire._loop.create_future()
+        self.batch.add((wire, None, (), None, None, False, waited))
+        return waited
 
     async def _durable(
-        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg]
+        self, wire: Wire, op: Operation[Any, Any], keys: Sequence[str], record: Any
     ) -> Any:
         """A write that must survive a failover, answered once replicas have it. When they
         do not confirm in time the master may have changed under us: ask Sentinel again and,
         if it names another server, repeat the (idempotent) write there before answering."""
         assert self.target is not None
         give_up = time.monotonic() + self.failover_wait
-        reply, acked, wire = await self._written_and_waited(wire, op, keys, args)
+        reply, acked, wire = await self._written_and_waited(wire, op, keys, record)
         while acked < self.wait_replicas:
             self.wait_timeouts += 1
             locate, failing_over = self.target.locate, self.target.failing_over
@@ -244,9 +310,9 @@ class RedisStore(Store):
             if moved:
                 self._leave_wire(wire)
                 self.writes_repeated += 1
-                return await self._evalsha(await self._connected(), op, keys, args)
+                return await self._evalsha(await self._connected(), op, keys, record)
             # A failover is under way and Sentinel has not named the new master yet.
-            acked = await _own_copy(self._shared_wait(wire))
+            acked = await self._waited_again(wire)
         return reply
 
     async def _replicas_attached(self, wire: Wire) -> bool:
@@ -299,71 +365,79 @@ class RedisStore(Store):
 
     # --- Redis Cluster: the calls of one loop step, one pipeline per node, side by side ---
 
-    async def _queued(
-        self, op: Operation[Any, Any], keys: Sequence[str], args: Sequence[Arg]
-    ) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((op, keys, args, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+    async def _queued(self, op: Operation[Any, Any], keys: Sequence[str], record: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.batch.add((None, op, keys, record, future, False, None))
         return await future
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._pending = self._pending, []
+    def _send_cluster(self, calls: list[_Call]) -> None:
+        """The step's calls not given up on, sent by one task (one pipeline per node)."""
+        batch: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg], Any]] = []
+        for _, op, keys, record, future, _, _ in calls:
+            assert op is not None and future is not None
+            if future.done():
+                continue  # its caller gave up before the call left: it is not sent
+            try:
+                batch.append((op, keys, op.argv(record), future))
+            except Exception as exc:
+                future.set_exception(exc)
+        if not batch:
+            return
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def slot_of(self, key: str) -> int | None:
+        """`key`'s Cluster slot, None outside Cluster: calls merged into one must share it."""
+        return int(self.client.keyslot(key)) if self.cluster else None
+
     async def _send(
         self, batch: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg], Any]]
-    ):
+    ) -> None:
+        futures = [future for *_, future in batch]
         try:
-            replies = await self._evalsha_all([(op, keys, args) for op, keys, args, _ in batch])
+            await self._evalsha_all([(op, keys, args) for op, keys, args, _ in batch], futures)
         except BaseException as exc:  # every waiter must hear what happened to its call
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            for *_, future in batch:
-                if not future.done():
-                    if cancelled:
-                        future.cancel()
-                    else:
-                        future.set_exception(_as_store_error(exc))
-            if cancelled:
+            fail(futures, _as_store_error(exc))
+            if isinstance(exc, asyncio.CancelledError):
                 raise
-            return
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, BaseException):
-                future.set_exception(_as_store_error(reply))
-            else:
-                future.set_result(reply)
 
     async def _evalsha_all(
-        self, calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]]
-    ) -> list[Any]:
-        """Each call's reply or its own error: the calls are grouped by the master of their
-        slot and each group goes as one pipeline to its node, all groups at once. A node
-        that is down, hung or refusing fails its own group only (a per-node breaker keeps
-        the other nodes' keys on Redis), and is left to redis-py's topology refresh."""
-        if self.client._initialize:
-            async with asyncio.timeout(self.call_timeout):
-                await self.client.initialize()  # the slot map (again, after a node failed)
+        self,
+        calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]],
+        futures: list[asyncio.Future[Any]],
+    ) -> None:
+        """Each call's reply or its own error to its future: the calls are grouped by the
+        master of their slot and each group goes as one pipeline to its node, all groups at
+        once, each group's futures settled as soon as its node answered. A node that is
+        down, hung or refusing fails (and delays) its own group only (a per-node breaker
+        keeps the other nodes' keys on Redis), and is left to redis-py's topology refresh."""
+        await self._refresh_slot_map()
         self.calls_sent += len(calls)
         groups: dict[str, tuple[Any, list[int]]] = {}
         for i, (_, keys, _) in enumerate(calls):
             node = self.cluster_node(self.client.keyslot(keys[0]))
             groups.setdefault(node.name, (node, []))[1].append(i)
-        replies: list[Any] = [None] * len(calls)
         await asyncio.gather(
             *(
-                self._node_pipeline(node, calls, indexes, replies)
+                self._node_pipeline(node, calls, indexes, futures)
                 for node, indexes in groups.values()
             )
         )
-        return replies
+
+    async def _refresh_slot_map(self) -> None:
+        """The slot map asked again after a node failed. A refresh that fails (the node
+        asked is down or slow) leaves the map held so far routing calls and heartbeats, so
+        only a dead node's own calls and pings fail, not every range's; the next step asks
+        again."""
+        if not self.client._initialize:
+            return
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                await self.client.initialize()
+        except Exception:
+            if not self.client.nodes_manager.slots_cache:
+                raise  # no map to fall back on (never read)
 
     def cluster_node(self, slot: int) -> Any:
         """The redis-py ClusterNode serving `slot` now (the master of its slot range)."""
@@ -374,9 +448,25 @@ class RedisStore(Store):
         node: Any,
         calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]],
         indexes: list[int],
-        replies: list[Any],
+        futures: list[asyncio.Future[Any]],
     ) -> None:
-        """One node's calls as one pipeline; their replies (or errors) go into `replies`."""
+        """One node's calls as one pipeline; their replies (or errors) settle their futures
+        as soon as this node answered, whatever the other nodes do."""
+        replies: dict[int, Any] = {}
+        await self._node_replies(node, calls, indexes, replies)  # cancelled: see `_send`
+        for i in indexes:
+            reply = replies[i]
+            if isinstance(reply, BaseException):
+                reply = _as_store_error(reply)
+            settle(futures[i], reply)
+
+    async def _node_replies(
+        self,
+        node: Any,
+        calls: list[tuple[Operation[Any, Any], Sequence[str], Sequence[Arg]]],
+        indexes: list[int],
+        replies: dict[int, Any],
+    ) -> None:
         todo = indexes
         try:
             async with asyncio.timeout(self.call_timeout):
@@ -463,9 +553,8 @@ class RedisStore(Store):
     async def ping_slot(self, slot: int) -> float:
         """Round-trip seconds of a PING to the master serving `slot` (a per-node heartbeat)."""
         started = time.perf_counter()
+        await self._refresh_slot_map()
         async with asyncio.timeout(self.call_timeout):
-            if self.client._initialize:
-                await self.client.initialize()
             node = self.cluster_node(slot)
             try:
                 await node.execute_command("PING")
@@ -549,15 +638,34 @@ class RedisStore(Store):
         await close()
 
 
-async def _own_copy(shared: asyncio.Future[int]) -> int:
-    """Await a future other calls share; a failure is raised as this caller's own copy (one
-    exception raised in many tasks would collect all their tracebacks)."""
-    try:
-        return await asyncio.shield(shared)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        raise fresh_error(exc) from None
+# One call of a loop step, as the batcher holds it: (the connection it is for, None on
+# Cluster; the operation, None for a WAIT only; keys; record; its caller's future; sent as EVAL
+# with the script's text; the future of the WAIT behind it, for a durable call).
+_Call = tuple[
+    Any,
+    "Operation[Any, Any] | None",
+    Sequence[str],
+    Any,
+    "asyncio.Future[Any] | None",
+    bool,
+    "asyncio.Future[int] | None",
+]
+
+
+def _share_wait(waits: list[asyncio.Future[int]]) -> Any:
+    """The done-callback of a step's WAIT: each durable call hears the replicas' count."""
+
+    def done(waited: asyncio.Future[Any]) -> None:
+        if waited.cancelled():
+            fail(waits, asyncio.CancelledError())
+        elif waited.exception() is not None:
+            fail(waits, waited.exception())  # type: ignore[arg-type]
+        else:
+            acked = int(waited.result())
+            for future in waits:
+                settle(future, acked)
+
+    return done
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

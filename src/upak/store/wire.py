@@ -1,14 +1,15 @@
 """One multiplexed connection to Redis: every call of a process on one socket, in order.
 
 Redis answers a connection's commands in the order it received them, so one connection can
-carry any number of concurrent calls (the design of Lettuce and StackExchange.Redis): a call
-packs its command and queues a future, each event-loop step writes what accumulated with one
-`write`, and `data_received` hands the replies, parsed by hiredis, to the futures in the
-same order. The hot path holds no pool, lock, task or per-reply timer. redis-py 8's pooled
-asyncio connections spend about 314k instructions per round trip (bench/client_cost.py:
-callgrind, one caller, sequential GETs after a warm-up, the client's cost only; the blocking
-client: 140k; this connection: 79k): a pool lock, a health check, observability hooks, a
-timeout per reply. That is most of a bare FastAPI request (~410k, bench/request_path.py),
+carry any number of concurrent calls (the design of Lettuce and StackExchange.Redis): the
+store's batcher (`upak.store.batch`) hands a loop step's packed commands and their futures to
+`send`, which writes them with one `write`, and `data_received` hands the replies, parsed by
+hiredis, to the futures in the same order. The hot path holds no pool, lock, task or
+per-reply timer. redis-py 8's pooled asyncio connections spend about 314k instructions per
+round trip (bench/client_cost.py: callgrind, one caller, sequential GETs after a warm-up, the
+client's cost only; the blocking client: 140k; this connection: 79k, measured before `call`
+wrote at once instead of once per loop step): a pool lock, a health check, observability
+hooks, a timeout per reply. That is most of a bare FastAPI request (~410k, bench/request_path.py),
 and was most of what the rate limiter cost a route.
 
 Failing fast: the oldest unanswered call has a deadline (the socket timeout); once it passes,
@@ -29,6 +30,9 @@ import hiredis
 import redis.exceptions as rex
 
 from upak.connect import WireTarget
+from upak.store.batch import fresh_error
+
+__all__ = ["Wire", "error_from_reply", "fresh_error", "open_wire"]
 
 Command = tuple[str | bytes | int | float, ...]
 
@@ -60,9 +64,7 @@ class Wire(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
-        self._flush_scheduled = False
         self._deadline: asyncio.TimerHandle | None = None
         self.error: BaseException | None = None  # why the connection ended; None while open
         self.writes = 0
@@ -74,17 +76,30 @@ class Wire(asyncio.Protocol):
         return self.error is None and self._transport is not None
 
     def call(self, command: Command) -> asyncio.Future[Any]:
-        """Queue `command` for this loop step's write; the future gets its reply or error."""
-        if self.error is not None:
-            raise fresh_error(self.error)
+        """Write `command` now; the future gets its reply or error. For the connection's own
+        commands (PING, WAIT, ROLE, set-up): operation calls go through the store's batcher,
+        which writes a whole loop step's calls with one `send`."""
         future = self._loop.create_future()
         # hiredis's stub types the command as a 1-tuple; it takes any number of arguments.
-        self._outgoing.append(hiredis.pack_command(command))  # type: ignore[arg-type]
-        self._waiting.append((future, self._loop.time() + self.timeout))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self.send([hiredis.pack_command(command)], [future])  # type: ignore[arg-type]
         return future
+
+    def send(self, packed: list[bytes], futures: list[asyncio.Future[Any]]) -> None:
+        """Write packed commands with one `write`; `futures[i]` gets the reply of
+        `packed[i]` (or its error, or the connection's)."""
+        if self.error is not None:
+            raise fresh_error(self.error)
+        transport = self._transport
+        if transport is None:
+            raise rex.ConnectionError("the connection to Redis is not open")
+        due = self._loop.time() + self.timeout
+        waiting = self._waiting
+        for future in futures:
+            waiting.append((future, due))
+        transport.write(packed[0] if len(packed) == 1 else b"".join(packed))
+        self.writes += 1
+        if self._deadline is None:
+            self._deadline = self._loop.call_at(waiting[0][1], self._check_deadline)
 
     def close(self) -> None:
         self._fail(rex.ConnectionError("the connection to Redis was closed by the store"))
@@ -96,17 +111,6 @@ class Wire(asyncio.Protocol):
         self._retiring = True
         if not self._waiting:
             self.close()
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self.error is not None or not self._outgoing or self._transport is None:
-            return
-        data = b"".join(self._outgoing)
-        self._outgoing.clear()
-        self._transport.write(data)
-        self.writes += 1
-        if self._deadline is None:
-            self._deadline = self._loop.call_at(self._waiting[0][1], self._check_deadline)
 
     def _check_deadline(self) -> None:
         # One timer for the oldest call only: replies move the front of the queue, and the
@@ -129,7 +133,6 @@ class Wire(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self._outgoing.clear()
         waiting, self._waiting = self._waiting, deque()
         for future, _ in waiting:
             if not future.done():
@@ -164,15 +167,6 @@ class Wire(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
         self._fail(rex.ConnectionError(f"Redis closed the connection{reason}"))
-
-
-def fresh_error(error: BaseException) -> BaseException:
-    """A copy per waiter: one exception raised in many tasks would collect all their
-    tracebacks."""
-    try:
-        return type(error)(*error.args)
-    except TypeError:
-        return rex.ConnectionError(str(error))
 
 
 async def open_wire(target: WireTarget) -> Wire:
@@ -216,7 +210,11 @@ async def open_wire(target: WireTarget) -> Wire:
     if target.client_name:
         hello.append(("CLIENT", "SETNAME", target.client_name))
     try:
-        for reply in [wire.call(command) for command in hello]:
+        # One write for the whole set-up.
+        replies: list[asyncio.Future[Any]] = [wire._loop.create_future() for _ in hello]
+        if hello:
+            wire.send([hiredis.pack_command(c) for c in hello], replies)  # type: ignore[arg-type]
+        for reply in replies:
             await reply
     except rex.ConnectionError:
         wire.close()

@@ -321,13 +321,7 @@ def build_rate_limiter(
     """The app's limiter, or None when RATE_LIMIT_ENABLED is false."""
     if not settings.rate_limit_enabled:
         return None
-    return RateLimiter(
-        store,
-        keys,
-        divisor=settings.fallback_divisor,
-        clock=clock,
-        one_slot_per_call=settings.redis.kind == "cluster",
-    )
+    return RateLimiter(store, keys, divisor=settings.fallback_divisor, clock=clock)
 
 
 def install_rate_limiting(app: ASGIApp, limiter: RateLimiter, settings: Settings) -> None:
