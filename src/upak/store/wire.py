@@ -5,12 +5,11 @@ carry any number of concurrent calls (the design of Lettuce and StackExchange.Re
 store's batcher (`upak.store.batch`) hands a loop step's packed commands and their futures to
 `send`, which writes them with one `write`, and `data_received` hands the replies, parsed by
 hiredis, to the futures in the same order. The hot path holds no pool, lock, task or
-per-reply timer. redis-py 8's pooled asyncio connections spend about 314k instructions per
+per-reply timer. redis-py 8's pooled asyncio connections spend about 311k instructions per
 round trip (bench/client_cost.py: callgrind, one caller, sequential GETs after a warm-up, the
-client's cost only; the blocking client: 140k; this connection: 79k, measured before `call`
-wrote at once instead of once per loop step): a pool lock, a health check, observability
-hooks, a timeout per reply. That is most of a bare FastAPI request (~410k, bench/request_path.py),
-and was most of what the rate limiter cost a route.
+client's cost only; the blocking client: 139k; this connection: 62k): a pool lock, a health
+check, observability hooks, a timeout per reply. That is most of a bare FastAPI request
+(~410k, bench/request_path.py), and was most of what the rate limiter cost a route.
 
 Failing fast: the oldest unanswered call has a deadline (the socket timeout); once it passes,
 the connection is aborted and every waiting call fails with TimeoutError, so a hung server
