@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from upak.cli import app as cli
 from upak.domain import import_models
-from upak.domain.db import MIGRATIONS, Base, head_revision, make_engine, upgrade
+from upak.domain.db import MIGRATIONS, Base, Deadlines, head_revision, make_engine, upgrade
 
 
 async def test_upgrade_builds_the_models_schema(db_engine: AsyncEngine) -> None:
@@ -154,3 +154,26 @@ async def test_sqlite_connections_keep_foreign_keys_on_after_a_migration(tmp_pat
             assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar() == 1
     finally:
         await engine.dispose()
+
+
+async def test_a_migration_that_meets_another_writers_lock_runs_again(tmp_path: Path) -> None:
+    """A migration while another process writes to the SQLite file (`upak db upgrade` beside
+    a serving worker): it meets the lock past its busy timeout, and runs again instead of
+    failing (Alembic's upgrade is idempotent)."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    serving = make_engine(url)
+    starting = make_engine(url, Deadlines(statement=0.2))
+    try:
+        async with serving.connect() as writer:
+            await writer.exec_driver_sql("BEGIN IMMEDIATE")  # a write in flight
+
+            async def finish_the_write() -> None:
+                await asyncio.sleep(0.4)  # past the first attempt's 0.2 s wait
+                await writer.rollback()
+
+            done = asyncio.create_task(finish_the_write())
+            assert await upgrade(starting) == head_revision()
+            await done
+    finally:
+        await serving.dispose()
+        await starting.dispose()

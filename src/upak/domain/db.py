@@ -358,19 +358,36 @@ def _current_on(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
-    """Apply the migrations up to `revision`; returns the revision the database is at."""
+# A migration that meets another writer's SQLite lock (a sibling worker already serving
+# while this one checks the schema at start) runs again, after these pauses, in seconds.
+_UPGRADE_RETRY_PAUSES = (0.05, 0.2, 0.5)
+
+
+async def _upgrade_once(engine: AsyncEngine, revision: str) -> str | None:
     sqlite_file = _sqlite_file(str(engine.url))
     lock = _file_lock(sqlite_file) if sqlite_file else contextlib.nullcontext()
+    async with lock, engine.begin() as connection:
+        await connection.run_sync(migrate, revision)
+    if sqlite_file is not None:
+        # The migration ran with foreign keys off (see migrations/env.py): a fresh pool,
+        # whose connections turn them on again as they open.
+        await engine.dispose()
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current_on)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
+    """Apply the migrations up to `revision`; returns the revision the database is at."""
     try:
-        async with lock, engine.begin() as connection:
-            await connection.run_sync(migrate, revision)
-        if sqlite_file is not None:
-            # The migration ran with foreign keys off (see migrations/env.py): a fresh pool,
-            # whose connections turn them on again as they open.
-            await engine.dispose()
-        async with engine.connect() as connection:
-            return await connection.run_sync(_current_on)
+        for pause in _UPGRADE_RETRY_PAUSES:
+            try:
+                return await _upgrade_once(engine, revision)
+            except DatabaseUnavailable as exc:
+                if not exc.contention:
+                    raise
+                # Alembic's upgrade is idempotent: what committed stays, the rest runs again.
+                await asyncio.sleep(pause)
+        return await _upgrade_once(engine, revision)
     except DatabaseUnavailable as exc:
         raise DatabaseError(
             f"the database at {redacted(str(engine.url))} could not be reached: {exc.reason}"
