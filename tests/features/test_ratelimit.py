@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,6 +20,27 @@ from upak.features.ratelimit import (
     named_limits,
 )
 from upak.store import KeySpace, MemoryData, MemoryStore, Mode, Store, build_store
+
+
+async def started_store(redis: RedisServer, key_prefix: str) -> Store:
+    """The service's store on `redis`, started (its caller closes it)."""
+    store = build_store(make_settings(redis_url=redis.url, redis_key_prefix=key_prefix))
+    await store.start()
+    return store
+
+
+@contextlib.asynccontextmanager
+async def running_store(redis: RedisServer, key_prefix: str) -> AsyncIterator[Store]:
+    store = await started_store(redis, key_prefix)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def evalsha_calls(redis: RedisServer) -> int:
+    stats = redis.client().info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def limiter_for(store: Store, key_prefix: str, **kwargs) -> RateLimiter:
@@ -238,60 +261,45 @@ async def test_checks_of_several_identities_decide_together(any_store: Store, ke
 
 
 async def test_concurrent_decisions_share_one_script_call(shared_redis: RedisServer, key_prefix):
-    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
-    await store.start()
-    try:
+    async with running_store(shared_redis, key_prefix) as store:
         limiter = limiter_for(store, key_prefix)
         (limit,) = one("2/minute")
-        client = shared_redis.client()
-
-        def evalsha_calls() -> int:
-            return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
         await limiter.decide([limiter.check_for(limit, "ip:warm")])  # loads the script
-        before = evalsha_calls()
+        before = evalsha_calls(shared_redis)
         # 30 identities, three requests each, all in one loop step.
         decisions = await asyncio.gather(
             *(limiter.decide([limiter.check_for(limit, f"ip:{n % 30}")]) for n in range(90))
         )
-        assert evalsha_calls() - before == 1
+        assert evalsha_calls(shared_redis) - before == 1
         assert sum(d.allowed for d in decisions) == 60
         # In order within the batch: each identity's first two are admitted, the third not.
         assert [d.allowed for d in decisions[60:]] == [False] * 30
-    finally:
-        await store.close()
 
 
 async def test_a_merged_call_holds_at_most_max_calls_decisions(
     shared_redis: RedisServer, key_prefix
 ):
-    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
-    await store.start()
-    try:
+    async with running_store(shared_redis, key_prefix) as store:
         limiter = limiter_for(store, key_prefix, blocked_max=0)
         (limit,) = one("1000/minute")
-        client = shared_redis.client()
-
-        def evalsha_calls() -> int:
-            return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
         await limiter.decide([limiter.check_for(limit, "ip:warm")])
-        before = evalsha_calls()
+        before = evalsha_calls(shared_redis)
         cap = DECISIONS_BATCH.max_calls
         decisions = await asyncio.gather(
             *(limiter.decide([limiter.check_for(limit, "ip:many")]) for _ in range(cap + 1))
         )
-        assert evalsha_calls() - before == 2  # cap decisions in one call, the last in another
+        assert (
+            evalsha_calls(shared_redis) - before == 2
+        )  # cap decisions in one call, the last in another
         assert [d.states[0].remaining for d in decisions] == list(range(999, 998 - cap, -1))
-    finally:
-        await store.close()
 
 
 async def _waiting_in_the_batch(shared_redis: RedisServer, key_prefix: str):
     """A store and limiter, warmed (connection open, script loaded), and three decisions on
     one 2/minute key, asked for in one loop step and still waiting in its batch."""
-    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
-    await store.start()
+    store = await started_store(shared_redis, key_prefix)
     limiter = limiter_for(store, key_prefix, blocked_max=0)
     (limit,) = one("2/minute")
     check = limiter.check_for(limit, "ip:cancel")
@@ -348,9 +356,7 @@ async def test_a_caller_that_gives_up_after_its_batch_left_keeps_its_decision(
 async def test_a_merged_call_that_fails_on_redis_falls_back_as_one_call(
     fresh_redis: RedisServer, key_prefix: str
 ):
-    store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
-    await store.start()
-    try:
+    async with running_store(fresh_redis, key_prefix) as store:
         limiter = limiter_for(store, key_prefix, blocked_max=0)
         (limit,) = one("5/minute")
         check = limiter.check_for(limit, "ip:outage")
@@ -362,34 +368,26 @@ async def test_a_merged_call_that_fails_on_redis_falls_back_as_one_call(
         assert [d.allowed for d in decisions] == [True] * 5 + [False] * 3
         # Merged, they tripped the breaker and were served from memory as one call.
         assert store.mode is Mode.MEMORY and store.stats.fallback_calls == 1
-    finally:
-        await store.close()
 
 
 async def test_a_waiting_decision_is_the_batch_future_itself(
     shared_redis: RedisServer, key_prefix: str
 ):
     # No coroutine of its own per decision: the store hands back the batch's future.
-    store = build_store(make_settings(redis_url=shared_redis.url, redis_key_prefix=key_prefix))
-    await store.start()
-    try:
+    async with running_store(shared_redis, key_prefix) as store:
         limiter = limiter_for(store, key_prefix, blocked_max=0)
         (limit,) = one("2/minute")
         check = limiter.check_for(limit, "ip:future")
         waiting = store.submit(limiter.op, [check.key], check.limit.alone)
         assert isinstance(waiting, asyncio.Future)
         assert (await waiting)[0] == 1
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize("callers", [1, 3])
 async def test_a_decision_after_the_script_cache_emptied_is_made_once(
     fresh_redis: RedisServer, key_prefix: str, callers: int
 ):
-    store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
-    await store.start()
-    try:
+    async with running_store(fresh_redis, key_prefix) as store:
         limiter = limiter_for(store, key_prefix, blocked_max=0)
         (limit,) = one("3/minute")
         check = limiter.check_for(limit, "ip:flushed")
@@ -400,16 +398,12 @@ async def test_a_decision_after_the_script_cache_emptied_is_made_once(
         # NOSCRIPT: the script never ran, so sent again (EVAL) each decision counts once.
         assert [d.states[0].remaining for d in decisions] == list(range(2, 2 - callers, -1))
         assert store.mode is Mode.REDIS
-    finally:
-        await store.close()
 
 
 async def test_a_decision_alone_that_fails_on_redis_falls_back(
     fresh_redis: RedisServer, key_prefix: str
 ):
-    store = build_store(make_settings(redis_url=fresh_redis.url, redis_key_prefix=key_prefix))
-    await store.start()
-    try:
+    async with running_store(fresh_redis, key_prefix) as store:
         limiter = limiter_for(store, key_prefix, blocked_max=0)
         (limit,) = one("1/minute")
         check = limiter.check_for(limit, "ip:alone")
@@ -420,5 +414,3 @@ async def test_a_decision_alone_that_fails_on_redis_falls_back(
             second = await limiter.decide([check])
         assert first.allowed and not second.allowed
         assert store.mode is Mode.MEMORY and store.stats.fallback_calls == 2
-    finally:
-        await store.close()

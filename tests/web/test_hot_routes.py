@@ -225,38 +225,40 @@ async def test_the_plans_read_travels_with_the_session_lookup(
     assert app.state.services.cache.stats.hits == 2
 
 
+async def writes_per_request(app: FastAPI, path: str) -> tuple[list[int], int]:
+    """Logged in, `path` requested once (cached, the session touched), then a GET and a
+    HEAD of it: how many writes to Redis each of those two made (each answered 200), and
+    how many cache hits the two made."""
+    async with client_of(app) as client:
+        await register(client, EMAIL)
+        await login(client, EMAIL)
+        await client.get(path)
+        wire = app.state.services.store.redis._wire
+        hits = app.state.services.cache.stats.hits
+        writes = []
+        for method in ("GET", "HEAD"):
+            before = wire.writes
+            response = await client.request(method, path)
+            assert response.status_code == 200
+            writes.append(wire.writes - before)
+    return writes, app.state.services.cache.stats.hits - hits
+
+
 async def test_the_plans_read_leaves_in_the_session_lookups_write(build: Build) -> None:
     """A logged-in GET /plans writes to Redis twice: the session lookup with the catalogue's
     entry and tag reads, then the rate-limit decision (keyed by the session's user)."""
     app = await build()
-    async with client_of(app) as client:
-        await register(client, EMAIL)
-        await login(client, EMAIL)
-        await client.get("/plans")  # the catalogue is cached, the session touched
-        wire = app.state.services.store.redis._wire
-        for method in ("GET", "HEAD"):
-            before = wire.writes
-            response = await client.request(method, "/plans")
-            assert response.status_code == 200
-            assert wire.writes - before == 2
+    writes, _ = await writes_per_request(app, "/plans")
+    assert writes == [2, 2]
 
 
 async def test_the_me_read_leaves_in_the_session_lookups_write(build: Build) -> None:
     """A logged-in GET /me writes to Redis twice too: its cached document's read (for the
     user the cookie names) goes with the session lookup, the rate-limit decision after."""
     app = await build()
-    async with client_of(app) as client:
-        await register(client, EMAIL)
-        await login(client, EMAIL)
-        await client.get("/me")  # the document is cached, the session touched
-        wire = app.state.services.store.redis._wire
-        hits = app.state.services.cache.stats.hits
-        for method in ("GET", "HEAD"):
-            before = wire.writes
-            response = await client.request(method, "/me")
-            assert response.status_code == 200
-            assert wire.writes - before == 2
-        assert app.state.services.cache.stats.hits == hits + 2
+    writes, hits = await writes_per_request(app, "/me")
+    assert writes == [2, 2]
+    assert hits == 2
 
 
 async def test_a_me_read_for_a_cookie_that_names_no_session_is_dropped(

@@ -351,6 +351,21 @@ class FailoverStore(Store):
     ) -> None:
         try:
             parsed = op.parse(reply)
+        except Exception as exc:
+            fail(waiters, exc)
+            return
+        self._hand_out(op, records, waiters, parsed)
+
+    @staticmethod
+    def _hand_out(
+        op: Operation[Any, Any],
+        records: list[Any] | None,
+        waiters: list[asyncio.Future[Any]],
+        parsed: Any,
+    ) -> None:
+        """Each waiter its part of a (merged) call's parsed reply, the whole of it for a call
+        alone (`records` None); a reply that does not split fails them all."""
+        try:
             if records is None:
                 parts = [parsed]
             else:
@@ -382,20 +397,7 @@ class FailoverStore(Store):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        if records is None:
-            if not waiters[0].done():
-                waiters[0].set_result(reply)
-            return
-        codec = op.batch
-        assert codec is not None
-        try:
-            parts = codec.split(records, reply)
-        except Exception as exc:
-            fail(waiters, exc)
-            return
-        for waiter, part in zip(waiters, parts, strict=True):
-            if not waiter.done():
-                waiter.set_result(part)
+        self._hand_out(op, records, waiters, reply)
 
     async def _serve_from_fallback(self, op: Operation[A, T], keys: Sequence[str], args: A) -> T:
         self.stats.fallback_calls += 1
